@@ -1,0 +1,457 @@
+//! Group commit: the queue between appenders and a shard's single writer.
+//!
+//! Appenders [`CommitQueue::submit`] a request and get a [`Completion`]. The writer takes
+//! *everything* pending in one go ([`CommitQueue::take_batch`]), hands it to a
+//! [`BatchSink`] which writes it with one write and one sync, and then completes every
+//! waiter in submission order, each exactly once. So throughput grows with the number of
+//! concurrent appenders while latency stays near one `fdatasync`.
+//!
+//! The queue is bounded in bytes: a submitter blocks while the queue is over its limit,
+//! which is the back-pressure the broker relies on (promise 4). This module uses no tokio
+//! so that it can be model-checked with loom (`wal/README.md` says how to run it).
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+
+use crate::error::{Error, Result};
+use crate::sync::{lock, Arc, Condvar, Mutex};
+
+/// One-shot slot shared by a [`Completion`] and the writer's [`Completer`].
+struct Slot<T> {
+    state: Mutex<SlotState<T>>,
+    cond: Condvar,
+}
+
+struct SlotState<T> {
+    value: Option<Result<T>>,
+    waker: Option<Waker>,
+}
+
+/// The appender's side: resolves to the result of its append. Usable both as a `Future`
+/// (tokio-friendly, never blocks the executor) and from a plain thread with [`Completion::wait`].
+pub struct Completion<T> {
+    slot: Arc<Slot<T>>,
+}
+
+/// The writer's side. Consumed by [`Completer::complete`], so a waiter is completed at most
+/// once; dropping it uncompleted completes the waiter with [`Error::Closed`], so at least once.
+pub(crate) struct Completer<T> {
+    slot: Option<Arc<Slot<T>>>,
+}
+
+pub(crate) fn completion_pair<T>() -> (Completer<T>, Completion<T>) {
+    let slot = Arc::new(Slot { state: Mutex::new(SlotState { value: None, waker: None }), cond: Condvar::new() });
+    (Completer { slot: Some(slot.clone()) }, Completion { slot })
+}
+
+impl<T> Completer<T> {
+    pub(crate) fn complete(mut self, value: Result<T>) {
+        if let Some(slot) = self.slot.take() {
+            fill(&slot, value);
+        }
+    }
+}
+
+fn fill<T>(slot: &Slot<T>, value: Result<T>) {
+    let waker = {
+        let mut st = lock(&slot.state);
+        debug_assert!(st.value.is_none(), "a waiter was completed twice");
+        st.value = Some(value);
+        st.waker.take()
+    };
+    slot.cond.notify_all();
+    if let Some(w) = waker {
+        w.wake();
+    }
+}
+
+impl<T> Drop for Completer<T> {
+    fn drop(&mut self) {
+        if let Some(slot) = self.slot.take() {
+            fill(&slot, Err(Error::Closed));
+        }
+    }
+}
+
+impl<T> Completion<T> {
+    /// A completion that is already resolved (used for appends refused up front).
+    pub(crate) fn ready(value: Result<T>) -> Completion<T> {
+        let (done, c) = completion_pair();
+        done.complete(value);
+        c
+    }
+
+    /// Blocks the current thread until the append is complete.
+    pub fn wait(self) -> Result<T> {
+        let mut st = lock(&self.slot.state);
+        loop {
+            if let Some(v) = st.value.take() {
+                return v;
+            }
+            st = self.slot.cond.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+impl<T> Future for Completion<T> {
+    type Output = Result<T>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<T>> {
+        let mut st = lock(&self.slot.state);
+        match st.value.take() {
+            Some(v) => Poll::Ready(v),
+            None => {
+                st.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+}
+
+/// A request that knows how many queue bytes it occupies.
+pub(crate) trait Weighted {
+    fn weight(&self) -> usize;
+}
+
+/// A queued request and the completer of its waiter.
+pub(crate) struct Pending<R, T> {
+    pub(crate) req: R,
+    pub(crate) done: Completer<T>,
+}
+
+struct QueueState<R, T> {
+    pending: VecDeque<Pending<R, T>>,
+    bytes: usize,
+    closed: bool,
+}
+
+/// The multi-producer, single-consumer group-commit queue.
+pub(crate) struct CommitQueue<R, T> {
+    state: Mutex<QueueState<R, T>>,
+    /// Signalled when work arrives or the queue closes (the writer waits on it).
+    work: Condvar,
+    /// Signalled when the writer drained the queue (blocked submitters wait on it).
+    space: Condvar,
+    max_bytes: usize,
+}
+
+/// What [`CommitQueue::take_batch`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Taken {
+    /// At least one request was moved into the batch.
+    Work,
+    /// The timeout passed with nothing to do.
+    Idle,
+    /// The queue is closed and empty: the writer should stop.
+    Closed,
+}
+
+impl<R: Weighted, T> CommitQueue<R, T> {
+    pub(crate) fn new(max_bytes: usize) -> Self {
+        CommitQueue {
+            state: Mutex::new(QueueState { pending: VecDeque::new(), bytes: 0, closed: false }),
+            work: Condvar::new(),
+            space: Condvar::new(),
+            max_bytes: max_bytes.max(1),
+        }
+    }
+
+    /// Queues a request. Blocks while the queue holds more than its byte limit (a single
+    /// request larger than the limit is admitted when the queue is empty).
+    pub(crate) fn submit(&self, req: R) -> Completion<T> {
+        let (done, completion) = completion_pair();
+        let w = req.weight();
+        let mut st = lock(&self.state);
+        while !st.closed && st.bytes > 0 && st.bytes + w > self.max_bytes {
+            st = self.space.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+        if st.closed {
+            drop(st);
+            done.complete(Err(Error::Closed));
+            return completion;
+        }
+        st.bytes += w;
+        st.pending.push_back(Pending { req, done });
+        drop(st);
+        self.work.notify_one();
+        completion
+    }
+
+    /// Moves every pending request into `batch` (at most `max_bytes` of them, but at least
+    /// one), waiting up to `timeout` (forever if `None`) for one to arrive.
+    pub(crate) fn take_batch(
+        &self,
+        batch: &mut Vec<Pending<R, T>>,
+        max_bytes: usize,
+        timeout: Option<std::time::Duration>,
+    ) -> Taken {
+        let mut st = lock(&self.state);
+        loop {
+            if !st.pending.is_empty() {
+                let mut taken = 0usize;
+                while let Some(p) = st.pending.front() {
+                    let w = p.req.weight();
+                    if !batch.is_empty() && taken + w > max_bytes {
+                        break;
+                    }
+                    taken += w;
+                    if let Some(p) = st.pending.pop_front() {
+                        batch.push(p);
+                    }
+                }
+                st.bytes -= taken;
+                drop(st);
+                self.space.notify_all();
+                return Taken::Work;
+            }
+            if st.closed {
+                return Taken::Closed;
+            }
+            match timeout {
+                None => st = self.work.wait(st).unwrap_or_else(|p| p.into_inner()),
+                #[cfg(not(loom))]
+                Some(t) => {
+                    let (g, res) = self.work.wait_timeout(st, t).unwrap_or_else(|p| p.into_inner());
+                    st = g;
+                    if res.timed_out() && st.pending.is_empty() && !st.closed {
+                        return Taken::Idle;
+                    }
+                }
+                #[cfg(loom)]
+                Some(_) => return Taken::Idle,
+            }
+        }
+    }
+
+    /// Refuses new requests; requests already queued are still handed to the writer.
+    pub(crate) fn close(&self) {
+        lock(&self.state).closed = true;
+        self.work.notify_all();
+        self.space.notify_all();
+    }
+}
+
+/// The writer's side of group commit: turns a batch into durable records.
+pub(crate) trait BatchSink<R> {
+    type Out;
+    /// Writes (and syncs, per the sync mode) the whole batch. On success returns one output
+    /// per request, in order. On failure nothing of the batch may remain visible.
+    fn commit(&mut self, batch: &[Pending<R, Self::Out>]) -> Result<Vec<Self::Out>>;
+    /// How long the writer may sleep when idle before [`BatchSink::idle`] (interval sync).
+    fn idle_timeout(&self) -> Option<std::time::Duration> {
+        None
+    }
+    /// Called when the writer was idle for `idle_timeout`.
+    fn idle(&mut self) {}
+    /// Called once when the queue is closed and drained.
+    fn shutdown(&mut self) {}
+    /// Largest batch in bytes.
+    fn max_batch_bytes(&self) -> usize {
+        usize::MAX
+    }
+}
+
+/// The writer loop: drains the queue into the sink until the queue is closed.
+pub(crate) fn run_writer<R: Weighted, S: BatchSink<R>>(queue: &CommitQueue<R, S::Out>, sink: &mut S) {
+    let mut batch: Vec<Pending<R, S::Out>> = Vec::new();
+    loop {
+        match queue.take_batch(&mut batch, sink.max_batch_bytes(), sink.idle_timeout()) {
+            Taken::Closed => break,
+            Taken::Idle => sink.idle(),
+            Taken::Work => {
+                let result = sink.commit(&batch);
+                match result {
+                    Ok(outs) if outs.len() == batch.len() => {
+                        for (p, out) in batch.drain(..).zip(outs) {
+                            p.done.complete(Ok(out));
+                        }
+                    }
+                    Ok(outs) => {
+                        let e = Error::Index(format!("writer returned {} results for {} appends", outs.len(), batch.len()));
+                        for p in batch.drain(..) {
+                            p.done.complete(Err(e.duplicate()));
+                        }
+                    }
+                    Err(e) => {
+                        for p in batch.drain(..) {
+                            p.done.complete(Err(e.duplicate()));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    sink.shutdown();
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    struct Req(u64, usize);
+    impl Weighted for Req {
+        fn weight(&self) -> usize {
+            self.1
+        }
+    }
+
+    /// Assigns consecutive offsets, failing the batches whose index is in `fail`.
+    struct CountingSink {
+        next: u64,
+        batches: usize,
+        fail: Vec<usize>,
+        sizes: Vec<usize>,
+    }
+    impl BatchSink<Req> for CountingSink {
+        type Out = u64;
+        fn commit(&mut self, batch: &[Pending<Req, u64>]) -> Result<Vec<u64>> {
+            self.batches += 1;
+            self.sizes.push(batch.len());
+            if self.fail.contains(&(self.batches - 1)) {
+                return Err(Error::DiskFull { path: "x".into() });
+            }
+            let out = batch.iter().map(|p| {
+                let o = self.next;
+                self.next += p.req.0;
+                o
+            });
+            Ok(out.collect())
+        }
+    }
+
+    #[test]
+    fn batches_complete_in_order_and_failures_consume_no_offsets() {
+        let q = std::sync::Arc::new(CommitQueue::<Req, u64>::new(1 << 20));
+        let comps: Vec<_> = (0..5).map(|_| q.submit(Req(1, 10))).collect();
+        q.close();
+        let mut sink = CountingSink { next: 0, batches: 0, fail: vec![], sizes: vec![] };
+        run_writer(&q, &mut sink);
+        let got: Vec<u64> = comps.into_iter().map(|c| c.wait().unwrap()).collect();
+        assert_eq!(got, vec![0, 1, 2, 3, 4]);
+        assert_eq!(sink.sizes, vec![5], "everything pending goes in one batch");
+
+        let q = std::sync::Arc::new(CommitQueue::<Req, u64>::new(1 << 20));
+        let first = q.submit(Req(1, 10));
+        let mut sink = CountingSink { next: 0, batches: 0, fail: vec![0], sizes: vec![] };
+        let qq = q.clone();
+        let h = std::thread::spawn(move || {
+            run_writer(&qq, &mut sink);
+            sink
+        });
+        assert!(first.wait().unwrap_err().is_disk_full());
+        let second = q.submit(Req(1, 10));
+        assert_eq!(second.wait().unwrap(), 0, "the failed batch consumed no offset");
+        q.close();
+        h.join().unwrap();
+        assert!(matches!(q.submit(Req(1, 1)).wait(), Err(Error::Closed)));
+    }
+
+    #[test]
+    fn max_batch_bytes_splits_batches() {
+        let q = CommitQueue::<Req, u64>::new(1 << 20);
+        let _c: Vec<_> = (0..4).map(|_| q.submit(Req(1, 100))).collect();
+        let mut batch = Vec::new();
+        assert_eq!(q.take_batch(&mut batch, 250, None), Taken::Work);
+        assert_eq!(batch.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn completion_is_a_future() {
+        let q = std::sync::Arc::new(CommitQueue::<Req, u64>::new(1 << 20));
+        let qq = q.clone();
+        let h = std::thread::spawn(move || {
+            let mut sink = CountingSink { next: 10, batches: 0, fail: vec![], sizes: vec![] };
+            run_writer(&qq, &mut sink)
+        });
+        assert_eq!(q.submit(Req(1, 1)).await.unwrap(), 10);
+        q.close();
+        h.join().unwrap();
+    }
+}
+
+/// Model check of the queue with loom: every waiter is completed exactly once, with the
+/// right offset, in submission order, also when the writer fails a batch.
+/// Run: `RUSTFLAGS="--cfg loom" cargo test -p promptmq-wal --lib --release loom`
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use super::*;
+
+    struct Req;
+    impl Weighted for Req {
+        fn weight(&self) -> usize {
+            1
+        }
+    }
+
+    struct Sink {
+        next: u64,
+        batches: usize,
+        fail_first: bool,
+    }
+    impl BatchSink<Req> for Sink {
+        type Out = u64;
+        fn commit(&mut self, batch: &[Pending<Req, u64>]) -> Result<Vec<u64>> {
+            self.batches += 1;
+            if self.fail_first && self.batches == 1 {
+                return Err(Error::Closed);
+            }
+            let start = self.next;
+            self.next += batch.len() as u64;
+            Ok((start..self.next).collect())
+        }
+    }
+
+    fn model(fail_first: bool) {
+        loom::model(move || {
+            let q = Arc::new(CommitQueue::<Req, u64>::new(2));
+            let writer = {
+                let q = q.clone();
+                loom::thread::spawn(move || {
+                    let mut sink = Sink { next: 0, batches: 0, fail_first };
+                    run_writer(&q, &mut sink);
+                    sink.next
+                })
+            };
+            let producers: Vec<_> = (0..2)
+                .map(|_| {
+                    let q = q.clone();
+                    loom::thread::spawn(move || {
+                        let a = q.submit(Req).wait();
+                        let b = q.submit(Req).wait();
+                        (a, b)
+                    })
+                })
+                .collect();
+            let mut ok = Vec::new();
+            for p in producers {
+                let (a, b) = p.join().unwrap();
+                // Per producer, a later append never gets an earlier offset.
+                if let (Ok(x), Ok(y)) = (&a, &b) {
+                    assert!(x < y);
+                }
+                ok.extend(a.ok());
+                ok.extend(b.ok());
+            }
+            q.close();
+            let next = writer.join().unwrap();
+            ok.sort_unstable();
+            // Successful appends hold exactly the offsets 0..next, each once: a failed
+            // batch consumed none, and nobody got an offset twice.
+            assert_eq!(ok, (0..next).collect::<Vec<_>>());
+            if !fail_first {
+                assert_eq!(next, 4);
+            }
+        });
+    }
+
+    #[test]
+    fn loom_all_waiters_completed_once_in_order() {
+        model(false);
+    }
+
+    #[test]
+    fn loom_writer_failure_completes_waiters_with_error() {
+        model(true);
+    }
+}

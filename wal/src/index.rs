@@ -1,0 +1,326 @@
+//! The index, kept in fjall: stream catalogue, sparse offset index, consumer cursors and
+//! per-shard checkpoints.
+//!
+//! The log is the source of truth. Everything here can be rebuilt by scanning the log;
+//! the per-shard checkpoint says how far the index is known to be complete, so recovery
+//! only re-indexes the log beyond it. fjall's journal is flushed to the OS on every write
+//! (so a `kill -9` loses nothing) and `fdatasync`ed where the sync mode promises
+//! durability: on stream creation, cursor commits (mode `Always`) and checkpoints.
+//!
+//! Offset index: for each stream, *blocks* of up to [`BLOCK_LEN`] consecutive record
+//! positions, keyed by (stream, first offset of the block). A lookup takes the last block
+//! whose first offset is at or below the wanted one. Every record's position is indexed,
+//! so a read never scans unrelated records of other streams sharing the shard.
+
+use std::ops::Bound;
+use std::path::Path;
+
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+
+use crate::error::{Error, Result};
+use crate::options::{Retention, SyncMode};
+
+/// Positions per index block.
+pub(crate) const BLOCK_LEN: usize = 64;
+
+/// Where a record is: the segment (by its first LSN) and the byte position in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Pos {
+    pub(crate) segment: u64,
+    pub(crate) at: u64,
+}
+
+/// What the catalogue stores about a stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct StreamMeta {
+    pub(crate) id: u64,
+    pub(crate) name: String,
+    pub(crate) shard: u32,
+    /// First offset still stored (records below were removed by retention).
+    pub(crate) first_offset: u64,
+    /// Next offset to assign, as of the last checkpoint.
+    pub(crate) next_offset: u64,
+    pub(crate) retention: Retention,
+    /// Key compaction enabled.
+    pub(crate) compacted: bool,
+}
+
+/// A shard's checkpoint: every record before `pos` is in the index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Checkpoint {
+    pub(crate) pos: Pos,
+    pub(crate) next_lsn: u64,
+}
+
+pub(crate) struct Index {
+    db: Database,
+    streams: Keyspace,
+    blocks: Keyspace,
+    cursors: Keyspace,
+    meta: Keyspace,
+    sync: SyncMode,
+}
+
+const STREAM_NAME_PREFIX: u8 = b'n';
+const STREAM_META_PREFIX: u8 = b'm';
+
+fn be(n: u64) -> [u8; 8] {
+    n.to_be_bytes()
+}
+
+fn read_u64(b: &[u8], at: usize) -> Result<u64> {
+    b.get(at..at + 8)
+        .and_then(|s| s.try_into().ok())
+        .map(u64::from_le_bytes)
+        .ok_or_else(|| Error::Index(format!("index value too short ({} bytes, need {})", b.len(), at + 8)))
+}
+
+fn opt_u64(v: Option<u64>) -> u64 {
+    v.unwrap_or(u64::MAX)
+}
+
+fn from_opt(v: u64) -> Option<u64> {
+    (v != u64::MAX).then_some(v)
+}
+
+impl StreamMeta {
+    fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(64 + self.name.len());
+        v.extend_from_slice(&self.id.to_le_bytes());
+        v.extend_from_slice(&(self.shard as u64).to_le_bytes());
+        v.extend_from_slice(&self.first_offset.to_le_bytes());
+        v.extend_from_slice(&self.next_offset.to_le_bytes());
+        v.extend_from_slice(&opt_u64(self.retention.max_age.map(|d| d.as_millis() as u64)).to_le_bytes());
+        v.extend_from_slice(&opt_u64(self.retention.max_bytes).to_le_bytes());
+        v.extend_from_slice(&opt_u64(self.retention.max_records).to_le_bytes());
+        v.extend_from_slice(&(self.compacted as u64).to_le_bytes());
+        v.extend_from_slice(self.name.as_bytes());
+        v
+    }
+
+    fn decode(b: &[u8]) -> Result<StreamMeta> {
+        let name = b.get(64..).ok_or_else(|| Error::Index("stream record too short".into()))?;
+        Ok(StreamMeta {
+            id: read_u64(b, 0)?,
+            shard: read_u64(b, 8)? as u32,
+            first_offset: read_u64(b, 16)?,
+            next_offset: read_u64(b, 24)?,
+            retention: Retention {
+                max_age: from_opt(read_u64(b, 32)?).map(std::time::Duration::from_millis),
+                max_bytes: from_opt(read_u64(b, 40)?),
+                max_records: from_opt(read_u64(b, 48)?),
+            },
+            compacted: read_u64(b, 56)? != 0,
+            name: String::from_utf8(name.to_vec()).map_err(|_| Error::Index("stream name is not UTF-8".into()))?,
+        })
+    }
+}
+
+fn meta_key(id: u64) -> Vec<u8> {
+    let mut k = vec![STREAM_META_PREFIX];
+    k.extend_from_slice(&be(id));
+    k
+}
+
+fn name_key(name: &str) -> Vec<u8> {
+    let mut k = vec![STREAM_NAME_PREFIX];
+    k.extend_from_slice(name.as_bytes());
+    k
+}
+
+fn block_key(stream: u64, first: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&be(stream));
+    k[8..].copy_from_slice(&be(first));
+    k
+}
+
+fn cursor_key(stream: u64, consumer: &str) -> Vec<u8> {
+    let mut k = be(stream).to_vec();
+    k.extend_from_slice(consumer.as_bytes());
+    k
+}
+
+fn checkpoint_key(shard: u32) -> Vec<u8> {
+    format!("checkpoint/{shard:08}").into_bytes()
+}
+
+pub(crate) fn encode_positions(positions: &[Pos]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(positions.len() * 16);
+    for p in positions {
+        v.extend_from_slice(&p.segment.to_le_bytes());
+        v.extend_from_slice(&p.at.to_le_bytes());
+    }
+    v
+}
+
+fn decode_positions(b: &[u8]) -> Result<Vec<Pos>> {
+    if b.len() % 16 != 0 {
+        return Err(Error::Index(format!("index block of {} bytes is not a whole number of positions", b.len())));
+    }
+    b.chunks_exact(16).map(|c| Ok(Pos { segment: read_u64(c, 0)?, at: read_u64(c, 8)? })).collect()
+}
+
+impl Index {
+    pub(crate) fn open(dir: &Path, sync: SyncMode) -> Result<Index> {
+        let db = Database::builder(dir).open()?;
+        let ks = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default);
+        Ok(Index {
+            streams: ks("streams")?,
+            blocks: ks("blocks")?,
+            cursors: ks("cursors")?,
+            meta: ks("meta")?,
+            db,
+            sync,
+        })
+    }
+
+    /// Makes everything written so far durable, if the sync mode promises durability.
+    pub(crate) fn persist(&self) -> Result<()> {
+        if self.sync != SyncMode::None {
+            self.db.persist(PersistMode::SyncData)?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn get_meta_u64(&self, key: &str) -> Result<Option<u64>> {
+        self.meta.get(key)?.map(|v| read_u64(&v, 0)).transpose()
+    }
+
+    pub(crate) fn put_meta_u64(&self, key: &str, v: u64) -> Result<()> {
+        self.meta.insert(key, v.to_le_bytes().to_vec())?;
+        Ok(())
+    }
+
+    pub(crate) fn load_streams(&self) -> Result<Vec<StreamMeta>> {
+        let mut out = Vec::new();
+        for g in self.streams.prefix([STREAM_META_PREFIX]) {
+            let (_, v) = g.into_inner()?;
+            out.push(StreamMeta::decode(&v)?);
+        }
+        Ok(out)
+    }
+
+    /// Writes a new stream durably (always synced: creation is rare and losing a stream's
+    /// name while keeping its records would orphan them).
+    pub(crate) fn create_stream(&self, meta: &StreamMeta) -> Result<()> {
+        let mut b = self.db.batch();
+        b.insert(&self.streams, name_key(&meta.name), be(meta.id).to_vec());
+        b.insert(&self.streams, meta_key(meta.id), meta.encode());
+        b.insert(&self.meta, "next_stream_id", (meta.id + 1).to_le_bytes().to_vec());
+        b.commit()?;
+        self.db.persist(PersistMode::SyncData)?;
+        Ok(())
+    }
+
+    pub(crate) fn put_stream(&self, meta: &StreamMeta) -> Result<()> {
+        self.streams.insert(meta_key(meta.id), meta.encode())?;
+        Ok(())
+    }
+
+    pub(crate) fn put_block(&self, stream: u64, first: u64, positions: &[Pos]) -> Result<()> {
+        self.blocks.insert(block_key(stream, first), encode_positions(positions))?;
+        Ok(())
+    }
+
+    /// The position of `offset` in `stream`, from the block that covers it, together with
+    /// the whole block (readers walk it for the following offsets).
+    pub(crate) fn find_block(&self, stream: u64, offset: u64) -> Result<Option<(u64, Vec<Pos>)>> {
+        let lo = block_key(stream, 0);
+        let hi = block_key(stream, offset);
+        let found = self.blocks.range::<&[u8], _>((Bound::Included(&lo[..]), Bound::Included(&hi[..]))).next_back();
+        match found {
+            None => Ok(None),
+            Some(g) => {
+                let (k, v) = g.into_inner()?;
+                let first = u64::from_be_bytes(k[8..16].try_into().map_err(|_| Error::Index("bad block key".into()))?);
+                Ok(Some((first, decode_positions(&v)?)))
+            }
+        }
+    }
+
+    /// Removes every index block of a stream (before a full re-index).
+    pub(crate) fn delete_blocks(&self, stream: u64) -> Result<()> {
+        let keys: Vec<_> = self.blocks.prefix(be(stream)).map(|g| g.key()).collect::<Result<_, _>>()?;
+        for k in keys {
+            self.blocks.remove(k)?;
+        }
+        Ok(())
+    }
+
+    /// Removes the blocks that only cover offsets below `first` (after retention).
+    pub(crate) fn delete_blocks_below(&self, stream: u64, first: u64) -> Result<()> {
+        let lo = block_key(stream, 0);
+        let hi = block_key(stream, first);
+        let keys: Vec<Vec<u8>> = self
+            .blocks
+            .range::<&[u8], _>((Bound::Included(&lo[..]), Bound::Excluded(&hi[..])))
+            .map(|g| g.into_inner().map(|(k, v)| (k.to_vec(), v.len())))
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .filter(|(k, len)| {
+                let start = u64::from_be_bytes(k[8..16].try_into().unwrap_or([0xff; 8]));
+                start.saturating_add((*len / 16) as u64) <= first
+            })
+            .map(|(k, _)| k)
+            .collect();
+        for k in keys {
+            self.blocks.remove(k)?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn checkpoint(&self, shard: u32) -> Result<Option<Checkpoint>> {
+        match self.meta.get(checkpoint_key(shard))? {
+            None => Ok(None),
+            Some(v) => Ok(Some(Checkpoint {
+                pos: Pos { segment: read_u64(&v, 0)?, at: read_u64(&v, 8)? },
+                next_lsn: read_u64(&v, 16)?,
+            })),
+        }
+    }
+
+    pub(crate) fn put_checkpoint(&self, shard: u32, cp: &Checkpoint) -> Result<()> {
+        let mut v = Vec::with_capacity(24);
+        v.extend_from_slice(&cp.pos.segment.to_le_bytes());
+        v.extend_from_slice(&cp.pos.at.to_le_bytes());
+        v.extend_from_slice(&cp.next_lsn.to_le_bytes());
+        self.meta.insert(checkpoint_key(shard), v)?;
+        Ok(())
+    }
+
+    pub(crate) fn clear_checkpoint(&self, shard: u32) -> Result<()> {
+        self.meta.remove(checkpoint_key(shard))?;
+        Ok(())
+    }
+
+    pub(crate) fn cursor(&self, stream: u64, consumer: &str) -> Result<Option<u64>> {
+        self.cursors.get(cursor_key(stream, consumer))?.map(|v| read_u64(&v, 0)).transpose()
+    }
+
+    pub(crate) fn put_cursor(&self, stream: u64, consumer: &str, offset: u64) -> Result<()> {
+        self.cursors.insert(cursor_key(stream, consumer), offset.to_le_bytes().to_vec())?;
+        if self.sync == SyncMode::Always {
+            self.db.persist(PersistMode::SyncData)?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn delete_cursor(&self, stream: u64, consumer: &str) -> Result<()> {
+        self.cursors.remove(cursor_key(stream, consumer))?;
+        if self.sync == SyncMode::Always {
+            self.db.persist(PersistMode::SyncData)?;
+        }
+        Ok(())
+    }
+
+    /// All cursors of a stream: (consumer, offset).
+    pub(crate) fn cursors_of(&self, stream: u64) -> Result<Vec<(String, u64)>> {
+        let mut out = Vec::new();
+        for g in self.cursors.prefix(be(stream)) {
+            let (k, v) = g.into_inner()?;
+            out.push((String::from_utf8_lossy(&k[8..]).into_owned(), read_u64(&v, 0)?));
+        }
+        Ok(out)
+    }
+}

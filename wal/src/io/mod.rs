@@ -1,0 +1,52 @@
+//! The file-system backend, as a trait so that the portable backend, the io_uring backend
+//! and fault-injecting test backends all plug into the same writer.
+//!
+//! Only the *write* side goes through the backend: it is the part whose failure modes
+//! (short writes, ENOSPC, failed syncs) the log must handle. Reads use plain positional
+//! reads on their own file descriptors.
+
+mod faulty;
+mod std_backend;
+#[cfg(all(feature = "io-uring", target_os = "linux"))]
+mod uring;
+
+use std::io;
+use std::path::Path;
+
+pub use faulty::{FaultPlan, FaultyBackend};
+pub use std_backend::StdBackend;
+
+/// A file opened for appending by the shard writer.
+pub trait LogFile: Send {
+    /// Writes all of `buf` at byte position `pos`.
+    fn write_all_at(&mut self, pos: u64, buf: &[u8]) -> io::Result<()>;
+    /// Makes written data durable (`fdatasync`).
+    fn sync_data(&mut self) -> io::Result<()>;
+    /// Cuts the file to `len` bytes (used to roll back a failed batch).
+    fn truncate(&mut self, len: u64) -> io::Result<()>;
+}
+
+/// Opens the files the writer appends to.
+pub trait Backend: Send + Sync + std::fmt::Debug {
+    /// Creates a new file (fails if it exists).
+    fn create(&self, path: &Path) -> io::Result<Box<dyn LogFile>>;
+    /// Opens an existing file for writing.
+    fn open(&self, path: &Path) -> io::Result<Box<dyn LogFile>>;
+    /// Syncs a directory so that a newly created or removed entry is durable.
+    fn sync_dir(&self, path: &Path) -> io::Result<()>;
+    /// A short name for logs and metrics ("std", "io-uring").
+    fn name(&self) -> &'static str;
+}
+
+/// The default backend: io_uring when the feature is on and the kernel allows it,
+/// otherwise the portable one.
+pub fn default_backend() -> std::sync::Arc<dyn Backend> {
+    #[cfg(all(feature = "io-uring", target_os = "linux"))]
+    {
+        if let Some(b) = uring::UringBackend::probe() {
+            return std::sync::Arc::new(b);
+        }
+        tracing::warn!("io_uring is not available on this kernel; using the portable backend");
+    }
+    std::sync::Arc::new(StdBackend)
+}

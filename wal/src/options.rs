@@ -1,0 +1,172 @@
+//! Options for opening a log. Each knob is a small type of its own so that a config file
+//! layer (the broker's) can map onto it one to one.
+
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// When an append counts as durable, and so when [`crate::Wal::append`] returns.
+///
+/// | mode | `append` returns after | lost on `kill -9` | lost on power loss |
+/// |---|---|---|---|
+/// | `Always` (default) | `write` + `fdatasync` | nothing | nothing |
+/// | `Interval(d)` | `write` | nothing | at most the last `d` of appends |
+/// | `None` | `write` | nothing | whatever the OS had not yet written back |
+///
+/// A `kill -9` loses nothing in any mode because the data is in the kernel's page cache
+/// once `write` returns; only a machine crash or power loss can lose unsynced pages.
+/// New segment files and their directory entry are synced in every mode except `None`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SyncMode {
+    /// `fdatasync` before acknowledging; one sync covers a whole group-commit batch.
+    #[default]
+    Always,
+    /// Acknowledge after `write`; the writer syncs in the background at this interval.
+    Interval(Duration),
+    /// Never sync explicitly.
+    None,
+}
+
+/// What recovery does with a record that fails its checks *before* the end of the log.
+///
+/// A torn tail (invalid bytes up to the end of the newest segment, the normal result of a
+/// crash mid-write) is always truncated: those bytes were never acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RecoveryMode {
+    /// Refuse to open and name the bad range; nothing is changed on disk.
+    #[default]
+    Strict,
+    /// Skip the bad range, report it, and keep every valid record around it.
+    Tolerant,
+}
+
+/// How much of a stream to keep. `None` in a field means "no limit of that kind".
+/// Retention works on whole segments: a segment is deleted once nothing in it is live
+/// for any stream, so a stream may keep somewhat more than its limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Retention {
+    /// Records older than this may be removed.
+    pub max_age: Option<Duration>,
+    /// Keep at most about this many bytes of records (key + payload).
+    pub max_bytes: Option<u64>,
+    /// Keep at most this many records.
+    pub max_records: Option<u64>,
+}
+
+impl Retention {
+    /// Keep everything (the default).
+    pub const FOREVER: Retention = Retention { max_age: None, max_bytes: None, max_records: None };
+}
+
+/// Options for [`crate::Wal::open`]. Build with [`Options::default`] and the setters.
+///
+/// ```
+/// use promptmq_wal::{Options, SyncMode, RecoveryMode};
+/// use std::time::Duration;
+/// let opts = Options::default()
+///     .shards(4)
+///     .segment_bytes(64 << 20)
+///     .sync(SyncMode::Interval(Duration::from_millis(5)))
+///     .recovery(RecoveryMode::Tolerant);
+/// assert_eq!(opts.shard_count(), 4);
+/// ```
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub(crate) shards: u32,
+    pub(crate) segment_bytes: u64,
+    pub(crate) sync: SyncMode,
+    pub(crate) recovery: RecoveryMode,
+    pub(crate) retention: Retention,
+    pub(crate) max_record_bytes: usize,
+    pub(crate) max_batch_bytes: usize,
+    pub(crate) create: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        Options {
+            shards: cores.clamp(1, 64) as u32,
+            segment_bytes: 64 << 20,
+            sync: SyncMode::Always,
+            recovery: RecoveryMode::Strict,
+            retention: Retention::FOREVER,
+            max_record_bytes: 16 << 20,
+            max_batch_bytes: 4 << 20,
+            create: true,
+        }
+    }
+}
+
+impl Options {
+    /// Number of shard logs for a *new* directory (default: one per core). An existing
+    /// directory keeps the count it was created with, because streams are pinned to shards.
+    pub fn shards(mut self, n: u32) -> Self {
+        self.shards = n;
+        self
+    }
+    /// Size at which a segment file is sealed and a new one started (default 64 MiB).
+    pub fn segment_bytes(mut self, n: u64) -> Self {
+        self.segment_bytes = n;
+        self
+    }
+    /// The sync mode (default [`SyncMode::Always`]).
+    pub fn sync(mut self, mode: SyncMode) -> Self {
+        self.sync = mode;
+        self
+    }
+    /// The recovery mode (default [`RecoveryMode::Strict`]).
+    pub fn recovery(mut self, mode: RecoveryMode) -> Self {
+        self.recovery = mode;
+        self
+    }
+    /// Retention for streams created without a policy of their own.
+    pub fn retention(mut self, r: Retention) -> Self {
+        self.retention = r;
+        self
+    }
+    /// Largest key + payload accepted by `append` (default 16 MiB).
+    pub fn max_record_bytes(mut self, n: usize) -> Self {
+        self.max_record_bytes = n;
+        self
+    }
+    /// Upper bound on the bytes one group commit writes (default 4 MiB); bigger batches are
+    /// split. Bounds the writer's buffer, not the queue.
+    pub fn max_batch_bytes(mut self, n: usize) -> Self {
+        self.max_batch_bytes = n;
+        self
+    }
+    /// Whether `open` may create a missing directory (default true). `walctl` sets false.
+    pub fn create_if_missing(mut self, yes: bool) -> Self {
+        self.create = yes;
+        self
+    }
+    /// The shard count that a new directory would get.
+    pub fn shard_count(&self) -> u32 {
+        self.shards
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        if self.shards == 0 || self.shards > 1024 {
+            return Err(Error::InvalidOption { name: "shards", reason: format!("{} is out of range 1..=1024", self.shards) });
+        }
+        if self.segment_bytes < 4096 || self.segment_bytes > (1 << 40) {
+            return Err(Error::InvalidOption {
+                name: "segment_bytes",
+                reason: format!("{} is out of range 4096..=1 TiB", self.segment_bytes),
+            });
+        }
+        if self.max_record_bytes == 0 || self.max_record_bytes > (u32::MAX as usize - 1024) {
+            return Err(Error::InvalidOption {
+                name: "max_record_bytes",
+                reason: format!("{} is out of range 1..4 GiB", self.max_record_bytes),
+            });
+        }
+        if let SyncMode::Interval(d) = self.sync {
+            if d.is_zero() {
+                return Err(Error::InvalidOption { name: "sync", reason: "interval must be > 0 (use Always for 0)".into() });
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,253 @@
+//! Crash recovery: bringing a shard's segments and the index back to a consistent state on
+//! open, and reporting exactly what was found and done.
+//!
+//! Rules (see `FORMAT.md`):
+//! - invalid bytes running to the end of the *newest* segment are a torn tail from a crash
+//!   mid-write: they were never acknowledged, and are truncated in every mode;
+//! - any other damaged range (inside a sealed segment, or followed by valid records) is an
+//!   error in `strict` mode and a reported, skipped range in `tolerant` mode;
+//! - a newest segment whose header never made it to disk (created just before a crash)
+//!   holds no records and is removed.
+//!
+//! Only the log beyond the shard's index checkpoint is scanned on open; a missing or
+//! inconsistent checkpoint re-indexes the whole shard. `walctl verify` checks everything.
+
+use std::collections::HashMap;
+use std::fs::OpenOptions;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::format::SEGMENT_HEADER_LEN;
+use crate::index::{Index, Pos};
+use crate::options::RecoveryMode;
+use crate::segment::{self, BadRange};
+use crate::shard::ShardStart;
+use crate::stream::{OpenBlock, StreamState};
+
+/// What recovery found and did in one shard.
+#[derive(Debug, Clone, Default)]
+pub struct ShardReport {
+    /// Shard number.
+    pub shard: u32,
+    /// Segments in the shard.
+    pub segments: usize,
+    /// Segments scanned (those beyond the checkpoint).
+    pub segments_scanned: usize,
+    /// Records scanned and indexed.
+    pub records_scanned: u64,
+    /// Bytes scanned.
+    pub bytes_scanned: u64,
+    /// Whether scanning started from an index checkpoint (false: full re-index).
+    pub from_checkpoint: bool,
+    /// Torn tails that were cut off.
+    pub truncated: Vec<BadRange>,
+    /// Damaged ranges skipped (tolerant mode only).
+    pub skipped: Vec<BadRange>,
+    /// Segment files removed (torn at creation) or set aside as `.bad` (tolerant mode).
+    pub removed: Vec<PathBuf>,
+    /// Records skipped because they belong to no known stream or break offset order.
+    pub orphan_records: u64,
+}
+
+/// What recovery found and did, for every shard.
+#[derive(Debug, Clone, Default)]
+pub struct RecoveryReport {
+    /// One entry per shard.
+    pub shards: Vec<ShardReport>,
+    /// Wall time of recovery.
+    pub duration: Duration,
+}
+
+impl RecoveryReport {
+    /// Total records scanned.
+    pub fn records_scanned(&self) -> u64 {
+        self.shards.iter().map(|s| s.records_scanned).sum()
+    }
+    /// Whether recovery changed or skipped anything beyond a clean re-index.
+    pub fn is_clean(&self) -> bool {
+        self.shards.iter().all(|s| s.truncated.is_empty() && s.skipped.is_empty() && s.removed.is_empty() && s.orphan_records == 0)
+    }
+}
+
+/// What to do with a damaged range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Action {
+    Truncate,
+    Skip,
+    Fail,
+}
+
+/// The one place that decides between truncating, skipping and failing.
+pub(crate) fn classify(bad: &BadRange, newest_segment: bool, mode: RecoveryMode) -> Action {
+    if bad.at_tail && newest_segment {
+        Action::Truncate
+    } else if mode == RecoveryMode::Tolerant {
+        Action::Skip
+    } else {
+        Action::Fail
+    }
+}
+
+pub(crate) fn corrupt(bad: &BadRange) -> Error {
+    Error::Corrupt { path: bad.path.clone(), position: bad.start, reason: format!("{} (bad range {}..{})", bad.reason, bad.start, bad.end) }
+}
+
+/// Whether a header that fails to decode is a creation torn by a crash: the file is
+/// shorter than a header or its header bytes are all zero.
+pub(crate) fn torn_creation(data: &[u8]) -> bool {
+    data.len() < SEGMENT_HEADER_LEN || data[..SEGMENT_HEADER_LEN].iter().all(|&b| b == 0)
+}
+
+fn truncate_file(path: &std::path::Path, len: u64) -> Result<()> {
+    let f = OpenOptions::new().write(true).open(path).map_err(|e| Error::io("opening for truncation", path, e))?;
+    f.set_len(len).map_err(|e| Error::io("truncating", path, e))?;
+    f.sync_all().map_err(|e| Error::io("syncing", path, e))
+}
+
+pub(crate) struct Recovered {
+    pub(crate) start: ShardStart,
+    pub(crate) segments: Vec<u64>,
+    pub(crate) report: ShardReport,
+}
+
+/// Recovers one shard: scans beyond its checkpoint, repairs per `mode`, and rebuilds the
+/// in-memory offsets and index positions of its streams.
+pub(crate) fn recover_shard(
+    dir: &std::path::Path,
+    shard: u32,
+    index: &Index,
+    streams: &HashMap<u64, Arc<StreamState>>,
+    mode: RecoveryMode,
+    max_body: u32,
+) -> Result<Recovered> {
+    let mut report = ShardReport { shard, ..ShardReport::default() };
+    let mut segs = segment::list_segments(dir)?;
+    report.segments = segs.len();
+    let cp = index.checkpoint(shard)?;
+    let mut start_idx = 0;
+    let mut start_at = 0usize;
+    let mut next_lsn = cp.map(|c| c.next_lsn).unwrap_or(0);
+    if let Some(cp) = cp {
+        if let Some(i) = segs.iter().position(|(first, _)| *first == cp.pos.segment) {
+            let len = std::fs::metadata(&segs[i].1).map(|m| m.len()).unwrap_or(0);
+            if len >= cp.pos.at {
+                start_idx = i;
+                start_at = cp.pos.at as usize;
+                report.from_checkpoint = true;
+            }
+        }
+    }
+    let ours: Vec<&Arc<StreamState>> = streams.values().filter(|s| s.shard == shard).collect();
+    if !report.from_checkpoint {
+        if cp.is_some() {
+            tracing::warn!(shard, "index checkpoint does not match the log; re-indexing the whole shard");
+        }
+        for s in &ours {
+            index.delete_blocks(s.id)?;
+            let first = s.first_offset.load(Ordering::Acquire);
+            s.next_offset.store(first, Ordering::Release);
+            *s.open.lock().unwrap_or_else(|p| p.into_inner()) = OpenBlock { first, positions: Vec::new() };
+        }
+    }
+
+    let mut i = start_idx;
+    while i < segs.len() {
+        let (first, path) = segs[i].clone();
+        let newest = i + 1 == segs.len();
+        let data = segment::read_segment(&path)?;
+        let header = match segment::check_header(&path, &data, Some(shard), first) {
+            Ok(h) => h,
+            Err(e) => {
+                if newest && torn_creation(&data) {
+                    std::fs::remove_file(&path).map_err(|e| Error::io("removing a torn new segment", &path, e))?;
+                } else if mode == RecoveryMode::Tolerant {
+                    let bad = path.with_extension("seg.bad");
+                    std::fs::rename(&path, &bad).map_err(|e| Error::io("setting aside a damaged segment", &path, e))?;
+                    tracing::warn!(file = %path.display(), error = %e, "damaged segment header; set aside");
+                } else {
+                    return Err(e);
+                }
+                report.removed.push(path);
+                segs.remove(i);
+                continue;
+            }
+        };
+        let resume = i == start_idx && report.from_checkpoint;
+        let (from, lsn0) = if resume { (start_at, next_lsn) } else { (SEGMENT_HEADER_LEN, header.first_lsn.max(next_lsn)) };
+        if !resume && header.first_lsn < next_lsn {
+            let e = Error::Corrupt {
+                path: path.clone(),
+                position: 0,
+                reason: format!("segment starts at LSN {} but the previous one reached {}", header.first_lsn, next_lsn),
+            };
+            if mode == RecoveryMode::Strict {
+                return Err(e);
+            }
+            tracing::warn!(error = %e, "overlapping segment; its older records are skipped");
+        }
+        let mut orphans = 0u64;
+        let scan = segment::scan(&path, &data, header, from, lsn0, max_body, |r, at| {
+            let mut bad = |why: String| -> Result<()> {
+                if mode == RecoveryMode::Strict {
+                    Err(Error::Corrupt { path: path.clone(), position: at, reason: why })
+                } else {
+                    orphans += 1;
+                    Ok(())
+                }
+            };
+            let Some(s) = streams.get(&r.meta.stream) else {
+                return bad(format!("record of unknown stream id {}", r.meta.stream));
+            };
+            let next = s.next_offset.load(Ordering::Acquire);
+            if r.meta.offset < next {
+                return bad(format!("stream {:?} offset {} repeats (expected {next})", s.name, r.meta.offset));
+            }
+            if r.meta.offset > next && mode == RecoveryMode::Strict {
+                return bad(format!("stream {:?} jumps from offset {next} to {}", s.name, r.meta.offset));
+            }
+            s.push_position(index, r.meta.offset, Pos { segment: first, at });
+            s.next_offset.store(r.meta.offset + 1, Ordering::Release);
+            s.dirty.store(true, Ordering::Release);
+            Ok(())
+        })?;
+        report.orphan_records += orphans;
+        report.segments_scanned += 1;
+        report.records_scanned += scan.records;
+        report.bytes_scanned += scan.valid_end.saturating_sub(from as u64);
+        for bad in scan.bad {
+            match classify(&bad, newest, mode) {
+                Action::Truncate => {
+                    tracing::info!(file = %bad.path.display(), at = bad.start, bytes = bad.end - bad.start, "truncating torn tail");
+                    truncate_file(&path, bad.start)?;
+                    report.truncated.push(bad);
+                }
+                Action::Skip => {
+                    tracing::warn!(file = %bad.path.display(), start = bad.start, end = bad.end, reason = %bad.reason, "skipping damaged range");
+                    report.skipped.push(bad);
+                }
+                Action::Fail => return Err(corrupt(&bad)),
+            }
+        }
+        next_lsn = scan.last_lsn.map(|l| l + 1).unwrap_or(lsn0).max(next_lsn);
+        if newest {
+            let start = ShardStart { active: Some((first, scan.valid_end)), next_lsn };
+            return Ok(Recovered { start, segments: segs.iter().map(|(f, _)| *f).collect(), report });
+        }
+        i += 1;
+    }
+    let start = ShardStart { active: None, next_lsn };
+    Ok(Recovered { start, segments: segs.iter().map(|(f, _)| *f).collect(), report })
+}
+
+pub(crate) fn finish_streams(streams: &HashMap<u64, Arc<StreamState>>) {
+    for s in streams.values() {
+        let next = s.next_offset.load(Ordering::Acquire);
+        s.visible.store(next, Ordering::Release);
+        if s.first_offset.load(Ordering::Acquire) > next {
+            s.first_offset.store(next, Ordering::Release);
+        }
+    }
+}

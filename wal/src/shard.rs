@@ -1,0 +1,397 @@
+//! A shard: one append-only sequence of segment files, its single writer thread, and the
+//! read handles on its segments.
+//!
+//! Appends for every stream mapped to the shard go through its [`CommitQueue`]; the
+//! writer ([`ShardWriter`]) turns each batch into one write and (in `Always` mode) one
+//! `fdatasync`, then makes the new records visible to readers and completes the waiters.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+
+use crate::commit::{run_writer, BatchSink, CommitQueue, Completion, Pending, Weighted};
+use crate::error::{Error, Result};
+use crate::format::{self, RecordMeta, SegmentHeader, FORMAT_VERSION, SEGMENT_HEADER_LEN};
+use crate::index::{Checkpoint, Index, Pos};
+use crate::io::{Backend, LogFile};
+use crate::options::SyncMode;
+use crate::segment::{segment_path, SegmentReader};
+use crate::stream::StreamState;
+
+/// Bytes written between two checkpoints of the index. Bounds the log recovery re-indexes.
+const CHECKPOINT_BYTES: u64 = 32 << 20;
+
+/// One record of an append request.
+pub(crate) struct NewRecord {
+    pub(crate) key: Option<Bytes>,
+    pub(crate) payload: Bytes,
+}
+
+/// An append of one or more records to one stream; they get consecutive offsets.
+pub(crate) struct AppendReq {
+    /// `None` for a flush request, which carries no records.
+    pub(crate) stream: Option<Arc<StreamState>>,
+    pub(crate) records: Vec<NewRecord>,
+    /// Sync before completing, whatever the sync mode (`Wal::flush`).
+    pub(crate) force_sync: bool,
+}
+
+impl Weighted for AppendReq {
+    fn weight(&self) -> usize {
+        self.records.iter().map(|r| format::encoded_len(r.key.as_ref().map_or(0, |k| k.len()), r.payload.len())).sum()
+    }
+}
+
+/// The parts of a shard that readers and the writer share.
+#[derive(Debug)]
+pub(crate) struct ShardShared {
+    pub(crate) id: u32,
+    pub(crate) dir: PathBuf,
+    /// Segment first LSN → lazily opened read handle.
+    segments: Mutex<BTreeMap<u64, Option<Arc<SegmentReader>>>>,
+}
+
+impl ShardShared {
+    pub(crate) fn new(id: u32, dir: PathBuf, segments: impl IntoIterator<Item = u64>) -> Self {
+        ShardShared { id, dir, segments: Mutex::new(segments.into_iter().map(|s| (s, None)).collect()) }
+    }
+
+    pub(crate) fn add_segment(&self, first_lsn: u64) {
+        self.segments.lock().unwrap_or_else(|p| p.into_inner()).insert(first_lsn, None);
+    }
+
+    pub(crate) fn remove_segment(&self, first_lsn: u64) {
+        self.segments.lock().unwrap_or_else(|p| p.into_inner()).remove(&first_lsn);
+    }
+
+    pub(crate) fn segment_list(&self) -> Vec<u64> {
+        self.segments.lock().unwrap_or_else(|p| p.into_inner()).keys().copied().collect()
+    }
+
+    pub(crate) fn reader(&self, first_lsn: u64) -> Result<Arc<SegmentReader>> {
+        let mut segs = self.segments.lock().unwrap_or_else(|p| p.into_inner());
+        match segs.get_mut(&first_lsn) {
+            None => Err(Error::Index(format!(
+                "index points at segment {first_lsn} of shard {}, which does not exist; reopen the log to re-index",
+                self.id
+            ))),
+            Some(Some(r)) => Ok(r.clone()),
+            Some(slot) => {
+                let r = Arc::new(SegmentReader::open(&segment_path(&self.dir, first_lsn))?);
+                *slot = Some(r.clone());
+                Ok(r)
+            }
+        }
+    }
+}
+
+/// Where recovery left the shard: the segment to continue appending to.
+pub(crate) struct ShardStart {
+    pub(crate) active: Option<(u64, u64)>,
+    pub(crate) next_lsn: u64,
+}
+
+pub(crate) struct Shard {
+    pub(crate) shared: Arc<ShardShared>,
+    queue: Arc<CommitQueue<AppendReq, u64>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Shard {
+    /// Starts the writer thread of a recovered shard.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn start(
+        shared: Arc<ShardShared>,
+        start: ShardStart,
+        backend: Arc<dyn Backend>,
+        index: Arc<Index>,
+        sync: SyncMode,
+        segment_bytes: u64,
+        max_batch_bytes: usize,
+        queue_bytes: usize,
+    ) -> Result<Shard> {
+        let (file, seg_first, seg_len) = match start.active {
+            Some((first, len)) => {
+                let path = segment_path(&shared.dir, first);
+                (Some(backend.open(&path).map_err(|e| Error::io("opening", path, e))?), first, len)
+            }
+            None => (None, start.next_lsn, 0),
+        };
+        let queue = Arc::new(CommitQueue::new(queue_bytes));
+        let mut writer = ShardWriter {
+            shared: shared.clone(),
+            backend,
+            index,
+            sync,
+            segment_bytes,
+            max_batch_bytes,
+            file,
+            seg_first,
+            seg_len,
+            synced_len: seg_len,
+            next_lsn: start.next_lsn,
+            buf: Vec::new(),
+            failed: None,
+            last_sync: Instant::now(),
+            touched: HashMap::new(),
+            bytes_since_checkpoint: 0,
+            scratch: Vec::new(),
+            local: HashMap::new(),
+        };
+        let q = queue.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("wal-shard-{}", shared.id))
+            .spawn(move || run_writer(&q, &mut writer))
+            .map_err(|e| Error::io("starting the writer thread of", shared.dir.clone(), e))?;
+        Ok(Shard { shared, queue, writer: Mutex::new(Some(handle)) })
+    }
+
+    pub(crate) fn submit(&self, req: AppendReq) -> Completion<u64> {
+        self.queue.submit(req)
+    }
+
+    /// Stops accepting appends, lets the writer finish what is queued, sync and checkpoint.
+    pub(crate) fn close(&self) {
+        self.queue.close();
+        if let Some(h) = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for Shard {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// The writer of a shard; runs on its own thread inside [`run_writer`].
+struct ShardWriter {
+    shared: Arc<ShardShared>,
+    backend: Arc<dyn Backend>,
+    index: Arc<Index>,
+    sync: SyncMode,
+    segment_bytes: u64,
+    max_batch_bytes: usize,
+    file: Option<Box<dyn LogFile>>,
+    seg_first: u64,
+    seg_len: u64,
+    /// Bytes of the active segment known durable (== seg_len in `Always` mode).
+    synced_len: u64,
+    next_lsn: u64,
+    buf: Vec<u8>,
+    failed: Option<String>,
+    last_sync: Instant,
+    touched: HashMap<u64, Arc<StreamState>>,
+    bytes_since_checkpoint: u64,
+    /// (request index, offset, byte position) of each record of the current batch.
+    scratch: Vec<(usize, u64, u64)>,
+    /// Next offset per stream within the current batch.
+    local: HashMap<u64, u64>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+impl ShardWriter {
+    fn seg_path(&self) -> PathBuf {
+        segment_path(&self.shared.dir, self.seg_first)
+    }
+
+    fn fail(&mut self, e: &Error) -> Error {
+        let reason = e.to_string();
+        tracing::error!(shard = self.shared.id, error = %reason, "shard stops accepting appends until reopened");
+        self.failed = Some(reason);
+        e.duplicate()
+    }
+
+    /// Syncs the active segment; a failed sync fails the shard (after a failed
+    /// `fdatasync` the kernel may have dropped the dirty pages, so retrying proves nothing).
+    fn sync_now(&mut self) -> Result<()> {
+        if let Some(f) = self.file.as_mut() {
+            if let Err(e) = f.sync_data() {
+                let e = Error::io("syncing", self.seg_path(), e);
+                return Err(self.fail(&e));
+            }
+        }
+        self.synced_len = self.seg_len;
+        self.last_sync = Instant::now();
+        Ok(())
+    }
+
+    /// Seals the active segment (if any) and starts a new one at `next_lsn`.
+    fn roll(&mut self) -> Result<()> {
+        if self.file.is_some() && self.sync != SyncMode::None && self.synced_len < self.seg_len {
+            self.sync_now()?;
+        }
+        let first = self.next_lsn;
+        let path = segment_path(&self.shared.dir, first);
+        let mut f = self.backend.create(&path).map_err(|e| Error::io("creating", &path, e))?;
+        let header = SegmentHeader { version: FORMAT_VERSION, flags: 0, shard: self.shared.id, first_lsn: first };
+        let durable = self.sync != SyncMode::None;
+        let res = f
+            .write_all_at(0, &header.encode())
+            .and_then(|_| if durable { f.sync_data() } else { Ok(()) })
+            .and_then(|_| if durable { self.backend.sync_dir(&self.shared.dir) } else { Ok(()) });
+        if let Err(e) = res {
+            drop(f);
+            if let Err(rm) = std::fs::remove_file(&path) {
+                let e = Error::io("removing a half-created segment", &path, rm);
+                return Err(self.fail(&e));
+            }
+            return Err(Error::io("creating", &path, e));
+        }
+        self.file = Some(f);
+        self.seg_first = first;
+        self.seg_len = SEGMENT_HEADER_LEN as u64;
+        self.synced_len = self.seg_len;
+        self.shared.add_segment(first);
+        // Checkpoint at the start of the new segment, so a checkpoint always points into
+        // the active segment (never at a sealed one that retention may delete).
+        self.checkpoint();
+        Ok(())
+    }
+
+    /// Writes the open index blocks and the shard's checkpoint, covering what is durable.
+    fn checkpoint(&mut self) {
+        // Stream offsets and the checkpoint must describe the same, durable, prefix.
+        if self.file.is_none() || self.synced_len != self.seg_len {
+            return;
+        }
+        let res = (|| -> Result<()> {
+            for s in self.touched.values() {
+                s.flush_open_block(&self.index)?;
+                self.index.put_stream(&s.meta())?;
+            }
+            let cp = Checkpoint { pos: Pos { segment: self.seg_first, at: self.synced_len }, next_lsn: self.next_lsn };
+            self.index.put_checkpoint(self.shared.id, &cp)?;
+            self.index.persist()
+        })();
+        match res {
+            Ok(()) => {
+                self.touched.clear();
+                self.bytes_since_checkpoint = 0;
+            }
+            Err(e) => tracing::warn!(shard = self.shared.id, error = %e, "index checkpoint failed; recovery will re-index more of the log"),
+        }
+    }
+
+    fn write_batch(&mut self, batch: &[Pending<AppendReq, u64>]) -> Result<Vec<u64>> {
+        if let Some(reason) = &self.failed {
+            return Err(Error::ShardFailed { shard: self.shared.id, reason: reason.clone() });
+        }
+        if self.file.is_none() || self.seg_len >= self.segment_bytes {
+            self.roll()?;
+        }
+        self.buf.clear();
+        self.scratch.clear();
+        self.local.clear();
+        let ts = now_ms();
+        let mut lsn = self.next_lsn;
+        let mut outs = Vec::with_capacity(batch.len());
+        let mut force_sync = false;
+        for (i, p) in batch.iter().enumerate() {
+            force_sync |= p.req.force_sync;
+            let Some(s) = &p.req.stream else {
+                outs.push(0);
+                continue;
+            };
+            let next = self.local.entry(s.id).or_insert_with(|| s.next_offset.load(Ordering::Acquire));
+            outs.push(*next);
+            for r in &p.req.records {
+                let at = self.seg_len + self.buf.len() as u64;
+                let meta = RecordMeta { lsn, stream: s.id, offset: *next, timestamp_ms: ts, flags: 0 };
+                format::encode_record(&mut self.buf, &meta, r.key.as_deref(), &r.payload);
+                self.scratch.push((i, *next, at));
+                *next += 1;
+                lsn += 1;
+            }
+        }
+        let path = self.seg_path();
+        let file = self.file.as_mut().ok_or(Error::Closed)?;
+        if let Err(e) = file.write_all_at(self.seg_len, &self.buf) {
+            // Roll back a short write so no partial record stays behind a future one.
+            let err = Error::io("writing", &path, e);
+            if let Err(te) = file.truncate(self.seg_len) {
+                let te = Error::io("truncating after a failed write", &path, te);
+                self.fail(&te);
+            }
+            return Err(err);
+        }
+        self.seg_len += self.buf.len() as u64;
+        self.next_lsn = lsn;
+        match self.sync {
+            _ if force_sync && self.synced_len < self.seg_len => self.sync_now()?,
+            SyncMode::Always => self.sync_now()?,
+            SyncMode::Interval(d) if self.last_sync.elapsed() >= d => self.sync_now()?,
+            SyncMode::Interval(_) => {}
+            SyncMode::None => self.synced_len = self.seg_len,
+        }
+        self.bytes_since_checkpoint += self.buf.len() as u64;
+        // The records are durable per the sync mode: index them, then make them visible.
+        for &(i, offset, at) in &self.scratch {
+            if let Some(s) = &batch[i].req.stream {
+                s.push_position(&self.index, offset, Pos { segment: self.seg_first, at });
+            }
+        }
+        for p in batch {
+            let Some(s) = &p.req.stream else { continue };
+            if let Some(&next) = self.local.get(&s.id) {
+                s.next_offset.store(next, Ordering::Release);
+                s.visible.store(next, Ordering::Release);
+                s.notify.notify();
+                self.touched.entry(s.id).or_insert_with(|| s.clone());
+            }
+        }
+        if (force_sync || self.bytes_since_checkpoint >= CHECKPOINT_BYTES) && self.synced_len == self.seg_len {
+            self.checkpoint();
+        }
+        Ok(outs)
+    }
+}
+
+impl BatchSink<AppendReq> for ShardWriter {
+    type Out = u64;
+
+    fn commit(&mut self, batch: &[Pending<AppendReq, u64>]) -> Result<Vec<u64>> {
+        self.write_batch(batch)
+    }
+
+    fn idle_timeout(&self) -> Option<Duration> {
+        match self.sync {
+            SyncMode::Interval(d) if self.synced_len < self.seg_len => Some(d.saturating_sub(self.last_sync.elapsed())),
+            _ => None,
+        }
+    }
+
+    fn idle(&mut self) {
+        if self.failed.is_none() && self.synced_len < self.seg_len && self.sync_now().is_ok() && self.bytes_since_checkpoint > 0 {
+            self.checkpoint();
+        }
+    }
+
+    fn shutdown(&mut self) {
+        if self.failed.is_some() {
+            return;
+        }
+        if self.sync != SyncMode::None && self.synced_len < self.seg_len && self.sync_now().is_err() {
+            return;
+        }
+        self.checkpoint();
+    }
+
+    fn max_batch_bytes(&self) -> usize {
+        self.max_batch_bytes
+    }
+}
+
+/// The directory of shard `id` under the log's root.
+pub(crate) fn shard_dir(root: &Path, id: u32) -> PathBuf {
+    root.join("shards").join(format!("{id:04}"))
+}

@@ -1,0 +1,172 @@
+//! The in-memory state of one stream: its offsets, the positions of its newest records
+//! (the open index block), and the notifier that wakes its tail readers.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex};
+use std::task::Waker;
+
+use crate::index::{Index, Pos, StreamMeta, BLOCK_LEN};
+use crate::options::Retention;
+
+/// Positions of the newest records of a stream that are not yet in an index block.
+#[derive(Debug, Default)]
+pub(crate) struct OpenBlock {
+    pub(crate) first: u64,
+    pub(crate) positions: Vec<Pos>,
+}
+
+/// Wakes tail readers when records become visible.
+#[derive(Debug, Default)]
+pub(crate) struct Notify {
+    wakers: Mutex<Vec<Waker>>,
+    cond: Condvar,
+}
+
+impl Notify {
+    pub(crate) fn notify(&self) {
+        let wakers = std::mem::take(&mut *self.wakers.lock().unwrap_or_else(|p| p.into_inner()));
+        self.cond.notify_all();
+        for w in wakers {
+            w.wake();
+        }
+    }
+
+    /// Registers `waker` unless `ready()` already holds (checked under the lock, so a
+    /// notification between the check and the registration cannot be lost).
+    pub(crate) fn register(&self, waker: &Waker, ready: impl Fn() -> bool) -> bool {
+        let mut w = self.wakers.lock().unwrap_or_else(|p| p.into_inner());
+        if ready() {
+            return true;
+        }
+        if !w.iter().any(|x| x.will_wake(waker)) {
+            w.push(waker.clone());
+        }
+        false
+    }
+
+    /// Blocks until `ready()` or the timeout; returns `ready()`.
+    pub(crate) fn wait(&self, timeout: std::time::Duration, ready: impl Fn() -> bool) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut g = self.wakers.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if ready() {
+                return true;
+            }
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            g = self.cond.wait_timeout(g, deadline - now).unwrap_or_else(|p| p.into_inner()).0;
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct StreamState {
+    pub(crate) id: u64,
+    pub(crate) name: String,
+    pub(crate) shard: u32,
+    pub(crate) compacted: bool,
+    /// Next offset to assign. Written only by the shard's writer (and recovery).
+    pub(crate) next_offset: AtomicU64,
+    /// Offsets below this are durable under the sync mode and readable.
+    pub(crate) visible: AtomicU64,
+    /// Offsets below this were removed by retention.
+    pub(crate) first_offset: AtomicU64,
+    pub(crate) retention: Mutex<Retention>,
+    pub(crate) open: Mutex<OpenBlock>,
+    pub(crate) notify: Notify,
+    /// Changed since the last checkpoint.
+    pub(crate) dirty: AtomicBool,
+}
+
+impl StreamState {
+    pub(crate) fn from_meta(m: &StreamMeta) -> StreamState {
+        StreamState {
+            id: m.id,
+            name: m.name.clone(),
+            shard: m.shard,
+            compacted: m.compacted,
+            next_offset: AtomicU64::new(m.next_offset),
+            visible: AtomicU64::new(m.next_offset),
+            first_offset: AtomicU64::new(m.first_offset),
+            retention: Mutex::new(m.retention),
+            open: Mutex::new(OpenBlock { first: m.next_offset, positions: Vec::new() }),
+            notify: Notify::default(),
+            dirty: AtomicBool::new(false),
+        }
+    }
+
+    pub(crate) fn meta(&self) -> StreamMeta {
+        StreamMeta {
+            id: self.id,
+            name: self.name.clone(),
+            shard: self.shard,
+            first_offset: self.first_offset.load(Ordering::Acquire),
+            next_offset: self.next_offset.load(Ordering::Acquire),
+            retention: *self.retention.lock().unwrap_or_else(|p| p.into_inner()),
+            compacted: self.compacted,
+        }
+    }
+
+    /// Records where `offset` was written. Full blocks go to the index; if the index
+    /// write fails the positions stay in memory and the write is retried with the next one.
+    pub(crate) fn push_position(&self, index: &Index, offset: u64, pos: Pos) {
+        let mut b = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if b.positions.is_empty() || b.first + b.positions.len() as u64 != offset {
+            // A gap (a skipped damaged record) starts a new block.
+            if !b.positions.is_empty() {
+                if let Err(e) = index.put_block(self.id, b.first, &b.positions) {
+                    tracing::warn!(stream = %self.name, error = %e, "index block write failed; keeping it in memory");
+                    return;
+                }
+            }
+            b.first = offset;
+            b.positions.clear();
+        }
+        b.positions.push(pos);
+        if b.positions.len() >= BLOCK_LEN {
+            match index.put_block(self.id, b.first, &b.positions) {
+                Ok(()) => {
+                    b.first += b.positions.len() as u64;
+                    b.positions.clear();
+                }
+                Err(e) => tracing::warn!(stream = %self.name, error = %e, "index block write failed; will retry"),
+            }
+        }
+    }
+
+    /// Writes the open (partial) block to the index, for a checkpoint.
+    pub(crate) fn flush_open_block(&self, index: &Index) -> crate::Result<()> {
+        let b = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if !b.positions.is_empty() {
+            index.put_block(self.id, b.first, &b.positions)?;
+        }
+        Ok(())
+    }
+
+    /// The position of `offset`, from memory or from the index (`cache` holds the last
+    /// block read from the index, to serve consecutive offsets without another lookup).
+    pub(crate) fn position(
+        &self,
+        index: &Index,
+        offset: u64,
+        cache: &mut Option<(u64, Vec<Pos>)>,
+    ) -> crate::Result<Option<Pos>> {
+        {
+            let b = self.open.lock().unwrap_or_else(|p| p.into_inner());
+            if !b.positions.is_empty() && offset >= b.first {
+                return Ok(b.positions.get((offset - b.first) as usize).copied());
+            }
+        }
+        if let Some((first, ps)) = cache {
+            if offset >= *first && offset < *first + ps.len() as u64 {
+                return Ok(Some(ps[(offset - *first) as usize]));
+            }
+        }
+        *cache = index.find_block(self.id, offset)?;
+        Ok(cache.as_ref().and_then(|(first, ps)| {
+            offset.checked_sub(*first).and_then(|i| ps.get(i as usize)).copied()
+        }))
+    }
+}

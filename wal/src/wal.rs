@@ -1,0 +1,568 @@
+//! The public handle: opening a log directory, streams, appends, reads, tails, cursors.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use crate::commit::Completion;
+use crate::error::{Error, Result};
+use crate::format::{self, Decoded, FRAME_LEN};
+use crate::index::{Index, StreamMeta};
+use crate::io::Backend;
+use crate::options::{Options, Retention};
+use crate::recovery::{self, RecoveryReport};
+use crate::shard::{shard_dir, AppendReq, NewRecord, Shard, ShardShared};
+use crate::stream::StreamState;
+
+/// Name of the file that marks a directory as a log and records its layout.
+pub(crate) const MARKER_FILE: &str = "PROMPTMQ_WAL";
+const MARKER_VERSION: u32 = 1;
+/// Longest stream name, in bytes.
+pub const MAX_STREAM_NAME: usize = 4096;
+
+/// A record read back from the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// Offset within its stream.
+    pub offset: u64,
+    /// Append time, milliseconds since the Unix epoch.
+    pub timestamp_ms: u64,
+    /// Key, for keyed records.
+    pub key: Option<Bytes>,
+    /// Payload (a slice of the read buffer, not a copy).
+    pub payload: Bytes,
+}
+
+/// Per-stream settings given at creation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StreamOptions {
+    /// Retention policy; `None` uses the log's default.
+    pub retention: Option<Retention>,
+    /// Keep only the newest record per key when segments are compacted.
+    pub compacted: bool,
+}
+
+/// A handle on a stream. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Stream {
+    state: Arc<StreamState>,
+}
+
+impl Stream {
+    /// The stream's name.
+    pub fn name(&self) -> &str {
+        &self.state.name
+    }
+    /// The stream's numeric id (stable for the life of the directory).
+    pub fn id(&self) -> u64 {
+        self.state.id
+    }
+    /// The next offset that will be assigned; all offsets below are readable.
+    pub fn next_offset(&self) -> u64 {
+        self.state.visible.load(Ordering::Acquire)
+    }
+    /// The first offset still stored.
+    pub fn first_offset(&self) -> u64 {
+        self.state.first_offset.load(Ordering::Acquire)
+    }
+}
+
+/// A summary of one stream, for tools and metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamInfo {
+    /// Name.
+    pub name: String,
+    /// Numeric id.
+    pub id: u64,
+    /// Shard the stream lives in.
+    pub shard: u32,
+    /// First stored offset.
+    pub first_offset: u64,
+    /// Next offset to be assigned.
+    pub next_offset: u64,
+    /// Retention policy.
+    pub retention: Retention,
+    /// Key compaction enabled.
+    pub compacted: bool,
+}
+
+struct Inner {
+    root: PathBuf,
+    opts: Options,
+    index: Arc<Index>,
+    shards: Vec<Shard>,
+    streams: RwLock<HashMap<String, Arc<StreamState>>>,
+    create: Mutex<u64>,
+    report: RecoveryReport,
+    closed: AtomicBool,
+    _lock: File,
+}
+
+/// A durable, multi-stream log in one directory.
+///
+/// ```
+/// use promptmq_wal::{Wal, Options};
+/// let dir = tempfile::tempdir()?;
+/// let wal = Wal::open(dir.path(), Options::default().shards(2))?;
+/// let s = wal.stream("sensors/temp")?;
+/// let off = wal.append(&s, "21.5").wait()?; // returns once durable
+/// assert_eq!(off, 0);
+/// let recs = wal.read(&s, 0, 10)?;
+/// assert_eq!(&recs[0].payload[..], b"21.5");
+/// wal.close()?;
+/// # Ok::<(), promptmq_wal::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct Wal {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Wal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Wal").field("root", &self.inner.root).field("shards", &self.inner.shards.len()).finish()
+    }
+}
+
+fn fnv1a(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
+}
+
+fn lock_dir(root: &Path) -> Result<File> {
+    let path = root.join("LOCK");
+    let f = OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(|e| Error::io("opening", &path, e))?;
+    // SAFETY: flock on a valid, owned file descriptor has no memory-safety preconditions.
+    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        return Err(Error::Locked { path });
+    }
+    Ok(f)
+}
+
+/// Reads the shard count from the marker, creating the marker for a new directory.
+pub(crate) fn read_or_init_marker(root: &Path, opts: &Options) -> Result<u32> {
+    let marker = root.join(MARKER_FILE);
+    match std::fs::read_to_string(&marker) {
+        Ok(text) => parse_marker(root, &text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let non_empty = std::fs::read_dir(root)
+                .map_err(|e| Error::io("listing", root, e))?
+                .filter_map(|e| e.ok())
+                .any(|e| e.file_name() != "LOCK");
+            if non_empty {
+                return Err(Error::NotAWalDirectory {
+                    path: root.into(),
+                    reason: format!("it is not empty and has no {MARKER_FILE} file; point the log at an empty or existing log directory"),
+                });
+            }
+            let text = format!("promptmq-wal {MARKER_VERSION}\nshards {}\n", opts.shards);
+            let tmp = root.join(format!("{MARKER_FILE}.tmp"));
+            std::fs::write(&tmp, &text).map_err(|e| Error::io("writing", &tmp, e))?;
+            File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| Error::io("syncing", &tmp, e))?;
+            std::fs::rename(&tmp, &marker).map_err(|e| Error::io("renaming", &marker, e))?;
+            File::open(root).and_then(|f| f.sync_all()).map_err(|e| Error::io("syncing", root, e))?;
+            Ok(opts.shards)
+        }
+        Err(e) => Err(Error::io("reading", marker, e)),
+    }
+}
+
+pub(crate) fn parse_marker(root: &Path, text: &str) -> Result<u32> {
+    let bad = |why: String| Error::NotAWalDirectory { path: root.into(), reason: why };
+    let mut lines = text.lines();
+    let version = lines
+        .next()
+        .and_then(|l| l.strip_prefix("promptmq-wal "))
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .ok_or_else(|| bad(format!("{MARKER_FILE} is not a promptmq-wal marker")))?;
+    if version != MARKER_VERSION {
+        return Err(bad(format!("layout version {version} is not supported (this build reads {MARKER_VERSION})")));
+    }
+    lines
+        .find_map(|l| l.strip_prefix("shards "))
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .filter(|&n| n > 0)
+        .ok_or_else(|| bad(format!("{MARKER_FILE} has no valid shard count")))
+}
+
+impl Wal {
+    /// Opens (or creates) the log in `dir`, running recovery first.
+    pub fn open(dir: impl AsRef<Path>, opts: Options) -> Result<Wal> {
+        Self::open_with_backend(dir, opts, crate::io::default_backend())
+    }
+
+    /// Like [`Wal::open`], with an explicit I/O backend (e.g. a fault-injecting one in tests).
+    pub fn open_with_backend(dir: impl AsRef<Path>, opts: Options, backend: Arc<dyn Backend>) -> Result<Wal> {
+        opts.validate()?;
+        let started = Instant::now();
+        let root = dir.as_ref().to_path_buf();
+        if !root.is_dir() {
+            if !opts.create || root.exists() {
+                return Err(Error::NotAWalDirectory { path: root, reason: "no such directory".into() });
+            }
+            std::fs::create_dir_all(&root).map_err(|e| Error::io("creating", &root, e))?;
+        }
+        let lock = lock_dir(&root)?;
+        let shard_count = read_or_init_marker(&root, &opts)?;
+        if shard_count != opts.shards {
+            tracing::info!(configured = opts.shards, stored = shard_count, "keeping the shard count the log was created with");
+        }
+        let index = Arc::new(Index::open(&root.join("index"), opts.sync)?);
+        let mut by_id: HashMap<u64, Arc<StreamState>> = HashMap::new();
+        for m in index.load_streams()? {
+            if m.shard >= shard_count {
+                return Err(Error::Index(format!("stream {:?} is in shard {} but the log has {shard_count}", m.name, m.shard)));
+            }
+            by_id.insert(m.id, Arc::new(StreamState::from_meta(&m)));
+        }
+        let max_body = (opts.max_record_bytes + format::RECORD_HEADER_LEN + u16::MAX as usize) as u32;
+        let mut report = RecoveryReport::default();
+        let mut shards = Vec::with_capacity(shard_count as usize);
+        for id in 0..shard_count {
+            let sdir = shard_dir(&root, id);
+            std::fs::create_dir_all(&sdir).map_err(|e| Error::io("creating", &sdir, e))?;
+            let rec = recovery::recover_shard(&sdir, id, &index, &by_id, opts.recovery, max_body)?;
+            report.shards.push(rec.report);
+            let shared = Arc::new(ShardShared::new(id, sdir, rec.segments));
+            shards.push((shared, rec.start));
+        }
+        recovery::finish_streams(&by_id);
+        for s in by_id.values() {
+            s.flush_open_block(&index)?;
+            index.put_stream(&s.meta())?;
+        }
+        index.persist()?;
+        let mut started_shards = Vec::with_capacity(shards.len());
+        for (shared, start) in shards {
+            started_shards.push(Shard::start(
+                shared,
+                start,
+                backend.clone(),
+                index.clone(),
+                opts.sync,
+                opts.segment_bytes,
+                opts.max_batch_bytes,
+                opts.max_batch_bytes * 4,
+            )?);
+        }
+        let next_id = index.get_meta_u64("next_stream_id")?.unwrap_or(0).max(by_id.keys().max().map_or(0, |m| m + 1));
+        report.duration = started.elapsed();
+        tracing::info!(
+            dir = %root.display(),
+            shards = shard_count,
+            streams = by_id.len(),
+            records_scanned = report.records_scanned(),
+            ms = report.duration.as_millis() as u64,
+            "log opened"
+        );
+        let streams = by_id.into_values().map(|s| (s.name.clone(), s)).collect();
+        Ok(Wal {
+            inner: Arc::new(Inner {
+                root,
+                opts,
+                index,
+                shards: started_shards,
+                streams: RwLock::new(streams),
+                create: Mutex::new(next_id),
+                report,
+                closed: AtomicBool::new(false),
+                _lock: lock,
+            }),
+        })
+    }
+
+    /// What recovery found and did when this log was opened.
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.inner.report
+    }
+
+    /// The directory of this log.
+    pub fn path(&self) -> &Path {
+        &self.inner.root
+    }
+
+    /// The stream named `name`, created (durably) with default settings if missing.
+    pub fn stream(&self, name: &str) -> Result<Stream> {
+        self.stream_with(name, StreamOptions::default())
+    }
+
+    /// The stream named `name`, created with `opts` if missing (an existing stream keeps
+    /// its settings; change retention with [`Wal::set_retention`]).
+    pub fn stream_with(&self, name: &str, opts: StreamOptions) -> Result<Stream> {
+        if let Some(s) = self.lookup(name) {
+            return Ok(s);
+        }
+        if name.is_empty() || name.len() > MAX_STREAM_NAME {
+            return Err(Error::InvalidStreamName(format!("length {} is outside 1..={MAX_STREAM_NAME}", name.len())));
+        }
+        self.check_open()?;
+        let mut next_id = self.inner.create.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = self.lookup(name) {
+            return Ok(s);
+        }
+        let meta = StreamMeta {
+            id: *next_id,
+            name: name.to_string(),
+            shard: (fnv1a(name) % self.inner.shards.len() as u64) as u32,
+            first_offset: 0,
+            next_offset: 0,
+            retention: opts.retention.unwrap_or(self.inner.opts.retention),
+            compacted: opts.compacted,
+        };
+        self.inner.index.create_stream(&meta)?;
+        *next_id += 1;
+        let state = Arc::new(StreamState::from_meta(&meta));
+        self.inner.streams.write().unwrap_or_else(|p| p.into_inner()).insert(name.to_string(), state.clone());
+        Ok(Stream { state })
+    }
+
+    /// The stream named `name`, if it exists.
+    pub fn lookup(&self, name: &str) -> Option<Stream> {
+        self.inner.streams.read().unwrap_or_else(|p| p.into_inner()).get(name).map(|s| Stream { state: s.clone() })
+    }
+
+    /// All streams, sorted by name.
+    pub fn streams(&self) -> Vec<StreamInfo> {
+        let mut v: Vec<StreamInfo> = self
+            .inner
+            .streams
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(|s| {
+                let m = s.meta();
+                StreamInfo {
+                    name: m.name,
+                    id: m.id,
+                    shard: m.shard,
+                    first_offset: m.first_offset,
+                    next_offset: s.visible.load(Ordering::Acquire),
+                    retention: m.retention,
+                    compacted: m.compacted,
+                }
+            })
+            .collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            Err(Error::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Appends one record. The returned [`Completion`] resolves to the record's offset once
+    /// it is durable under the sync mode: `.await` it, or call `.wait()` from a thread.
+    pub fn append(&self, stream: &Stream, payload: impl Into<Bytes>) -> Completion<u64> {
+        self.append_batch(stream, [(None, payload.into())])
+    }
+
+    /// Appends one keyed record (key compaction keeps the newest record per key).
+    pub fn append_keyed(&self, stream: &Stream, key: impl Into<Bytes>, payload: impl Into<Bytes>) -> Completion<u64> {
+        self.append_batch(stream, [(Some(key.into()), payload.into())])
+    }
+
+    /// Appends several records to one stream atomically with respect to ordering: they get
+    /// consecutive offsets and are made durable together. Resolves to the first offset.
+    ///
+    /// ```
+    /// # use promptmq_wal::{Wal, Options};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let wal = Wal::open(dir.path(), Options::default())?;
+    /// let s = wal.stream("batch")?;
+    /// let first = wal.append_batch(&s, [(None, "a".into()), (Some("k".into()), "b".into())]).wait()?;
+    /// assert_eq!(first, 0);
+    /// assert_eq!(s.next_offset(), 2);
+    /// # Ok::<(), promptmq_wal::Error>(())
+    /// ```
+    pub fn append_batch(&self, stream: &Stream, records: impl IntoIterator<Item = (Option<Bytes>, Bytes)>) -> Completion<u64> {
+        if let Err(e) = self.check_open() {
+            return Completion::ready(Err(e));
+        }
+        let mut recs = Vec::new();
+        for (key, payload) in records {
+            let klen = key.as_ref().map_or(0, |k| k.len());
+            if klen > u16::MAX as usize {
+                return Completion::ready(Err(Error::KeyTooLong(klen)));
+            }
+            if klen + payload.len() > self.inner.opts.max_record_bytes {
+                return Completion::ready(Err(Error::RecordTooLarge {
+                    size: klen + payload.len(),
+                    max: self.inner.opts.max_record_bytes,
+                }));
+            }
+            recs.push(NewRecord { key, payload });
+        }
+        let shard = &self.inner.shards[stream.state.shard as usize];
+        shard.submit(AppendReq { stream: Some(stream.state.clone()), records: recs, force_sync: false })
+    }
+
+    /// Makes every append issued so far durable (an `fdatasync` per shard, whatever the
+    /// sync mode) and checkpoints the index.
+    pub fn flush(&self) -> Result<()> {
+        self.check_open()?;
+        let waits: Vec<_> = self
+            .inner
+            .shards
+            .iter()
+            .map(|s| s.submit(AppendReq { stream: None, records: Vec::new(), force_sync: true }))
+            .collect();
+        for w in waits {
+            w.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Reads up to `max` records of `stream` starting at offset `from`. Offsets removed by
+    /// retention are skipped (check each [`Record::offset`]); an empty result means there
+    /// is nothing at or after `from` yet.
+    pub fn read(&self, stream: &Stream, from: u64, max: usize) -> Result<Vec<Record>> {
+        let s = &stream.state;
+        let from = from.max(s.first_offset.load(Ordering::Acquire));
+        let end = s.visible.load(Ordering::Acquire).min(from.saturating_add(max as u64));
+        let shard = &self.inner.shards[s.shard as usize].shared;
+        let max_body = (self.inner.opts.max_record_bytes + format::RECORD_HEADER_LEN + u16::MAX as usize) as u32;
+        let mut out = Vec::with_capacity((end.saturating_sub(from)) as usize);
+        let mut block = None;
+        let mut chunk: Option<(u64, u64, Bytes)> = None; // (segment, start, bytes)
+        for offset in from..end {
+            let Some(pos) = s.position(&self.inner.index, offset, &mut block)? else {
+                continue; // removed, or skipped as damaged by tolerant recovery
+            };
+            let reader = shard.reader(pos.segment)?;
+            let mut attempt = 0;
+            let rec = loop {
+                let fresh = match &chunk {
+                    Some((seg, start, bytes)) if *seg == pos.segment && pos.at >= *start && pos.at < start + bytes.len() as u64 => {
+                        bytes.slice((pos.at - start) as usize..)
+                    }
+                    _ => {
+                        let c = reader.read_chunk(pos.at, READ_CHUNK)?;
+                        chunk = Some((pos.segment, pos.at, c.clone()));
+                        c
+                    }
+                };
+                match format::decode_record(&fresh, max_body) {
+                    Decoded::Record(r, _) => break r,
+                    Decoded::Incomplete if attempt == 0 => {
+                        // Bigger than the chunk (or the chunk ended mid-record): read it whole.
+                        let need = if fresh.len() >= FRAME_LEN {
+                            FRAME_LEN + u32::from_le_bytes([fresh[8], fresh[9], fresh[10], fresh[11]]) as usize
+                        } else {
+                            READ_CHUNK
+                        };
+                        let c = reader.read_chunk(pos.at, need.max(READ_CHUNK))?;
+                        chunk = Some((pos.segment, pos.at, c));
+                        attempt += 1;
+                    }
+                    other => {
+                        return Err(Error::Corrupt {
+                            path: reader.path().into(),
+                            position: pos.at,
+                            reason: format!("indexed record of stream {:?} offset {offset} does not decode: {other:?}", s.name),
+                        })
+                    }
+                }
+            };
+            if rec.meta.stream != s.id || rec.meta.offset != offset {
+                return Err(Error::Index(format!(
+                    "index of stream {:?} points offset {offset} at a record of stream {} offset {}",
+                    s.name, rec.meta.stream, rec.meta.offset
+                )));
+            }
+            out.push(Record { offset, timestamp_ms: rec.meta.timestamp_ms, key: rec.key, payload: rec.payload });
+        }
+        Ok(out)
+    }
+
+    /// A reader that follows `stream` from offset `from`, waking when new records are durable.
+    ///
+    /// ```
+    /// # use promptmq_wal::{Wal, Options};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let wal = Wal::open(dir.path(), Options::default())?;
+    /// let s = wal.stream("t")?;
+    /// let mut tail = wal.tail(&s, 0);
+    /// wal.append(&s, "x").wait()?;
+    /// let got = tail.next_blocking(16, std::time::Duration::from_secs(5))?;
+    /// assert_eq!(&got[0].payload[..], b"x");
+    /// # Ok::<(), promptmq_wal::Error>(())
+    /// ```
+    pub fn tail(&self, stream: &Stream, from: u64) -> crate::Tail {
+        crate::tail::Tail::new(self.clone(), stream.clone(), from)
+    }
+
+    /// Stores a consumer's position in a stream (durable per the sync mode).
+    pub fn commit_cursor(&self, stream: &Stream, consumer: &str, offset: u64) -> Result<()> {
+        self.inner.index.put_cursor(stream.state.id, consumer, offset)
+    }
+
+    /// A consumer's stored position, if any.
+    pub fn cursor(&self, stream: &Stream, consumer: &str) -> Result<Option<u64>> {
+        self.inner.index.cursor(stream.state.id, consumer)
+    }
+
+    /// Forgets a consumer's position.
+    pub fn delete_cursor(&self, stream: &Stream, consumer: &str) -> Result<()> {
+        self.inner.index.delete_cursor(stream.state.id, consumer)
+    }
+
+    /// All consumers of a stream with their positions.
+    pub fn cursors(&self, stream: &Stream) -> Result<Vec<(String, u64)>> {
+        self.inner.index.cursors_of(stream.state.id)
+    }
+
+    /// Changes a stream's retention policy (applied by [`Wal::apply_retention`]).
+    pub fn set_retention(&self, stream: &Stream, retention: Retention) -> Result<()> {
+        *stream.state.retention.lock().unwrap_or_else(|p| p.into_inner()) = retention;
+        self.inner.index.put_stream(&stream.state.meta())?;
+        self.inner.index.persist()
+    }
+
+    /// Stops the writers after they finish what is queued, syncs, checkpoints the index
+    /// and releases the directory. Appends issued after `close` fail with [`Error::Closed`].
+    pub fn close(self) -> Result<()> {
+        self.shutdown();
+        Ok(())
+    }
+
+    fn shutdown(&self) {
+        if self.inner.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        for s in &self.inner.shards {
+            s.close();
+        }
+    }
+
+    pub(crate) fn stream_state(stream: &Stream) -> &Arc<StreamState> {
+        &stream.state
+    }
+
+    pub(crate) fn shards(&self) -> &[Shard] {
+        &self.inner.shards
+    }
+
+    pub(crate) fn index(&self) -> &Arc<Index> {
+        &self.inner.index
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        for s in &self.shards {
+            s.close();
+        }
+    }
+}
+
+/// Bytes read per positional read; consecutive records of a stream usually share a chunk.
+const READ_CHUNK: usize = 64 << 10;
