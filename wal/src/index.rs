@@ -84,7 +84,7 @@ fn from_opt(v: u64) -> Option<u64> {
 }
 
 impl StreamMeta {
-    fn encode(&self) -> Vec<u8> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
         let mut v = Vec::with_capacity(64 + self.name.len());
         v.extend_from_slice(&self.id.to_le_bytes());
         v.extend_from_slice(&(self.shard as u64).to_le_bytes());
@@ -98,7 +98,7 @@ impl StreamMeta {
         v
     }
 
-    fn decode(b: &[u8]) -> Result<StreamMeta> {
+    pub(crate) fn decode(b: &[u8]) -> Result<StreamMeta> {
         let name = b.get(64..).ok_or_else(|| Error::Index("stream record too short".into()))?;
         Ok(StreamMeta {
             id: read_u64(b, 0)?,

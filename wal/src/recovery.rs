@@ -21,10 +21,10 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::format::SEGMENT_HEADER_LEN;
-use crate::index::{Index, Pos};
+use crate::index::{Index, Pos, StreamMeta};
 use crate::options::RecoveryMode;
 use crate::segment::{self, BadRange};
-use crate::shard::ShardStart;
+use crate::shard::{ShardStart, CATALOG_STREAM};
 use crate::stream::{OpenBlock, StreamState};
 
 /// What recovery found and did in one shard.
@@ -119,7 +119,7 @@ pub(crate) fn recover_shard(
     dir: &std::path::Path,
     shard: u32,
     index: &Index,
-    streams: &HashMap<u64, Arc<StreamState>>,
+    streams: &mut HashMap<u64, Arc<StreamState>>,
     mode: RecoveryMode,
     max_body: u32,
 ) -> Result<Recovered> {
@@ -129,23 +129,24 @@ pub(crate) fn recover_shard(
     let cp = index.checkpoint(shard)?;
     let mut start_idx = 0;
     let mut start_at = 0usize;
-    let mut next_lsn = cp.map(|c| c.next_lsn).unwrap_or(0);
+    let mut next_lsn = 0;
     if let Some(cp) = cp {
         if let Some(i) = segs.iter().position(|(first, _)| *first == cp.pos.segment) {
             let len = std::fs::metadata(&segs[i].1).map(|m| m.len()).unwrap_or(0);
             if len >= cp.pos.at {
                 start_idx = i;
                 start_at = cp.pos.at as usize;
+                next_lsn = cp.next_lsn;
                 report.from_checkpoint = true;
             }
         }
     }
-    let ours: Vec<&Arc<StreamState>> = streams.values().filter(|s| s.shard == shard).collect();
     if !report.from_checkpoint {
+        let ours = streams.values().filter(|s| s.shard == shard);
         if cp.is_some() {
             tracing::warn!(shard, "index checkpoint does not match the log; re-indexing the whole shard");
         }
-        for s in &ours {
+        for s in ours {
             index.delete_blocks(s.id)?;
             let first = s.first_offset.load(Ordering::Acquire);
             s.next_offset.store(first, Ordering::Release);
@@ -198,6 +199,19 @@ pub(crate) fn recover_shard(
                     Ok(())
                 }
             };
+            if r.meta.stream == CATALOG_STREAM {
+                let meta = match StreamMeta::decode(&r.payload) {
+                    Ok(m) if m.id == r.meta.offset && m.shard == shard => m,
+                    Ok(_) => return bad("catalogue record does not match its header".into()),
+                    Err(e) => return bad(format!("catalogue record does not decode: {e}")),
+                };
+                if !streams.contains_key(&meta.id) {
+                    tracing::info!(stream = %meta.name, id = meta.id, "stream restored from the log's catalogue record");
+                    index.create_stream(&meta)?;
+                    streams.insert(meta.id, Arc::new(StreamState::from_meta(&meta)));
+                }
+                return Ok(());
+            }
             let Some(s) = streams.get(&r.meta.stream) else {
                 return bad(format!("record of unknown stream id {}", r.meta.stream));
             };

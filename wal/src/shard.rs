@@ -39,7 +39,13 @@ pub(crate) struct AppendReq {
     pub(crate) records: Vec<NewRecord>,
     /// Sync before completing, whatever the sync mode (`Wal::flush`).
     pub(crate) force_sync: bool,
+    /// With `stream: None`: the id of the stream whose catalogue record `records` holds.
+    pub(crate) catalog: Option<u64>,
 }
+
+/// Stream id of catalogue records: the creation of each stream is logged (in the stream's
+/// own shard, before any of its records) so the catalogue can be rebuilt from the log alone.
+pub(crate) const CATALOG_STREAM: u64 = u64::MAX;
 
 impl Weighted for AppendReq {
     fn weight(&self) -> usize {
@@ -299,7 +305,13 @@ impl ShardWriter {
         for (i, p) in batch.iter().enumerate() {
             force_sync |= p.req.force_sync;
             let Some(s) = &p.req.stream else {
-                outs.push(0);
+                let id = p.req.catalog.unwrap_or(0);
+                outs.push(id);
+                for r in p.req.records.iter().filter(|_| p.req.catalog.is_some()) {
+                    let meta = RecordMeta { lsn, stream: CATALOG_STREAM, offset: id, timestamp_ms: ts, flags: 0 };
+                    format::encode_record(&mut self.buf, &meta, None, &r.payload);
+                    lsn += 1;
+                }
                 continue;
             };
             let next = self.local.entry(s.id).or_insert_with(|| s.next_offset.load(Ordering::Acquire));

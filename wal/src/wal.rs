@@ -226,7 +226,7 @@ impl Wal {
         for id in 0..shard_count {
             let sdir = shard_dir(&root, id);
             std::fs::create_dir_all(&sdir).map_err(|e| Error::io("creating", &sdir, e))?;
-            let rec = recovery::recover_shard(&sdir, id, &index, &by_id, opts.recovery, max_body)?;
+            let rec = recovery::recover_shard(&sdir, id, &index, &mut by_id, opts.recovery, max_body)?;
             report.shards.push(rec.report);
             let shared = Arc::new(ShardShared::new(id, sdir, rec.segments));
             shards.push((shared, rec.start));
@@ -314,8 +314,18 @@ impl Wal {
             retention: opts.retention.unwrap_or(self.inner.opts.retention),
             compacted: opts.compacted,
         };
-        self.inner.index.create_stream(&meta)?;
+        // The id is used up even if creation fails below: the catalogue record may already
+        // be in the log, and recovery would bring it back.
         *next_id += 1;
+        let shard = &self.inner.shards[meta.shard as usize];
+        let logged = shard.submit(AppendReq {
+            stream: None,
+            records: vec![NewRecord { key: None, payload: Bytes::from(meta.encode()) }],
+            force_sync: true,
+            catalog: Some(meta.id),
+        });
+        logged.wait()?;
+        self.inner.index.create_stream(&meta)?;
         let state = Arc::new(StreamState::from_meta(&meta));
         self.inner.streams.write().unwrap_or_else(|p| p.into_inner()).insert(name.to_string(), state.clone());
         Ok(Stream { state })
@@ -402,7 +412,7 @@ impl Wal {
             recs.push(NewRecord { key, payload });
         }
         let shard = &self.inner.shards[stream.state.shard as usize];
-        shard.submit(AppendReq { stream: Some(stream.state.clone()), records: recs, force_sync: false })
+        shard.submit(AppendReq { stream: Some(stream.state.clone()), records: recs, force_sync: false, catalog: None })
     }
 
     /// Makes every append issued so far durable (an `fdatasync` per shard, whatever the
@@ -413,7 +423,7 @@ impl Wal {
             .inner
             .shards
             .iter()
-            .map(|s| s.submit(AppendReq { stream: None, records: Vec::new(), force_sync: true }))
+            .map(|s| s.submit(AppendReq { stream: None, records: Vec::new(), force_sync: true, catalog: None }))
             .collect();
         for w in waits {
             w.wait()?;

@@ -1,0 +1,181 @@
+//! End-to-end behaviour of the public API: appends, reads, reopen, concurrency, tails.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use promptmq_wal::{Error, Options, SyncMode, Wal};
+
+#[test]
+fn many_streams_survive_reopen_across_segment_rolls() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = || Options::default().shards(3).segment_bytes(8 << 10);
+    let wal = Wal::open(dir.path(), opts()).unwrap();
+    let streams: Vec<_> = (0..10).map(|i| wal.stream(&format!("topic/{i}")).unwrap()).collect();
+    for i in 0..200u64 {
+        for (n, s) in streams.iter().enumerate() {
+            assert_eq!(wal.append(s, common::payload(n, i)).wait().unwrap(), i);
+        }
+    }
+    wal.close().unwrap();
+    assert!(common::segments(dir.path()).len() > 6, "small segments must have rolled");
+
+    let wal = Wal::open(dir.path(), opts()).unwrap();
+    assert!(wal.recovery_report().is_clean());
+    for n in 0..10 {
+        let s = wal.lookup(&format!("topic/{n}")).unwrap();
+        assert_eq!(s.next_offset(), 200);
+        let recs = wal.read(&s, 0, 1000).unwrap();
+        assert_eq!(recs.len(), 200);
+        for (i, r) in recs.iter().enumerate() {
+            assert_eq!(r.offset, i as u64);
+            assert_eq!(r.payload.to_vec(), common::payload(n, i as u64));
+        }
+        // A read from the middle, with a limit.
+        let mid = wal.read(&s, 150, 10).unwrap();
+        assert_eq!(mid.iter().map(|r| r.offset).collect::<Vec<_>>(), (150..160).collect::<Vec<_>>());
+    }
+    // New appends continue the offsets.
+    let s = wal.lookup("topic/3").unwrap();
+    assert_eq!(wal.append(&s, "more").wait().unwrap(), 200);
+}
+
+#[test]
+fn second_open_of_a_locked_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Wal::open(dir.path(), Options::default().shards(2)).unwrap();
+    assert!(matches!(Wal::open(dir.path(), Options::default()), Err(Error::Locked { .. })));
+    wal.close().unwrap();
+    // Once closed (and dropped), the directory can be opened again.
+    Wal::open(dir.path(), Options::default()).unwrap().close().unwrap();
+}
+
+#[test]
+fn concurrent_appenders_get_dense_ordered_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Wal::open(dir.path(), Options::default().shards(2)).unwrap();
+    let s = wal.stream("shared").unwrap();
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let wal = wal.clone();
+            let s = s.clone();
+            std::thread::spawn(move || {
+                let mut last = None;
+                for i in 0..100u64 {
+                    let off = wal.append(&s, format!("{t}:{i}")).wait().unwrap();
+                    if let Some(l) = last {
+                        assert!(off > l, "a thread's later append got an earlier offset");
+                    }
+                    last = Some(off);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let recs = wal.read(&s, 0, 10_000).unwrap();
+    assert_eq!(recs.len(), 800);
+    assert!(recs.iter().enumerate().all(|(i, r)| r.offset == i as u64));
+    // Each thread's records appear in its own order.
+    for t in 0..8 {
+        let mine: Vec<u64> = recs
+            .iter()
+            .filter_map(|r| {
+                let p = std::str::from_utf8(&r.payload).unwrap();
+                let (a, b) = p.split_once(':').unwrap();
+                (a == t.to_string()).then(|| b.parse().unwrap())
+            })
+            .collect();
+        assert_eq!(mine, (0..100).collect::<Vec<_>>());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_appends_and_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Wal::open(dir.path(), Options::default().sync(SyncMode::Interval(Duration::from_millis(2)))).unwrap();
+    let s = wal.stream("events").unwrap();
+    let mut tail = wal.tail(&s, 0);
+    let w = wal.clone();
+    let s2 = s.clone();
+    let producer = tokio::spawn(async move {
+        let mut futs = Vec::new();
+        for i in 0..50u32 {
+            futs.push(w.append(&s2, i.to_string()));
+        }
+        let mut offs = Vec::new();
+        for f in futs {
+            offs.push(f.await.unwrap());
+        }
+        offs
+    });
+    let mut seen = Vec::new();
+    while seen.len() < 50 {
+        let recs = tokio::time::timeout(Duration::from_secs(10), tail.next(16)).await.expect("tail woke").unwrap();
+        seen.extend(recs.into_iter().map(|r| String::from_utf8(r.payload.to_vec()).unwrap()));
+    }
+    assert_eq!(seen, (0..50).map(|i| i.to_string()).collect::<Vec<_>>());
+    assert_eq!(producer.await.unwrap(), (0..50).collect::<Vec<u64>>());
+    assert_eq!(tail.position(), 50);
+}
+
+#[test]
+fn cursors_and_keyed_records_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let wal = Wal::open(dir.path(), Options::default()).unwrap();
+        let s = wal.stream("retained").unwrap();
+        wal.append_keyed(&s, "a/b", "v1").wait().unwrap();
+        wal.commit_cursor(&s, "client-1", 1).unwrap();
+        wal.close().unwrap();
+    }
+    let wal = Wal::open(dir.path(), Options::default()).unwrap();
+    let s = wal.lookup("retained").unwrap();
+    assert_eq!(wal.cursor(&s, "client-1").unwrap(), Some(1));
+    assert_eq!(wal.cursor(&s, "nobody").unwrap(), None);
+    let r = &wal.read(&s, 0, 1).unwrap()[0];
+    assert_eq!(r.key.as_deref(), Some(&b"a/b"[..]));
+    wal.delete_cursor(&s, "client-1").unwrap();
+    assert_eq!(wal.cursors(&s).unwrap(), vec![]);
+}
+
+#[test]
+fn bad_input_is_refused_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Wal::open(dir.path(), Options::default().max_record_bytes(1024)).unwrap();
+    assert!(matches!(wal.stream(""), Err(Error::InvalidStreamName(_))));
+    let s = wal.stream("s").unwrap();
+    assert!(matches!(wal.append(&s, vec![0u8; 2000]).wait(), Err(Error::RecordTooLarge { size: 2000, max: 1024 })));
+    assert!(matches!(wal.append_keyed(&s, vec![0u8; 70_000], "x").wait(), Err(Error::KeyTooLong(70_000))));
+    assert_eq!(wal.append(&s, "ok").wait().unwrap(), 0, "refusals consume no offset");
+    let other = tempfile::tempdir().unwrap();
+    assert!(matches!(Wal::open(other.path(), Options::default().shards(0)), Err(Error::InvalidOption { name: "shards", .. })));
+}
+
+#[test]
+fn foreign_and_missing_directories_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("notes.txt"), "not a log").unwrap();
+    match Wal::open(dir.path(), Options::default()) {
+        Err(Error::NotAWalDirectory { reason, .. }) => assert!(reason.contains("not empty"), "{reason}"),
+        other => panic!("expected NotAWalDirectory, got {other:?}"),
+    }
+    let missing = dir.path().join("nope");
+    assert!(matches!(
+        Wal::open(&missing, Options::default().create_if_missing(false)),
+        Err(Error::NotAWalDirectory { .. })
+    ));
+}
+
+#[test]
+fn closed_log_refuses_appends() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Wal::open(dir.path(), Options::default()).unwrap();
+    let s = wal.stream("s").unwrap();
+    let other = wal.clone();
+    wal.close().unwrap();
+    assert!(matches!(other.append(&s, "late").wait(), Err(Error::Closed)));
+    let _ = Arc::new(other);
+}
