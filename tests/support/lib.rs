@@ -1,1 +1,1 @@
-
+//! Helpers shared by PromptMQ's end-to-end tests.

@@ -1,1 +1,60 @@
-fn main(){}
+//! Child process of the WAL crash test: appends with `sync = always` from several threads
+//! and prints one line per acknowledged record, `ACK <stream> <offset> <payload>`, until it
+//! is killed. Usage: `wal-crash-child DIR CYCLE`.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use promptmq_wal::{Options, SyncMode, Wal};
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let (Some(dir), Some(cycle)) = (args.next(), args.next()) else {
+        eprintln!("usage: wal-crash-child DIR CYCLE");
+        std::process::exit(2);
+    };
+    let wal = match Wal::open(&dir, Options::default().shards(2).segment_bytes(256 << 10).sync(SyncMode::Always)) {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("open failed: {e}");
+            std::process::exit(1);
+        }
+    };
+    let out = Arc::new(Mutex::new(std::io::stdout()));
+    println!("READY");
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let wal = wal.clone();
+            let out = out.clone();
+            let cycle = cycle.clone();
+            std::thread::spawn(move || {
+                let name = format!("stream-{}", t % 3);
+                let stream = match wal.stream(&name) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        eprintln!("stream failed: {e}");
+                        std::process::exit(1);
+                    }
+                };
+                for i in 0u64.. {
+                    let payload = format!("c{cycle}-t{t}-i{i}-{}", "p".repeat((i % 97) as usize));
+                    match wal.append(&stream, payload.clone()).wait() {
+                        Ok(off) => {
+                            let mut o = out.lock().unwrap_or_else(|p| p.into_inner());
+                            // One write per line, flushed at once: the parent must see every ack.
+                            let _ = writeln!(o, "ACK {name} {off} {payload}");
+                            let _ = o.flush();
+                        }
+                        Err(e) => {
+                            eprintln!("append failed: {e}");
+                            std::process::exit(1);
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        let _ = t.join();
+    }
+}

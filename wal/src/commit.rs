@@ -402,9 +402,15 @@ mod loom_tests {
         }
     }
 
-    fn model(fail_first: bool) {
-        loom::model(move || {
-            let q = Arc::new(CommitQueue::<Req, u64>::new(2));
+    /// `bound` is the queue's byte limit (each request weighs 1): 1 makes the second
+    /// submitter wait for space, exercising the back-pressure path.
+    fn model(fail_first: bool, bound: usize) {
+        let mut b = loom::model::Builder::new();
+        // Bounded preemption keeps the state space tractable; bugs in queues like this one
+        // show up within two or three preemptions.
+        b.preemption_bound = Some(3);
+        b.check(move || {
+            let q = Arc::new(CommitQueue::<Req, u64>::new(bound));
             let writer = {
                 let q = q.clone();
                 loom::thread::spawn(move || {
@@ -413,26 +419,21 @@ mod loom_tests {
                     sink.next
                 })
             };
-            let producers: Vec<_> = (0..2)
-                .map(|_| {
-                    let q = q.clone();
-                    loom::thread::spawn(move || {
-                        let a = q.submit(Req).wait();
-                        let b = q.submit(Req).wait();
-                        (a, b)
-                    })
+            let producer = {
+                let q = q.clone();
+                loom::thread::spawn(move || {
+                    let a = q.submit(Req).wait();
+                    let b = q.submit(Req).wait();
+                    (a, b)
                 })
-                .collect();
-            let mut ok = Vec::new();
-            for p in producers {
-                let (a, b) = p.join().unwrap();
-                // Per producer, a later append never gets an earlier offset.
-                if let (Ok(x), Ok(y)) = (&a, &b) {
-                    assert!(x < y);
-                }
-                ok.extend(a.ok());
-                ok.extend(b.ok());
+            };
+            let c = q.submit(Req).wait();
+            let (a, b) = producer.join().unwrap();
+            // A later append of the same producer never gets an earlier offset.
+            if let (Ok(x), Ok(y)) = (&a, &b) {
+                assert!(x < y);
             }
+            let mut ok: Vec<u64> = [a, b, c].into_iter().filter_map(|r| r.ok()).collect();
             q.close();
             let next = writer.join().unwrap();
             ok.sort_unstable();
@@ -440,18 +441,23 @@ mod loom_tests {
             // batch consumed none, and nobody got an offset twice.
             assert_eq!(ok, (0..next).collect::<Vec<_>>());
             if !fail_first {
-                assert_eq!(next, 4);
+                assert_eq!(next, 3);
             }
         });
     }
 
     #[test]
     fn loom_all_waiters_completed_once_in_order() {
-        model(false);
+        model(false, 8);
+    }
+
+    #[test]
+    fn loom_back_pressure_completes_every_waiter() {
+        model(false, 1);
     }
 
     #[test]
     fn loom_writer_failure_completes_waiters_with_error() {
-        model(true);
+        model(true, 8);
     }
 }
