@@ -80,6 +80,7 @@ pub struct Options {
     pub(crate) max_record_bytes: usize,
     pub(crate) max_batch_bytes: usize,
     pub(crate) create: bool,
+    pub(crate) full_recovery: bool,
 }
 
 impl Default for Options {
@@ -94,6 +95,7 @@ impl Default for Options {
             max_record_bytes: 16 << 20,
             max_batch_bytes: 4 << 20,
             create: true,
+            full_recovery: false,
         }
     }
 }
@@ -139,6 +141,13 @@ impl Options {
     /// Whether `open` may create a missing directory (default true). `walctl` sets false.
     pub fn create_if_missing(mut self, yes: bool) -> Self {
         self.create = yes;
+        self
+    }
+    /// Ignore the index checkpoints on open and scan (and re-index) every segment, so
+    /// damage anywhere in the log is found (default false: only the log beyond the last
+    /// checkpoint is scanned). `walctl recover` sets this.
+    pub fn full_recovery(mut self, yes: bool) -> Self {
+        self.full_recovery = yes;
         self
     }
     /// The shard count that a new directory would get.

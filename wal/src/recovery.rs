@@ -122,11 +122,12 @@ pub(crate) fn recover_shard(
     streams: &mut HashMap<u64, Arc<StreamState>>,
     mode: RecoveryMode,
     max_body: u32,
+    full: bool,
 ) -> Result<Recovered> {
     let mut report = ShardReport { shard, ..ShardReport::default() };
     let mut segs = segment::list_segments(dir)?;
     report.segments = segs.len();
-    let cp = index.checkpoint(shard)?;
+    let cp = if full { None } else { index.checkpoint(shard)? };
     let mut start_idx = 0;
     let mut start_at = 0usize;
     let mut next_lsn = 0;

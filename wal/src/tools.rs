@@ -1,1 +1,302 @@
-//! Offline tools
+//! Offline inspection and repair, for `walctl` and for operators' own tooling.
+//!
+//! Everything here except [`recover`] reads only the segment files (never the index), so it
+//! works on a copy of a log, on a log whose index is lost, and next to a running writer.
+//! Stream names come from the catalogue records in the log itself.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+
+use crate::error::{Error, Result};
+use crate::format::{RawRecord, SEGMENT_FLAG_COMPRESSED};
+use crate::index::StreamMeta;
+use crate::options::{Options, RecoveryMode};
+use crate::recovery::{classify, torn_creation, Action, RecoveryReport};
+use crate::segment::{self, BadRange};
+use crate::shard::{shard_dir, CATALOG_STREAM};
+use crate::wal::{parse_marker, Wal, MARKER_FILE};
+
+/// One segment file as found on disk.
+#[derive(Debug, Clone)]
+pub struct SegmentInfo {
+    /// Shard number.
+    pub shard: u32,
+    /// File path.
+    pub path: PathBuf,
+    /// LSN in the file name and header.
+    pub first_lsn: u64,
+    /// LSN of the last valid record.
+    pub last_lsn: Option<u64>,
+    /// File size.
+    pub bytes: u64,
+    /// Valid records.
+    pub records: u64,
+    /// Whether the segment is zstd-compressed.
+    pub compressed: bool,
+    /// Whether this is the newest segment of its shard (the one being appended to).
+    pub newest: bool,
+    /// A header that could not be read, if any.
+    pub header_error: Option<String>,
+    /// Damaged ranges.
+    pub bad: Vec<BadRange>,
+}
+
+/// One stream as found in the log.
+#[derive(Debug, Clone, Default)]
+pub struct StreamSummary {
+    /// Name from the catalogue record (`None` if the record is missing or damaged).
+    pub name: Option<String>,
+    /// Numeric id.
+    pub id: u64,
+    /// Shard.
+    pub shard: u32,
+    /// Lowest offset found.
+    pub first_offset: Option<u64>,
+    /// Highest offset found.
+    pub last_offset: Option<u64>,
+    /// Records found.
+    pub records: u64,
+    /// Payload and key bytes.
+    pub bytes: u64,
+}
+
+/// The result of [`inspect`].
+#[derive(Debug, Clone, Default)]
+pub struct Inspection {
+    /// Shard count from the directory's marker.
+    pub shards: u32,
+    /// Every segment, by shard then LSN.
+    pub segments: Vec<SegmentInfo>,
+    /// Every stream, by id.
+    pub streams: Vec<StreamSummary>,
+}
+
+impl Inspection {
+    /// Damaged ranges that opening in `strict` mode would refuse (torn tails of the newest
+    /// segments are left out: every mode truncates those).
+    pub fn damage(&self) -> Vec<&BadRange> {
+        self.segments
+            .iter()
+            .flat_map(|s| s.bad.iter().map(move |b| (s.newest, b)))
+            .filter(|(newest, b)| classify(b, *newest, RecoveryMode::Strict) == Action::Fail)
+            .map(|(_, b)| b)
+            .collect()
+    }
+
+    /// Torn tails that any open would truncate.
+    pub fn torn_tails(&self) -> Vec<&BadRange> {
+        self.segments.iter().filter(|s| s.newest).flat_map(|s| s.bad.iter().filter(|b| b.at_tail)).collect()
+    }
+
+    /// Segments whose header is unreadable (other than a newest segment torn at creation).
+    pub fn bad_headers(&self) -> Vec<&SegmentInfo> {
+        self.segments.iter().filter(|s| s.header_error.is_some()).collect()
+    }
+}
+
+/// Progress of a long scan: bytes done out of bytes in all.
+#[derive(Debug, Clone, Copy)]
+pub struct Progress {
+    /// Bytes scanned so far.
+    pub done: u64,
+    /// Bytes to scan in all.
+    pub total: u64,
+}
+
+fn shard_count(dir: &Path) -> Result<u32> {
+    if !dir.is_dir() {
+        return Err(Error::NotAWalDirectory { path: dir.into(), reason: "no such directory".into() });
+    }
+    let marker = dir.join(MARKER_FILE);
+    let text = std::fs::read_to_string(&marker).map_err(|_| Error::NotAWalDirectory {
+        path: dir.into(),
+        reason: format!("it has no {MARKER_FILE} file, so it is not a promptmq-wal directory"),
+    })?;
+    parse_marker(dir, &text)
+}
+
+/// Scans every record of every segment, calling `each(shard, record)` for valid ones.
+fn scan_all(
+    dir: &Path,
+    progress: &mut dyn FnMut(Progress),
+    mut each: impl FnMut(u32, &RawRecord),
+) -> Result<Inspection> {
+    let shards = shard_count(dir)?;
+    let mut files = Vec::new();
+    for shard in 0..shards {
+        let sdir = shard_dir(dir, shard);
+        if sdir.is_dir() {
+            let segs = segment::list_segments(&sdir)?;
+            let n = segs.len();
+            files.extend(segs.into_iter().enumerate().map(|(i, (lsn, p))| (shard, lsn, p, i + 1 == n)));
+        }
+    }
+    let total: u64 = files.iter().map(|(_, _, p, _)| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)).sum();
+    let mut done = 0u64;
+    let mut out = Inspection { shards, ..Inspection::default() };
+    for (shard, first_lsn, path, newest) in files {
+        let data = segment::read_segment(&path)?;
+        let mut info = SegmentInfo {
+            shard,
+            path: path.clone(),
+            first_lsn,
+            last_lsn: None,
+            bytes: data.len() as u64,
+            records: 0,
+            compressed: false,
+            newest,
+            header_error: None,
+            bad: Vec::new(),
+        };
+        match segment::check_header(&path, &data, Some(shard), first_lsn) {
+            Err(e) => {
+                if !(newest && torn_creation(&data)) {
+                    info.header_error = Some(e.to_string());
+                }
+            }
+            Ok(h) => {
+                info.compressed = h.flags & SEGMENT_FLAG_COMPRESSED != 0;
+                let scan = segment::scan(&path, &data, h, 0, h.first_lsn, u32::MAX, |r, _| {
+                    each(shard, r);
+                    Ok(())
+                })?;
+                info.last_lsn = scan.last_lsn;
+                info.records = scan.records;
+                info.bad = scan.bad;
+            }
+        }
+        done += data.len() as u64;
+        progress(Progress { done, total });
+        out.segments.push(info);
+    }
+    Ok(out)
+}
+
+/// Reads every segment: shards, segments, streams with their offsets and sizes, and
+/// every damaged range (see [`Inspection::damage`]).
+///
+/// ```
+/// # use promptmq_wal::{Wal, Options, tools};
+/// # let dir = tempfile::tempdir()?;
+/// # let wal = Wal::open(dir.path(), Options::default().shards(1))?;
+/// # let s = wal.stream("a")?; wal.append(&s, "x").wait()?; wal.close()?;
+/// let report = tools::inspect(dir.path(), &mut |_| {})?;
+/// assert_eq!(report.streams[0].name.as_deref(), Some("a"));
+/// assert!(report.damage().is_empty());
+/// # Ok::<(), promptmq_wal::Error>(())
+/// ```
+pub fn inspect(dir: &Path, progress: &mut dyn FnMut(Progress)) -> Result<Inspection> {
+    let mut streams: BTreeMap<u64, StreamSummary> = BTreeMap::new();
+    let mut out = scan_all(dir, progress, |shard, r| {
+        if r.meta.stream == CATALOG_STREAM {
+            if let Ok(m) = StreamMeta::decode(&r.payload) {
+                let e = streams.entry(m.id).or_default();
+                e.name = Some(m.name);
+                e.id = m.id;
+                e.shard = shard;
+            }
+            return;
+        }
+        let e = streams.entry(r.meta.stream).or_default();
+        e.id = r.meta.stream;
+        e.shard = shard;
+        e.first_offset = Some(e.first_offset.map_or(r.meta.offset, |f| f.min(r.meta.offset)));
+        e.last_offset = Some(e.last_offset.map_or(r.meta.offset, |l| l.max(r.meta.offset)));
+        e.records += 1;
+        e.bytes += (r.payload.len() + r.key.as_ref().map_or(0, |k| k.len())) as u64;
+    })?;
+    out.streams = streams.into_values().collect();
+    Ok(out)
+}
+
+/// A record of one stream, as [`dump`] returns it.
+#[derive(Debug, Clone)]
+pub struct DumpedRecord {
+    /// Offset.
+    pub offset: u64,
+    /// LSN within the shard.
+    pub lsn: u64,
+    /// Append time, ms since the epoch.
+    pub timestamp_ms: u64,
+    /// Key, if keyed.
+    pub key: Option<Bytes>,
+    /// Payload.
+    pub payload: Bytes,
+}
+
+/// Calls `each` for the records of the stream named `stream` with offsets in
+/// `from..from+limit`, in log order, straight from the segment files.
+pub fn dump(dir: &Path, stream: &str, from: u64, limit: u64, each: &mut dyn FnMut(DumpedRecord)) -> Result<()> {
+    let mut id = None;
+    let end = from.saturating_add(limit);
+    let mut found = false;
+    scan_all(dir, &mut |_| {}, |_, r| {
+        if r.meta.stream == CATALOG_STREAM {
+            if let Ok(m) = StreamMeta::decode(&r.payload) {
+                if m.name == stream {
+                    id = Some(m.id);
+                    found = true;
+                }
+            }
+            return;
+        }
+        if Some(r.meta.stream) == id && r.meta.offset >= from && r.meta.offset < end {
+            each(DumpedRecord {
+                offset: r.meta.offset,
+                lsn: r.meta.lsn,
+                timestamp_ms: r.meta.timestamp_ms,
+                key: r.key.clone(),
+                payload: r.payload.clone(),
+            });
+        }
+    })?;
+    if !found {
+        return Err(Error::NoSuchStream(stream.into()));
+    }
+    Ok(())
+}
+
+/// What [`recover`] found, or (with `dry_run`) would do.
+#[derive(Debug, Clone, Default)]
+pub struct RecoverOutcome {
+    /// Torn tails truncated (or to truncate).
+    pub truncate: Vec<BadRange>,
+    /// Damaged ranges skipped (or to skip); empty in strict mode.
+    pub skip: Vec<BadRange>,
+    /// Segments with unreadable headers, set aside (or to set aside) in tolerant mode.
+    pub set_aside: Vec<PathBuf>,
+    /// The recovery report of the real run (None for a dry run).
+    pub report: Option<RecoveryReport>,
+}
+
+/// Runs a full recovery of the log in `dir` in `mode`: every segment is scanned (the
+/// index checkpoints are ignored) and the index is rebuilt. With `dry_run`, nothing is
+/// changed and the outcome says what would be done. In strict mode, damage that strict
+/// recovery refuses is returned as [`Error::Corrupt`] either way.
+pub fn recover(dir: &Path, mode: RecoveryMode, dry_run: bool) -> Result<RecoverOutcome> {
+    let found = inspect(dir, &mut |_| {})?;
+    let mut out = RecoverOutcome::default();
+    for seg in &found.segments {
+        if let Some(e) = &seg.header_error {
+            if mode == RecoveryMode::Strict {
+                return Err(Error::Corrupt { path: seg.path.clone(), position: 0, reason: e.clone() });
+            }
+            out.set_aside.push(seg.path.clone());
+        }
+        for b in &seg.bad {
+            match classify(b, seg.newest, mode) {
+                Action::Truncate => out.truncate.push(b.clone()),
+                Action::Skip => out.skip.push(b.clone()),
+                Action::Fail => return Err(crate::recovery::corrupt(b)),
+            }
+        }
+    }
+    if !dry_run {
+        let wal = Wal::open(dir, Options::default().recovery(mode).create_if_missing(false).full_recovery(true))?;
+        out.report = Some(wal.recovery_report().clone());
+        wal.close()?;
+    }
+    Ok(out)
+}

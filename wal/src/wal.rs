@@ -226,7 +226,7 @@ impl Wal {
         for id in 0..shard_count {
             let sdir = shard_dir(&root, id);
             std::fs::create_dir_all(&sdir).map_err(|e| Error::io("creating", &sdir, e))?;
-            let rec = recovery::recover_shard(&sdir, id, &index, &mut by_id, opts.recovery, max_body)?;
+            let rec = recovery::recover_shard(&sdir, id, &index, &mut by_id, opts.recovery, max_body, opts.full_recovery)?;
             report.shards.push(rec.report);
             let shared = Arc::new(ShardShared::new(id, sdir, rec.segments));
             shards.push((shared, rec.start));
