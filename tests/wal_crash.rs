@@ -56,7 +56,9 @@ fn acknowledged_records_survive_sigkill() {
         for line in rx.try_iter() {
             // Only whole lines count: a line cut by the kill was never fully acknowledged to us.
             let mut parts = line.splitn(4, ' ');
-            if let (Some("ACK"), Some(stream), Some(off), Some(payload)) = (parts.next(), parts.next(), parts.next(), parts.next()) {
+            if let (Some("ACK"), Some(stream), Some(off), Some(payload)) =
+                (parts.next(), parts.next(), parts.next(), parts.next())
+            {
                 let off: u64 = off.parse().unwrap();
                 let prev = acked.entry(stream.to_string()).or_default().insert(off, payload.to_string());
                 assert!(prev.is_none(), "offset {off} of {stream} acknowledged twice");
@@ -66,7 +68,8 @@ fn acknowledged_records_survive_sigkill() {
         total += this_cycle;
 
         // Reopen in this process and check everything acknowledged so far.
-        let wal = Wal::open(dir.path(), Options::default()).unwrap_or_else(|e| panic!("cycle {cycle}: reopen failed: {e}"));
+        let wal =
+            Wal::open(dir.path(), Options::default()).unwrap_or_else(|e| panic!("cycle {cycle}: reopen failed: {e}"));
         for (stream, recs) in &acked {
             let s = wal.lookup(stream).unwrap_or_else(|| panic!("cycle {cycle}: stream {stream} lost"));
             let all = wal.read(&s, 0, usize::MAX).unwrap();
@@ -75,7 +78,8 @@ fn acknowledged_records_survive_sigkill() {
                 assert_eq!(r.offset, i as u64, "cycle {cycle}: {stream} out of order");
             }
             for (off, payload) in recs {
-                let r = all.get(*off as usize).unwrap_or_else(|| panic!("cycle {cycle}: acknowledged {stream}@{off} lost"));
+                let r =
+                    all.get(*off as usize).unwrap_or_else(|| panic!("cycle {cycle}: acknowledged {stream}@{off} lost"));
                 assert_eq!(std::str::from_utf8(&r.payload).unwrap(), payload, "cycle {cycle}: {stream}@{off} damaged");
             }
         }

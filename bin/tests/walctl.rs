@@ -58,7 +58,9 @@ fn inspect_verify_dump_on_a_healthy_log() {
     assert!(lines[0].starts_with("10\t") && lines[0].ends_with("beta-10"), "{lines:?}");
 
     let o = walctl(&["dump", d, "--stream", "beta", "--limit", "1", "--format", "hex"]);
-    assert!(String::from_utf8_lossy(&o.stdout).contains(&"beta-0".bytes().map(|b| format!("{b:02x}")).collect::<String>()));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains(&"beta-0".bytes().map(|b| format!("{b:02x}")).collect::<String>())
+    );
 
     let o = walctl(&["dump", d, "--stream", "gamma"]);
     assert_eq!(o.status.code(), Some(1));
@@ -96,7 +98,8 @@ fn verify_names_damage_and_recover_repairs_it() {
     assert!(text(&o).contains("did skip damaged range"), "{}", text(&o));
     // The log opens in tolerant mode and holds every undamaged record.
     let wal = Wal::open(dir.path(), Options::default().recovery(promptmq_wal::RecoveryMode::Tolerant)).unwrap();
-    let total: usize = ["alpha", "beta"].iter().map(|n| wal.read(&wal.lookup(n).unwrap(), 0, 1000).unwrap().len()).sum();
+    let total: usize =
+        ["alpha", "beta"].iter().map(|n| wal.read(&wal.lookup(n).unwrap(), 0, 1000).unwrap().len()).sum();
     assert_eq!(total, 119);
 }
 

@@ -268,7 +268,8 @@ pub(crate) fn run_writer<R: Weighted, S: BatchSink<R>>(queue: &CommitQueue<R, S:
                         }
                     }
                     Ok(outs) => {
-                        let e = Error::Index(format!("writer returned {} results for {} appends", outs.len(), batch.len()));
+                        let e =
+                            Error::Index(format!("writer returned {} results for {} appends", outs.len(), batch.len()));
                         for p in batch.drain(..) {
                             p.done.complete(Err(e.duplicate()));
                         }

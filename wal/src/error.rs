@@ -76,7 +76,9 @@ pub enum Error {
     },
 
     /// The index (fjall) failed.
-    #[error("index error: {0}; if it persists, delete the index/ directory and reopen: the index is rebuilt from the log")]
+    #[error(
+        "index error: {0}; if it persists, delete the index/ directory and reopen: the index is rebuilt from the log"
+    )]
     Index(String),
 
     /// A record is larger than `Options::max_record_bytes`.
@@ -152,30 +154,26 @@ impl Error {
     /// append in a failed batch gets the same cause.
     pub(crate) fn duplicate(&self) -> Error {
         match self {
-            Error::Io { action, path, source } => Error::Io {
-                action,
-                path: path.clone(),
-                source: io::Error::new(source.kind(), source.to_string()),
-            },
+            Error::Io { action, path, source } => {
+                Error::Io { action, path: path.clone(), source: io::Error::new(source.kind(), source.to_string()) }
+            }
             Error::DiskFull { path } => Error::DiskFull { path: path.clone() },
             Error::ShardFailed { shard, reason } => Error::ShardFailed { shard: *shard, reason: reason.clone() },
-            Error::Corrupt { path, position, reason } => Error::Corrupt {
-                path: path.clone(),
-                position: *position,
-                reason: reason.clone(),
-            },
-            Error::NotAWalDirectory { path, reason } => Error::NotAWalDirectory { path: path.clone(), reason: reason.clone() },
+            Error::Corrupt { path, position, reason } => {
+                Error::Corrupt { path: path.clone(), position: *position, reason: reason.clone() }
+            }
+            Error::NotAWalDirectory { path, reason } => {
+                Error::NotAWalDirectory { path: path.clone(), reason: reason.clone() }
+            }
             Error::Locked { path } => Error::Locked { path: path.clone() },
             Error::Index(s) => Error::Index(s.clone()),
             Error::RecordTooLarge { size, max } => Error::RecordTooLarge { size: *size, max: *max },
             Error::KeyTooLong(n) => Error::KeyTooLong(*n),
             Error::NoSuchStream(s) => Error::NoSuchStream(s.clone()),
             Error::InvalidStreamName(s) => Error::InvalidStreamName(s.clone()),
-            Error::OffsetRemoved { stream, requested, first } => Error::OffsetRemoved {
-                stream: stream.clone(),
-                requested: *requested,
-                first: *first,
-            },
+            Error::OffsetRemoved { stream, requested, first } => {
+                Error::OffsetRemoved { stream: stream.clone(), requested: *requested, first: *first }
+            }
             Error::Closed => Error::Closed,
             Error::InvalidOption { name, reason } => Error::InvalidOption { name, reason: reason.clone() },
         }

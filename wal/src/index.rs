@@ -23,11 +23,80 @@ use crate::options::{Retention, SyncMode};
 /// Positions per index block.
 pub(crate) const BLOCK_LEN: usize = 64;
 
-/// Where a record is: the segment (by its first LSN) and the byte position in it.
+/// Where a record is: the segment (by its first LSN), the byte position in it (in the
+/// segment's uncompressed layout) and the record's encoded length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Pos {
     pub(crate) segment: u64,
     pub(crate) at: u64,
+    pub(crate) len: u32,
+}
+
+/// `at` of a position whose record was removed by compaction.
+pub(crate) const REMOVED: u64 = u64::MAX;
+
+/// Size of one encoded position.
+const POS_LEN: usize = 20;
+
+/// Per-stream contents of one sealed segment, used by retention to tell when nothing live
+/// remains in a segment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct SegStream {
+    pub(crate) min_offset: u64,
+    pub(crate) max_offset: u64,
+    pub(crate) max_ts: u64,
+    pub(crate) records: u64,
+    pub(crate) bytes: u64,
+}
+
+/// What one segment holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct SegSummary {
+    pub(crate) streams: std::collections::HashMap<u64, SegStream>,
+    /// The segment holds catalogue records (so it is compacted, never deleted).
+    pub(crate) catalog: bool,
+}
+
+impl SegSummary {
+    pub(crate) fn add(&mut self, stream: u64, offset: u64, ts: u64, bytes: u64) {
+        let e = self.streams.entry(stream).or_insert(SegStream { min_offset: offset, ..SegStream::default() });
+        e.min_offset = e.min_offset.min(offset);
+        e.max_offset = e.max_offset.max(offset);
+        e.max_ts = e.max_ts.max(ts);
+        e.records += 1;
+        e.bytes += bytes;
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut v = vec![self.catalog as u8];
+        for (id, s) in &self.streams {
+            for x in [*id, s.min_offset, s.max_offset, s.max_ts, s.records, s.bytes] {
+                v.extend_from_slice(&x.to_le_bytes());
+            }
+        }
+        v
+    }
+
+    fn decode(b: &[u8]) -> Result<SegSummary> {
+        let (flag, rest) = b.split_first().ok_or_else(|| Error::Index("empty segment summary".into()))?;
+        if !rest.len().is_multiple_of(48) {
+            return Err(Error::Index("segment summary has a partial entry".into()));
+        }
+        let mut out = SegSummary { catalog: *flag != 0, ..SegSummary::default() };
+        for c in rest.chunks_exact(48) {
+            out.streams.insert(
+                read_u64(c, 0)?,
+                SegStream {
+                    min_offset: read_u64(c, 8)?,
+                    max_offset: read_u64(c, 16)?,
+                    max_ts: read_u64(c, 24)?,
+                    records: read_u64(c, 32)?,
+                    bytes: read_u64(c, 40)?,
+                },
+            );
+        }
+        Ok(out)
+    }
 }
 
 /// What the catalogue stores about a stream.
@@ -56,6 +125,7 @@ pub(crate) struct Index {
     db: Database,
     streams: Keyspace,
     blocks: Keyspace,
+    segments: Keyspace,
     cursors: Keyspace,
     meta: Keyspace,
     sync: SyncMode,
@@ -145,20 +215,33 @@ fn checkpoint_key(shard: u32) -> Vec<u8> {
     format!("checkpoint/{shard:08}").into_bytes()
 }
 
-pub(crate) fn encode_positions(positions: &[Pos]) -> Vec<u8> {
-    let mut v = Vec::with_capacity(positions.len() * 16);
+fn encode_positions(positions: &[Pos]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(positions.len() * POS_LEN);
     for p in positions {
         v.extend_from_slice(&p.segment.to_le_bytes());
         v.extend_from_slice(&p.at.to_le_bytes());
+        v.extend_from_slice(&p.len.to_le_bytes());
     }
     v
 }
 
+fn segment_key(shard: u32, first_lsn: u64) -> [u8; 12] {
+    let mut k = [0u8; 12];
+    k[..4].copy_from_slice(&shard.to_be_bytes());
+    k[4..].copy_from_slice(&be(first_lsn));
+    k
+}
+
 fn decode_positions(b: &[u8]) -> Result<Vec<Pos>> {
-    if b.len() % 16 != 0 {
+    if !b.len().is_multiple_of(POS_LEN) {
         return Err(Error::Index(format!("index block of {} bytes is not a whole number of positions", b.len())));
     }
-    b.chunks_exact(16).map(|c| Ok(Pos { segment: read_u64(c, 0)?, at: read_u64(c, 8)? })).collect()
+    b.chunks_exact(POS_LEN)
+        .map(|c| {
+            let len = u32::from_le_bytes([c[16], c[17], c[18], c[19]]);
+            Ok(Pos { segment: read_u64(c, 0)?, at: read_u64(c, 8)?, len })
+        })
+        .collect()
 }
 
 impl Index {
@@ -168,6 +251,7 @@ impl Index {
         Ok(Index {
             streams: ks("streams")?,
             blocks: ks("blocks")?,
+            segments: ks("segments")?,
             cursors: ks("cursors")?,
             meta: ks("meta")?,
             db,
@@ -185,11 +269,6 @@ impl Index {
 
     pub(crate) fn get_meta_u64(&self, key: &str) -> Result<Option<u64>> {
         self.meta.get(key)?.map(|v| read_u64(&v, 0)).transpose()
-    }
-
-    pub(crate) fn put_meta_u64(&self, key: &str, v: u64) -> Result<()> {
-        self.meta.insert(key, v.to_le_bytes().to_vec())?;
-        Ok(())
     }
 
     pub(crate) fn load_streams(&self) -> Result<Vec<StreamMeta>> {
@@ -260,7 +339,7 @@ impl Index {
             .into_iter()
             .filter(|(k, len)| {
                 let start = u64::from_be_bytes(k[8..16].try_into().unwrap_or([0xff; 8]));
-                start.saturating_add((*len / 16) as u64) <= first
+                start.saturating_add((*len / POS_LEN) as u64) <= first
             })
             .map(|(k, _)| k)
             .collect();
@@ -270,11 +349,44 @@ impl Index {
         Ok(())
     }
 
+    pub(crate) fn put_segment(&self, shard: u32, first_lsn: u64, summary: &SegSummary) -> Result<()> {
+        self.segments.insert(segment_key(shard, first_lsn), summary.encode())?;
+        Ok(())
+    }
+
+    pub(crate) fn segment(&self, shard: u32, first_lsn: u64) -> Result<Option<SegSummary>> {
+        self.segments.get(segment_key(shard, first_lsn))?.map(|v| SegSummary::decode(&v)).transpose()
+    }
+
+    pub(crate) fn delete_segment(&self, shard: u32, first_lsn: u64) -> Result<()> {
+        self.segments.remove(segment_key(shard, first_lsn))?;
+        Ok(())
+    }
+
+    /// Sets a durable flag (a key with no value) in the meta keyspace.
+    pub(crate) fn put_meta_flag(&self, key: &str) -> Result<()> {
+        self.meta.insert(key, Vec::<u8>::new())?;
+        self.persist()
+    }
+
+    pub(crate) fn remove_meta_flag(&self, key: &str) -> Result<()> {
+        self.meta.remove(key)?;
+        self.persist()
+    }
+
+    /// The flags whose key starts with `prefix`.
+    pub(crate) fn meta_flags(&self, prefix: &str) -> Result<Vec<String>> {
+        self.meta
+            .prefix(prefix)
+            .map(|g| g.key().map(|k| String::from_utf8_lossy(&k).into_owned()).map_err(Error::from))
+            .collect()
+    }
+
     pub(crate) fn checkpoint(&self, shard: u32) -> Result<Option<Checkpoint>> {
         match self.meta.get(checkpoint_key(shard))? {
             None => Ok(None),
             Some(v) => Ok(Some(Checkpoint {
-                pos: Pos { segment: read_u64(&v, 0)?, at: read_u64(&v, 8)? },
+                pos: Pos { segment: read_u64(&v, 0)?, at: read_u64(&v, 8)?, len: 0 },
                 next_lsn: read_u64(&v, 16)?,
             })),
         }
@@ -286,11 +398,6 @@ impl Index {
         v.extend_from_slice(&cp.pos.at.to_le_bytes());
         v.extend_from_slice(&cp.next_lsn.to_le_bytes());
         self.meta.insert(checkpoint_key(shard), v)?;
-        Ok(())
-    }
-
-    pub(crate) fn clear_checkpoint(&self, shard: u32) -> Result<()> {
-        self.meta.remove(checkpoint_key(shard))?;
         Ok(())
     }
 

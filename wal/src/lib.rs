@@ -36,6 +36,7 @@ mod error;
 pub mod format;
 mod index;
 pub mod io;
+mod maintenance;
 mod options;
 mod recovery;
 mod segment;
@@ -48,6 +49,7 @@ mod wal;
 
 pub use commit::Completion;
 pub use error::{Error, Result};
+pub use maintenance::{MaintenanceReport, SUGGESTED_MAINTENANCE_INTERVAL};
 pub use options::{Options, RecoveryMode, Retention, SyncMode};
 pub use recovery::{RecoveryReport, ShardReport};
 pub use segment::BadRange;

@@ -157,7 +157,10 @@ impl Options {
 
     pub(crate) fn validate(&self) -> Result<()> {
         if self.shards == 0 || self.shards > 1024 {
-            return Err(Error::InvalidOption { name: "shards", reason: format!("{} is out of range 1..=1024", self.shards) });
+            return Err(Error::InvalidOption {
+                name: "shards",
+                reason: format!("{} is out of range 1..=1024", self.shards),
+            });
         }
         if self.segment_bytes < 4096 || self.segment_bytes > (1 << 40) {
             return Err(Error::InvalidOption {
@@ -173,7 +176,10 @@ impl Options {
         }
         if let SyncMode::Interval(d) = self.sync {
             if d.is_zero() {
-                return Err(Error::InvalidOption { name: "sync", reason: "interval must be > 0 (use Always for 0)".into() });
+                return Err(Error::InvalidOption {
+                    name: "sync",
+                    reason: "interval must be > 0 (use Always for 0)".into(),
+                });
             }
         }
         Ok(())

@@ -20,8 +20,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::format::SEGMENT_HEADER_LEN;
-use crate::index::{Index, Pos, StreamMeta};
+use crate::format::{self, SEGMENT_HEADER_LEN};
+use crate::index::{Index, Pos, SegSummary, StreamMeta};
 use crate::options::RecoveryMode;
 use crate::segment::{self, BadRange};
 use crate::shard::{ShardStart, CATALOG_STREAM};
@@ -68,7 +68,9 @@ impl RecoveryReport {
     }
     /// Whether recovery changed or skipped anything beyond a clean re-index.
     pub fn is_clean(&self) -> bool {
-        self.shards.iter().all(|s| s.truncated.is_empty() && s.skipped.is_empty() && s.removed.is_empty() && s.orphan_records == 0)
+        self.shards
+            .iter()
+            .all(|s| s.truncated.is_empty() && s.skipped.is_empty() && s.removed.is_empty() && s.orphan_records == 0)
     }
 }
 
@@ -92,7 +94,11 @@ pub(crate) fn classify(bad: &BadRange, newest_segment: bool, mode: RecoveryMode)
 }
 
 pub(crate) fn corrupt(bad: &BadRange) -> Error {
-    Error::Corrupt { path: bad.path.clone(), position: bad.start, reason: format!("{} (bad range {}..{})", bad.reason, bad.start, bad.end) }
+    Error::Corrupt {
+        path: bad.path.clone(),
+        position: bad.start,
+        reason: format!("{} (bad range {}..{})", bad.reason, bad.start, bad.end),
+    }
 }
 
 /// Whether a header that fails to decode is a creation torn by a crash: the file is
@@ -159,7 +165,7 @@ pub(crate) fn recover_shard(
     while i < segs.len() {
         let (first, path) = segs[i].clone();
         let newest = i + 1 == segs.len();
-        let data = segment::read_segment(&path)?;
+        let data = segment::load(&path)?;
         let header = match segment::check_header(&path, &data, Some(shard), first) {
             Ok(h) => h,
             Err(e) => {
@@ -177,8 +183,12 @@ pub(crate) fn recover_shard(
                 continue;
             }
         };
+        // The checkpoint's segment is scanned from its start too (to rebuild its summary),
+        // but records before the checkpoint are already indexed and only counted.
         let resume = i == start_idx && report.from_checkpoint;
-        let (from, lsn0) = if resume { (start_at, next_lsn) } else { (SEGMENT_HEADER_LEN, header.first_lsn.max(next_lsn)) };
+        let indexed_before = if resume { start_at as u64 } else { 0 };
+        let from = SEGMENT_HEADER_LEN;
+        let lsn0 = header.first_lsn;
         if !resume && header.first_lsn < next_lsn {
             let e = Error::Corrupt {
                 path: path.clone(),
@@ -191,7 +201,17 @@ pub(crate) fn recover_shard(
             tracing::warn!(error = %e, "overlapping segment; its older records are skipped");
         }
         let mut orphans = 0u64;
-        let scan = segment::scan(&path, &data, header, from, lsn0, max_body, |r, at| {
+        let mut summary = SegSummary::default();
+        let scan = segment::scan(&path, &data, from, lsn0, max_body, |r, at| {
+            let len = format::encoded_len(r.key.as_ref().map_or(0, |k| k.len()), r.payload.len()) as u32;
+            if r.meta.stream == CATALOG_STREAM {
+                summary.catalog = true;
+            } else {
+                summary.add(r.meta.stream, r.meta.offset, r.meta.timestamp_ms, len as u64);
+            }
+            if at < indexed_before {
+                return Ok(());
+            }
             let mut bad = |why: String| -> Result<()> {
                 if mode == RecoveryMode::Strict {
                     Err(Error::Corrupt { path: path.clone(), position: at, reason: why })
@@ -206,10 +226,10 @@ pub(crate) fn recover_shard(
                     Ok(_) => return bad("catalogue record does not match its header".into()),
                     Err(e) => return bad(format!("catalogue record does not decode: {e}")),
                 };
-                if !streams.contains_key(&meta.id) {
+                if let std::collections::hash_map::Entry::Vacant(slot) = streams.entry(meta.id) {
                     tracing::info!(stream = %meta.name, id = meta.id, "stream restored from the log's catalogue record");
                     index.create_stream(&meta)?;
-                    streams.insert(meta.id, Arc::new(StreamState::from_meta(&meta)));
+                    slot.insert(Arc::new(StreamState::from_meta(&meta)));
                 }
                 return Ok(());
             }
@@ -217,13 +237,17 @@ pub(crate) fn recover_shard(
                 return bad(format!("record of unknown stream id {}", r.meta.stream));
             };
             let next = s.next_offset.load(Ordering::Acquire);
+            if r.meta.offset < s.first_offset.load(Ordering::Acquire) {
+                return Ok(()); // expired by retention, not yet compacted away
+            }
             if r.meta.offset < next {
                 return bad(format!("stream {:?} offset {} repeats (expected {next})", s.name, r.meta.offset));
             }
-            if r.meta.offset > next && mode == RecoveryMode::Strict {
+            // Compaction leaves gaps in compacted streams; anywhere else a gap is lost data.
+            if r.meta.offset > next && mode == RecoveryMode::Strict && !s.compacted {
                 return bad(format!("stream {:?} jumps from offset {next} to {}", s.name, r.meta.offset));
             }
-            s.push_position(index, r.meta.offset, Pos { segment: first, at });
+            s.push_position(index, r.meta.offset, Pos { segment: first, at, len });
             s.next_offset.store(r.meta.offset + 1, Ordering::Release);
             s.dirty.store(true, Ordering::Release);
             Ok(())
@@ -248,12 +272,13 @@ pub(crate) fn recover_shard(
         }
         next_lsn = scan.last_lsn.map(|l| l + 1).unwrap_or(lsn0).max(next_lsn);
         if newest {
-            let start = ShardStart { active: Some((first, scan.valid_end)), next_lsn };
+            let start = ShardStart { active: Some((first, scan.valid_end)), next_lsn, summary };
             return Ok(Recovered { start, segments: segs.iter().map(|(f, _)| *f).collect(), report });
         }
+        index.put_segment(shard, first, &summary)?;
         i += 1;
     }
-    let start = ShardStart { active: None, next_lsn };
+    let start = ShardStart { active: None, next_lsn, summary: SegSummary::default() };
     Ok(Recovered { start, segments: segs.iter().map(|(f, _)| *f).collect(), report })
 }
 

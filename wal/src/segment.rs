@@ -32,7 +32,10 @@ pub(crate) fn list_segments(shard_dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
         let name = name.to_string_lossy();
         match name.strip_suffix(SEGMENT_SUFFIX).and_then(|n| n.parse::<u64>().ok()) {
             Some(lsn) => out.push((lsn, entry.path())),
-            None => tracing::warn!(file = %entry.path().display(), "ignoring a file that is not a segment"),
+            None if name.ends_with(crate::maintenance::TMP_EXTENSION) || name.ends_with(".seg.bad") => {}
+            None => {
+                tracing::warn!(file = %entry.path().display(), "ignoring a file that is not a segment")
+            }
         }
     }
     out.sort_unstable_by_key(|(lsn, _)| *lsn);
@@ -57,10 +60,6 @@ pub struct BadRange {
 /// The result of scanning one segment.
 #[derive(Debug, Clone)]
 pub struct SegmentScan {
-    /// The decoded header.
-    pub header: SegmentHeader,
-    /// Size of the file in bytes.
-    pub file_len: u64,
     /// Byte position just after the last valid record.
     pub valid_end: u64,
     /// Number of valid records.
@@ -71,15 +70,34 @@ pub struct SegmentScan {
     pub bad: Vec<BadRange>,
 }
 
-/// Reads a whole segment into memory. Segments are bounded by `segment_bytes`
-/// (64 MiB by default), so this is the memory a recovery scan needs.
-pub(crate) fn read_segment(path: &Path) -> Result<Bytes> {
-    std::fs::read(path).map(Bytes::from).map_err(|e| Error::io("reading", path, e))
+/// Reads a whole segment into memory in its logical (uncompressed) layout: a compressed
+/// segment's body is decompressed, so positions are the same before and after compression.
+/// Segments are bounded by `segment_bytes` (64 MiB by default), which bounds this memory.
+pub(crate) fn load(path: &Path) -> Result<Bytes> {
+    let raw = std::fs::read(path).map_err(|e| Error::io("reading", path, e))?;
+    match SegmentHeader::decode(&raw) {
+        Ok(h) if h.flags & format::SEGMENT_FLAG_COMPRESSED != 0 => {
+            let body = zstd::decode_all(&raw[SEGMENT_HEADER_LEN..]).map_err(|e| Error::Corrupt {
+                path: path.into(),
+                position: SEGMENT_HEADER_LEN as u64,
+                reason: format!("compressed segment body does not decompress: {e}"),
+            })?;
+            let mut logical = Vec::with_capacity(SEGMENT_HEADER_LEN + body.len());
+            logical.extend_from_slice(&raw[..SEGMENT_HEADER_LEN]);
+            logical.extend_from_slice(&body);
+            Ok(Bytes::from(logical))
+        }
+        _ => Ok(Bytes::from(raw)),
+    }
 }
 
 /// Decodes and checks a segment header for the expected shard and first LSN.
 pub(crate) fn check_header(path: &Path, data: &[u8], shard: Option<u32>, first_lsn: u64) -> Result<SegmentHeader> {
-    let h = SegmentHeader::decode(data).map_err(|e| Error::Corrupt { path: path.into(), position: 0, reason: e.to_string() })?;
+    let h = SegmentHeader::decode(data).map_err(|e| Error::Corrupt {
+        path: path.into(),
+        position: 0,
+        reason: e.to_string(),
+    })?;
     if h.first_lsn != first_lsn || shard.is_some_and(|s| s != h.shard) {
         return Err(Error::Corrupt {
             path: path.into(),
@@ -99,7 +117,6 @@ pub(crate) fn check_header(path: &Path, data: &[u8], shard: Option<u32>, first_l
 pub(crate) fn scan(
     path: &Path,
     data: &Bytes,
-    header: SegmentHeader,
     start: usize,
     first_lsn: u64,
     max_body: u32,
@@ -108,14 +125,7 @@ pub(crate) fn scan(
     let len = data.len();
     let mut pos = start.max(SEGMENT_HEADER_LEN);
     let mut next_lsn = first_lsn;
-    let mut scan = SegmentScan {
-        header,
-        file_len: len as u64,
-        valid_end: pos as u64,
-        records: 0,
-        last_lsn: None,
-        bad: Vec::new(),
-    };
+    let mut scan = SegmentScan { valid_end: pos as u64, records: 0, last_lsn: None, bad: Vec::new() };
     while pos < len {
         let reason = match format::decode_record(&data.slice(pos..), max_body) {
             Decoded::Record(r, n) if r.meta.lsn >= next_lsn => {
@@ -165,7 +175,9 @@ fn resync(data: &Bytes, from: usize, next_lsn: u64, max_body: u32) -> Option<usi
     let min_rec = (MIN_BODY_LEN as usize + FRAME_LEN) as u64;
     let start = from.saturating_sub(1);
     for p in from..data.len().saturating_sub(FRAME_LEN + 8) {
-        let Some(lsn) = format::peek_lsn(&data[p..]) else { break };
+        let Some(lsn) = format::peek_lsn(&data[p..]) else {
+            break;
+        };
         let max_jump = ((p - start) as u64) / min_rec + 1;
         if lsn < next_lsn || lsn > next_lsn.saturating_add(max_jump) {
             continue;
@@ -182,16 +194,32 @@ fn resync(data: &Bytes, from: usize, next_lsn: u64, max_body: u32) -> Option<usi
 pub(crate) struct SegmentReader {
     file: File,
     path: PathBuf,
+    /// The decompressed contents of a compressed segment.
+    logical: Option<Bytes>,
 }
 
 impl SegmentReader {
     pub(crate) fn open(path: &Path) -> Result<Self> {
         let file = File::open(path).map_err(|e| Error::io("opening", path, e))?;
-        Ok(SegmentReader { file, path: path.into() })
+        let mut head = [0u8; SEGMENT_HEADER_LEN];
+        let compressed = file.read_exact_at(&mut head, 0).is_ok()
+            && SegmentHeader::decode(&head).is_ok_and(|h| h.flags & format::SEGMENT_FLAG_COMPRESSED != 0);
+        let logical = if compressed { Some(load(path)?) } else { None };
+        Ok(SegmentReader { file, path: path.into(), logical })
     }
 
-    /// Reads up to `len` bytes at `pos` (fewer at the end of the file).
+    /// Whether this reader holds a decompressed segment in memory.
+    pub(crate) fn is_compressed(&self) -> bool {
+        self.logical.is_some()
+    }
+
+    /// Reads up to `len` bytes at `pos` (fewer at the end of the file). Positions are in
+    /// the segment's logical (uncompressed) layout.
     pub(crate) fn read_chunk(&self, pos: u64, len: usize) -> Result<Bytes> {
+        if let Some(data) = &self.logical {
+            let start = (pos as usize).min(data.len());
+            return Ok(data.slice(start..(start + len).min(data.len())));
+        }
         let mut buf = vec![0u8; len];
         let mut filled = 0;
         while filled < len {
@@ -230,7 +258,7 @@ mod tests {
 
     fn run(h: SegmentHeader, data: Vec<u8>) -> (SegmentScan, Vec<u64>) {
         let mut lsns = Vec::new();
-        let s = scan(Path::new("t"), &Bytes::from(data), h, 0, h.first_lsn, 1 << 20, |r, _| {
+        let s = scan(Path::new("t"), &Bytes::from(data), 0, h.first_lsn, 1 << 20, |r, _| {
             lsns.push(r.meta.lsn);
             Ok(())
         })

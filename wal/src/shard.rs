@@ -17,7 +17,7 @@ use bytes::Bytes;
 use crate::commit::{run_writer, BatchSink, CommitQueue, Completion, Pending, Weighted};
 use crate::error::{Error, Result};
 use crate::format::{self, RecordMeta, SegmentHeader, FORMAT_VERSION, SEGMENT_HEADER_LEN};
-use crate::index::{Checkpoint, Index, Pos};
+use crate::index::{Checkpoint, Index, Pos, SegSummary};
 use crate::io::{Backend, LogFile};
 use crate::options::SyncMode;
 use crate::segment::{segment_path, SegmentReader};
@@ -58,13 +58,21 @@ impl Weighted for AppendReq {
 pub(crate) struct ShardShared {
     pub(crate) id: u32,
     pub(crate) dir: PathBuf,
+    /// Readers hold it shared while they follow index positions into segments; compaction
+    /// holds it exclusively while it swaps a rewritten segment and its index positions.
+    pub(crate) maintenance: std::sync::RwLock<()>,
     /// Segment first LSN → lazily opened read handle.
     segments: Mutex<BTreeMap<u64, Option<Arc<SegmentReader>>>>,
 }
 
 impl ShardShared {
     pub(crate) fn new(id: u32, dir: PathBuf, segments: impl IntoIterator<Item = u64>) -> Self {
-        ShardShared { id, dir, segments: Mutex::new(segments.into_iter().map(|s| (s, None)).collect()) }
+        ShardShared {
+            id,
+            dir,
+            maintenance: std::sync::RwLock::new(()),
+            segments: Mutex::new(segments.into_iter().map(|s| (s, None)).collect()),
+        }
     }
 
     pub(crate) fn add_segment(&self, first_lsn: u64) {
@@ -90,16 +98,39 @@ impl ShardShared {
             Some(slot) => {
                 let r = Arc::new(SegmentReader::open(&segment_path(&self.dir, first_lsn))?);
                 *slot = Some(r.clone());
+                if r.is_compressed() {
+                    // Decompressed segments live in memory: keep only a few of them.
+                    let cached: Vec<u64> = segs
+                        .iter()
+                        .filter(|(k, v)| **k != first_lsn && v.as_ref().is_some_and(|r| r.is_compressed()))
+                        .map(|(k, _)| *k)
+                        .collect();
+                    for k in cached.iter().take(cached.len().saturating_sub(MAX_DECOMPRESSED - 1)) {
+                        segs.insert(*k, None);
+                    }
+                }
                 Ok(r)
             }
         }
     }
+
+    /// Drops the cached read handle of a segment that was rewritten.
+    pub(crate) fn invalidate(&self, first_lsn: u64) {
+        if let Some(slot) = self.segments.lock().unwrap_or_else(|p| p.into_inner()).get_mut(&first_lsn) {
+            *slot = None;
+        }
+    }
 }
+
+/// Decompressed segments kept in memory per shard for reads.
+const MAX_DECOMPRESSED: usize = 4;
 
 /// Where recovery left the shard: the segment to continue appending to.
 pub(crate) struct ShardStart {
     pub(crate) active: Option<(u64, u64)>,
     pub(crate) next_lsn: u64,
+    /// What the active segment holds so far.
+    pub(crate) summary: SegSummary,
 }
 
 pub(crate) struct Shard {
@@ -148,6 +179,7 @@ impl Shard {
             bytes_since_checkpoint: 0,
             scratch: Vec::new(),
             local: HashMap::new(),
+            summary: start.summary,
         };
         let q = queue.clone();
         let handle = std::thread::Builder::new()
@@ -195,10 +227,12 @@ struct ShardWriter {
     last_sync: Instant,
     touched: HashMap<u64, Arc<StreamState>>,
     bytes_since_checkpoint: u64,
-    /// (request index, offset, byte position) of each record of the current batch.
-    scratch: Vec<(usize, u64, u64)>,
+    /// (request index, offset, byte position, length) of each record of the current batch.
+    scratch: Vec<(usize, u64, u64, u32)>,
     /// Next offset per stream within the current batch.
     local: HashMap<u64, u64>,
+    /// What the active segment holds; stored in the index when the segment is sealed.
+    summary: SegSummary,
 }
 
 fn now_ms() -> u64 {
@@ -247,11 +281,19 @@ impl ShardWriter {
             .and_then(|_| if durable { self.backend.sync_dir(&self.shared.dir) } else { Ok(()) });
         if let Err(e) = res {
             drop(f);
+            // Nothing was sealed: the old segment stays active.
             if let Err(rm) = std::fs::remove_file(&path) {
                 let e = Error::io("removing a half-created segment", &path, rm);
                 return Err(self.fail(&e));
             }
             return Err(Error::io("creating", &path, e));
+        }
+        if self.file.is_some() {
+            let summary = std::mem::take(&mut self.summary);
+            if let Err(e) = self.index.put_segment(self.shared.id, self.seg_first, &summary) {
+                // Without a summary retention keeps the segment; nothing is lost.
+                tracing::warn!(shard = self.shared.id, error = %e, "could not store a sealed segment's summary");
+            }
         }
         self.file = Some(f);
         self.seg_first = first;
@@ -275,7 +317,10 @@ impl ShardWriter {
                 s.flush_open_block(&self.index)?;
                 self.index.put_stream(&s.meta())?;
             }
-            let cp = Checkpoint { pos: Pos { segment: self.seg_first, at: self.synced_len }, next_lsn: self.next_lsn };
+            let cp = Checkpoint {
+                pos: Pos { segment: self.seg_first, at: self.synced_len, len: 0 },
+                next_lsn: self.next_lsn,
+            };
             self.index.put_checkpoint(self.shared.id, &cp)?;
             self.index.persist()
         })();
@@ -284,7 +329,9 @@ impl ShardWriter {
                 self.touched.clear();
                 self.bytes_since_checkpoint = 0;
             }
-            Err(e) => tracing::warn!(shard = self.shared.id, error = %e, "index checkpoint failed; recovery will re-index more of the log"),
+            Err(e) => {
+                tracing::warn!(shard = self.shared.id, error = %e, "index checkpoint failed; recovery will re-index more of the log")
+            }
         }
     }
 
@@ -302,6 +349,7 @@ impl ShardWriter {
         let mut lsn = self.next_lsn;
         let mut outs = Vec::with_capacity(batch.len());
         let mut force_sync = false;
+        let mut catalog = false;
         for (i, p) in batch.iter().enumerate() {
             force_sync |= p.req.force_sync;
             let Some(s) = &p.req.stream else {
@@ -311,16 +359,18 @@ impl ShardWriter {
                     let meta = RecordMeta { lsn, stream: CATALOG_STREAM, offset: id, timestamp_ms: ts, flags: 0 };
                     format::encode_record(&mut self.buf, &meta, None, &r.payload);
                     lsn += 1;
+                    catalog = true;
                 }
                 continue;
             };
             let next = self.local.entry(s.id).or_insert_with(|| s.next_offset.load(Ordering::Acquire));
             outs.push(*next);
             for r in &p.req.records {
-                let at = self.seg_len + self.buf.len() as u64;
+                let before = self.buf.len();
+                let at = self.seg_len + before as u64;
                 let meta = RecordMeta { lsn, stream: s.id, offset: *next, timestamp_ms: ts, flags: 0 };
                 format::encode_record(&mut self.buf, &meta, r.key.as_deref(), &r.payload);
-                self.scratch.push((i, *next, at));
+                self.scratch.push((i, *next, at, (self.buf.len() - before) as u32));
                 *next += 1;
                 lsn += 1;
             }
@@ -347,9 +397,11 @@ impl ShardWriter {
         }
         self.bytes_since_checkpoint += self.buf.len() as u64;
         // The records are durable per the sync mode: index them, then make them visible.
-        for &(i, offset, at) in &self.scratch {
+        self.summary.catalog |= catalog;
+        for &(i, offset, at, len) in &self.scratch {
             if let Some(s) = &batch[i].req.stream {
-                s.push_position(&self.index, offset, Pos { segment: self.seg_first, at });
+                s.push_position(&self.index, offset, Pos { segment: self.seg_first, at, len });
+                self.summary.add(s.id, offset, ts, len as u64);
             }
         }
         for p in batch {
@@ -383,7 +435,11 @@ impl BatchSink<AppendReq> for ShardWriter {
     }
 
     fn idle(&mut self) {
-        if self.failed.is_none() && self.synced_len < self.seg_len && self.sync_now().is_ok() && self.bytes_since_checkpoint > 0 {
+        if self.failed.is_none()
+            && self.synced_len < self.seg_len
+            && self.sync_now().is_ok()
+            && self.bytes_since_checkpoint > 0
+        {
             self.checkpoint();
         }
     }

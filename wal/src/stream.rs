@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::task::Waker;
 
-use crate::index::{Index, Pos, StreamMeta, BLOCK_LEN};
+use crate::index::{Index, Pos, StreamMeta, BLOCK_LEN, REMOVED};
 use crate::options::Retention;
 
 /// Positions of the newest records of a stream that are not yet in an index block.
@@ -131,7 +131,9 @@ impl StreamState {
                     b.first += b.positions.len() as u64;
                     b.positions.clear();
                 }
-                Err(e) => tracing::warn!(stream = %self.name, error = %e, "index block write failed; will retry"),
+                Err(e) => {
+                    tracing::warn!(stream = %self.name, error = %e, "index block write failed; will retry")
+                }
             }
         }
     }
@@ -156,17 +158,51 @@ impl StreamState {
         {
             let b = self.open.lock().unwrap_or_else(|p| p.into_inner());
             if !b.positions.is_empty() && offset >= b.first {
-                return Ok(b.positions.get((offset - b.first) as usize).copied());
+                return Ok(b.positions.get((offset - b.first) as usize).copied().filter(|p| p.at != REMOVED));
             }
         }
         if let Some((first, ps)) = cache {
             if offset >= *first && offset < *first + ps.len() as u64 {
-                return Ok(Some(ps[(offset - *first) as usize]));
+                return Ok(Some(ps[(offset - *first) as usize]).filter(|p| p.at != REMOVED));
             }
         }
         *cache = index.find_block(self.id, offset)?;
-        Ok(cache.as_ref().and_then(|(first, ps)| {
-            offset.checked_sub(*first).and_then(|i| ps.get(i as usize)).copied()
-        }))
+        Ok(cache
+            .as_ref()
+            .and_then(|(first, ps)| offset.checked_sub(*first).and_then(|i| ps.get(i as usize)).copied())
+            .filter(|p| p.at != REMOVED))
+    }
+
+    /// Replaces the positions of some offsets (sorted), after compaction moved or removed
+    /// their records. `None` marks a record as removed.
+    pub(crate) fn set_positions(&self, index: &Index, updates: &[(u64, Option<Pos>)]) -> crate::Result<()> {
+        let removed = |p: Option<Pos>| p.unwrap_or(Pos { segment: 0, at: REMOVED, len: 0 });
+        let mut b = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let mut block: Option<(u64, Vec<Pos>)> = None;
+        for &(offset, pos) in updates {
+            if !b.positions.is_empty() && offset >= b.first {
+                let i = (offset - b.first) as usize;
+                if let Some(slot) = b.positions.get_mut(i) {
+                    *slot = removed(pos);
+                }
+                continue;
+            }
+            let covered = block.as_ref().is_some_and(|(f, ps)| offset >= *f && offset < *f + ps.len() as u64);
+            if !covered {
+                if let Some((f, ps)) = block.take() {
+                    index.put_block(self.id, f, &ps)?;
+                }
+                block = index.find_block(self.id, offset)?;
+            }
+            if let Some((f, ps)) = block.as_mut() {
+                if let Some(slot) = offset.checked_sub(*f).and_then(|i| ps.get_mut(i as usize)) {
+                    *slot = removed(pos);
+                }
+            }
+        }
+        if let Some((f, ps)) = block {
+            index.put_block(self.id, f, &ps)?;
+        }
+        Ok(())
     }
 }

@@ -137,13 +137,13 @@ fn scan_all(
     let mut done = 0u64;
     let mut out = Inspection { shards, ..Inspection::default() };
     for (shard, first_lsn, path, newest) in files {
-        let data = segment::read_segment(&path)?;
+        let data = segment::load(&path)?;
         let mut info = SegmentInfo {
             shard,
             path: path.clone(),
             first_lsn,
             last_lsn: None,
-            bytes: data.len() as u64,
+            bytes: std::fs::metadata(&path).map(|m| m.len()).unwrap_or(data.len() as u64),
             records: 0,
             compressed: false,
             newest,
@@ -158,7 +158,7 @@ fn scan_all(
             }
             Ok(h) => {
                 info.compressed = h.flags & SEGMENT_FLAG_COMPRESSED != 0;
-                let scan = segment::scan(&path, &data, h, 0, h.first_lsn, u32::MAX, |r, _| {
+                let scan = segment::scan(&path, &data, 0, h.first_lsn, u32::MAX, |r, _| {
                     each(shard, r);
                     Ok(())
                 })?;

@@ -135,7 +135,12 @@ fn fnv1a(s: &str) -> u64 {
 
 fn lock_dir(root: &Path) -> Result<File> {
     let path = root.join("LOCK");
-    let f = OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(|e| Error::io("opening", &path, e))?;
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::io("opening", &path, e))?;
     // SAFETY: flock on a valid, owned file descriptor has no memory-safety preconditions.
     let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     if rc != 0 {
@@ -210,13 +215,20 @@ impl Wal {
         let lock = lock_dir(&root)?;
         let shard_count = read_or_init_marker(&root, &opts)?;
         if shard_count != opts.shards {
-            tracing::info!(configured = opts.shards, stored = shard_count, "keeping the shard count the log was created with");
+            tracing::info!(
+                configured = opts.shards,
+                stored = shard_count,
+                "keeping the shard count the log was created with"
+            );
         }
         let index = Arc::new(Index::open(&root.join("index"), opts.sync)?);
         let mut by_id: HashMap<u64, Arc<StreamState>> = HashMap::new();
         for m in index.load_streams()? {
             if m.shard >= shard_count {
-                return Err(Error::Index(format!("stream {:?} is in shard {} but the log has {shard_count}", m.name, m.shard)));
+                return Err(Error::Index(format!(
+                    "stream {:?} is in shard {} but the log has {shard_count}",
+                    m.name, m.shard
+                )));
             }
             by_id.insert(m.id, Arc::new(StreamState::from_meta(&m)));
         }
@@ -226,12 +238,16 @@ impl Wal {
         for id in 0..shard_count {
             let sdir = shard_dir(&root, id);
             std::fs::create_dir_all(&sdir).map_err(|e| Error::io("creating", &sdir, e))?;
-            let rec = recovery::recover_shard(&sdir, id, &index, &mut by_id, opts.recovery, max_body, opts.full_recovery)?;
+            crate::maintenance::remove_leftovers(&sdir)?;
+            let rec =
+                recovery::recover_shard(&sdir, id, &index, &mut by_id, opts.recovery, max_body, opts.full_recovery)?;
             report.shards.push(rec.report);
             let shared = Arc::new(ShardShared::new(id, sdir, rec.segments));
             shards.push((shared, rec.start));
         }
         recovery::finish_streams(&by_id);
+        let shared_list: Vec<_> = shards.iter().map(|(s, _)| s.clone()).collect();
+        crate::maintenance::finish_interrupted(&shared_list, &index, &by_id)?;
         for s in by_id.values() {
             s.flush_open_block(&index)?;
             index.put_stream(&s.meta())?;
@@ -393,7 +409,11 @@ impl Wal {
     /// assert_eq!(s.next_offset(), 2);
     /// # Ok::<(), promptmq_wal::Error>(())
     /// ```
-    pub fn append_batch(&self, stream: &Stream, records: impl IntoIterator<Item = (Option<Bytes>, Bytes)>) -> Completion<u64> {
+    pub fn append_batch(
+        &self,
+        stream: &Stream,
+        records: impl IntoIterator<Item = (Option<Bytes>, Bytes)>,
+    ) -> Completion<u64> {
         if let Err(e) = self.check_open() {
             return Completion::ready(Err(e));
         }
@@ -435,7 +455,10 @@ impl Wal {
     /// retention are skipped (check each [`Record::offset`]); an empty result means there
     /// is nothing at or after `from` yet.
     pub fn read(&self, stream: &Stream, from: u64, max: usize) -> Result<Vec<Record>> {
-        let s = &stream.state;
+        self.read_state(&stream.state, from, max)
+    }
+
+    pub(crate) fn read_state(&self, s: &Arc<StreamState>, from: u64, max: usize) -> Result<Vec<Record>> {
         let from = from.max(s.first_offset.load(Ordering::Acquire));
         let end = s.visible.load(Ordering::Acquire).min(from.saturating_add(max as u64));
         let shard = &self.inner.shards[s.shard as usize].shared;
@@ -443,15 +466,23 @@ impl Wal {
         let mut out = Vec::with_capacity((end.saturating_sub(from)) as usize);
         let mut block = None;
         let mut chunk: Option<(u64, u64, Bytes)> = None; // (segment, start, bytes)
+        let _no_compaction = shard.maintenance.read().unwrap_or_else(|p| p.into_inner());
         for offset in from..end {
             let Some(pos) = s.position(&self.inner.index, offset, &mut block)? else {
                 continue; // removed, or skipped as damaged by tolerant recovery
             };
-            let reader = shard.reader(pos.segment)?;
+            let reader = match shard.reader(pos.segment) {
+                Ok(r) => r,
+                // Retention deleted the segment after we looked up the position.
+                Err(_) if offset < s.first_offset.load(Ordering::Acquire) => continue,
+                Err(e) => return Err(e),
+            };
             let mut attempt = 0;
             let rec = loop {
                 let fresh = match &chunk {
-                    Some((seg, start, bytes)) if *seg == pos.segment && pos.at >= *start && pos.at < start + bytes.len() as u64 => {
+                    Some((seg, start, bytes))
+                        if *seg == pos.segment && pos.at >= *start && pos.at < start + bytes.len() as u64 =>
+                    {
                         bytes.slice((pos.at - start) as usize..)
                     }
                     _ => {
@@ -477,7 +508,10 @@ impl Wal {
                         return Err(Error::Corrupt {
                             path: reader.path().into(),
                             position: pos.at,
-                            reason: format!("indexed record of stream {:?} offset {offset} does not decode: {other:?}", s.name),
+                            reason: format!(
+                                "indexed record of stream {:?} offset {offset} does not decode: {other:?}",
+                                s.name
+                            ),
                         })
                     }
                 }
@@ -551,6 +585,10 @@ impl Wal {
         for s in &self.inner.shards {
             s.close();
         }
+    }
+
+    pub(crate) fn all_streams(&self) -> Vec<Arc<StreamState>> {
+        self.inner.streams.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
     }
 
     pub(crate) fn stream_state(stream: &Stream) -> &Arc<StreamState> {

@@ -151,7 +151,10 @@ fn bad_input_is_refused_cleanly() {
     assert!(matches!(wal.append_keyed(&s, vec![0u8; 70_000], "x").wait(), Err(Error::KeyTooLong(70_000))));
     assert_eq!(wal.append(&s, "ok").wait().unwrap(), 0, "refusals consume no offset");
     let other = tempfile::tempdir().unwrap();
-    assert!(matches!(Wal::open(other.path(), Options::default().shards(0)), Err(Error::InvalidOption { name: "shards", .. })));
+    assert!(matches!(
+        Wal::open(other.path(), Options::default().shards(0)),
+        Err(Error::InvalidOption { name: "shards", .. })
+    ));
 }
 
 #[test]
@@ -159,7 +162,9 @@ fn foreign_and_missing_directories_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("notes.txt"), "not a log").unwrap();
     match Wal::open(dir.path(), Options::default()) {
-        Err(Error::NotAWalDirectory { reason, .. }) => assert!(reason.contains("not empty"), "{reason}"),
+        Err(Error::NotAWalDirectory { reason, .. }) => {
+            assert!(reason.contains("not empty"), "{reason}")
+        }
         other => panic!("expected NotAWalDirectory, got {other:?}"),
     }
     let missing = dir.path().join("nope");

@@ -56,7 +56,8 @@ fn full_disk_refuses_appends_and_keeps_the_log_consistent() {
 fn full_disk_when_a_new_segment_is_needed() {
     let dir = tempfile::tempdir().unwrap();
     let (backend, plan) = FaultyBackend::new(StdBackend);
-    let wal = Wal::open_with_backend(dir.path(), Options::default().shards(1).segment_bytes(4096), Arc::new(backend)).unwrap();
+    let wal = Wal::open_with_backend(dir.path(), Options::default().shards(1).segment_bytes(4096), Arc::new(backend))
+        .unwrap();
     let s = wal.stream("s").unwrap();
     let mut n = 0u64;
     while common::segments(dir.path()).len() < 2 {

@@ -106,7 +106,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.cmd {
         Cmd::Inspect { dir } => {
             let r = tools::inspect(&dir, &mut progress())?;
-            println!("log {}: {} shards, {} segments, {} streams", dir.display(), r.shards, r.segments.len(), r.streams.len());
+            println!(
+                "log {}: {} shards, {} segments, {} streams",
+                dir.display(),
+                r.shards,
+                r.segments.len(),
+                r.streams.len()
+            );
             println!("\nSEGMENT                                              SHARD   FIRST_LSN    LAST_LSN    RECORDS       BYTES  COMPRESSED  STATE");
             for s in &r.segments {
                 let state = if s.header_error.is_some() {
@@ -156,7 +162,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("DAMAGED {} bytes {}..{}: {}", b.path.display(), b.start, b.end, b.reason);
             }
             for b in r.torn_tails() {
-                println!("TORN TAIL {} bytes {}..{}: {} (truncated on the next open; never acknowledged)", b.path.display(), b.start, b.end, b.reason);
+                println!(
+                    "TORN TAIL {} bytes {}..{}: {} (truncated on the next open; never acknowledged)",
+                    b.path.display(),
+                    b.start,
+                    b.end,
+                    b.reason
+                );
             }
             let damaged = !r.damage().is_empty() || !r.bad_headers().is_empty();
             println!(
@@ -179,7 +191,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let out = tools::recover(&dir, mode, dry_run)?;
             let verb = if dry_run { "would" } else { "did" };
             for b in &out.truncate {
-                println!("{verb} truncate torn tail of {} at byte {} ({} bytes)", b.path.display(), b.start, b.end - b.start);
+                println!(
+                    "{verb} truncate torn tail of {} at byte {} ({} bytes)",
+                    b.path.display(),
+                    b.start,
+                    b.end - b.start
+                );
             }
             for b in &out.skip {
                 println!("{verb} skip damaged range {} bytes {}..{}: {}", b.path.display(), b.start, b.end, b.reason);
@@ -188,11 +205,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("{verb} set aside segment with unreadable header {}", p.display());
             }
             if let Some(rep) = &out.report {
-                println!(
-                    "recovered: {} records re-indexed in {} ms",
-                    rep.records_scanned(),
-                    rep.duration.as_millis()
-                );
+                println!("recovered: {} records re-indexed in {} ms", rep.records_scanned(), rep.duration.as_millis());
             }
             if out.truncate.is_empty() && out.skip.is_empty() && out.set_aside.is_empty() {
                 println!("nothing to repair");
@@ -208,7 +221,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     return;
                 }
                 let key = r.key.as_ref().map(|k| format!(" key={}", show_payload(k, format))).unwrap_or_default();
-                if let Err(e) = writeln!(out, "{}\tts={}{key}\t{}", r.offset, r.timestamp_ms, show_payload(&r.payload, format)) {
+                if let Err(e) =
+                    writeln!(out, "{}\tts={}{key}\t{}", r.offset, r.timestamp_ms, show_payload(&r.payload, format))
+                {
                     err = Some(e);
                 }
             })?;

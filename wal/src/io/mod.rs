@@ -8,7 +8,7 @@
 mod faulty;
 mod std_backend;
 #[cfg(all(feature = "io-uring", target_os = "linux"))]
-mod uring;
+pub mod uring;
 
 use std::io;
 use std::path::Path;
@@ -49,4 +49,44 @@ pub fn default_backend() -> std::sync::Arc<dyn Backend> {
         tracing::warn!("io_uring is not available on this kernel; using the portable backend");
     }
     std::sync::Arc::new(StdBackend)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every backend must write, sync, truncate and create exactly like the portable one.
+    fn exercise(b: &dyn Backend) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let mut f = b.create(&path).unwrap();
+        assert!(b.create(&path).is_err(), "create must refuse an existing file");
+        f.write_all_at(0, b"hello world").unwrap();
+        f.write_all_at(6, b"WORLD").unwrap();
+        f.sync_data().unwrap();
+        f.truncate(8).unwrap();
+        b.sync_dir(dir.path()).unwrap();
+        drop(f);
+        assert_eq!(std::fs::read(&path).unwrap(), b"hello WO");
+        let mut f = b.open(&path).unwrap();
+        f.write_all_at(8, &vec![7u8; 1 << 20]).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 8 + (1 << 20));
+    }
+
+    #[test]
+    fn std_backend_behaves() {
+        exercise(&StdBackend);
+    }
+
+    #[cfg(all(feature = "io-uring", target_os = "linux"))]
+    #[test]
+    fn uring_backend_behaves() {
+        match uring::UringBackend::probe() {
+            Some(b) => {
+                exercise(&b);
+                assert_eq!(default_backend().name(), "io-uring");
+            }
+            None => eprintln!("io_uring is not available here; the portable fallback is in use"),
+        }
+    }
 }

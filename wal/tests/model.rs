@@ -1,0 +1,162 @@
+//! Property test: random sequences of appends, reads, reopens, retention and compaction
+//! (with and without compression) agree with a simple in-memory model of the log.
+
+use std::collections::HashMap;
+
+use promptmq_wal::{Options, Retention, StreamOptions, Wal};
+use proptest::prelude::*;
+
+#[derive(Debug, Clone)]
+enum Op {
+    Append { stream: usize, key: Option<u8>, len: usize },
+    Batch { stream: usize, n: usize },
+    Read { stream: usize, from: u64, max: usize },
+    Reopen,
+    Retain { stream: usize, keep: u64 },
+    Compact { compress: bool },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => (0..3usize, proptest::option::of(0..4u8), 0..600usize).prop_map(|(stream, key, len)| Op::Append { stream, key, len }),
+        2 => (0..3usize, 1..8usize).prop_map(|(stream, n)| Op::Batch { stream, n }),
+        2 => (0..3usize, 0..80u64, 1..50usize).prop_map(|(stream, from, max)| Op::Read { stream, from, max }),
+        1 => Just(Op::Reopen),
+        1 => (0..3usize, 0..40u64).prop_map(|(stream, keep)| Op::Retain { stream, keep }),
+        1 => any::<bool>().prop_map(|compress| Op::Compact { compress }),
+    ]
+}
+
+/// Stream 2 is key-compacted.
+const NAMES: [&str; 3] = ["plain-a", "plain-b", "compacted"];
+
+/// A record in the model: (key, payload).
+type ModelRecord = (Option<Vec<u8>>, Vec<u8>);
+
+#[derive(Default)]
+struct Model {
+    /// Per stream: every record ever appended, by offset.
+    records: Vec<Vec<ModelRecord>>,
+    first: Vec<u64>,
+}
+
+fn payload(stream: usize, offset: usize, len: usize) -> Vec<u8> {
+    let mut v = format!("{stream}/{offset}/").into_bytes();
+    v.resize(v.len() + len, b'a' + (offset % 26) as u8);
+    v
+}
+
+fn open(dir: &std::path::Path) -> Wal {
+    Wal::open(dir, Options::default().shards(2).segment_bytes(4096)).unwrap()
+}
+
+fn streams(wal: &Wal) -> Vec<promptmq_wal::Stream> {
+    NAMES
+        .iter()
+        .enumerate()
+        .map(|(i, n)| wal.stream_with(n, StreamOptions { compacted: i == 2, ..Default::default() }).unwrap())
+        .collect()
+}
+
+/// Checks what the log returns for `stream` from `from` against the model.
+fn check(wal: &Wal, s: &promptmq_wal::Stream, m: &Model, i: usize, from: u64, max: usize) -> Result<(), TestCaseError> {
+    let got = wal.read(s, from, max).unwrap();
+    let recs = &m.records[i];
+    let first = m.first[i].max(from);
+    let end = (recs.len() as u64).min(from.max(m.first[i]).saturating_add(max as u64));
+    prop_assert_eq!(s.next_offset(), recs.len() as u64);
+    for r in &got {
+        prop_assert!(r.offset >= first && r.offset < end, "offset {} outside {}..{}", r.offset, first, end);
+        let (k, p) = &recs[r.offset as usize];
+        prop_assert_eq!(&r.payload[..], &p[..]);
+        prop_assert_eq!(r.key.as_deref(), k.as_deref());
+    }
+    let got_offsets: Vec<u64> = got.iter().map(|r| r.offset).collect();
+    if i == 2 {
+        // Compaction may drop superseded keyed records, never the latest per key or an
+        // unkeyed one.
+        let mut latest: HashMap<Vec<u8>, u64> = HashMap::new();
+        for (o, (k, _)) in recs.iter().enumerate() {
+            if let Some(k) = k {
+                latest.insert(k.clone(), o as u64);
+            }
+        }
+        for o in first..end {
+            let must = match &recs[o as usize].0 {
+                None => true,
+                Some(k) => latest[k] == o,
+            };
+            if must {
+                prop_assert!(got_offsets.contains(&o), "offset {} of the compacted stream is missing", o);
+            }
+        }
+    } else {
+        prop_assert_eq!(got_offsets, (first..end).collect::<Vec<_>>());
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn log_matches_model(ops in proptest::collection::vec(op(), 1..60)) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut wal = open(dir.path());
+        let mut ss = streams(&wal);
+        let mut m = Model { records: vec![Vec::new(); 3], first: vec![0; 3] };
+        for op in ops {
+            match op {
+                Op::Append { stream, key, len } => {
+                    let off = m.records[stream].len();
+                    let p = payload(stream, off, len);
+                    let k = key.map(|k| vec![b'k', k]);
+                    let got = match &k {
+                        Some(k) => wal.append_keyed(&ss[stream], k.clone(), p.clone()).wait().unwrap(),
+                        None => wal.append(&ss[stream], p.clone()).wait().unwrap(),
+                    };
+                    prop_assert_eq!(got, off as u64);
+                    m.records[stream].push((k, p));
+                }
+                Op::Batch { stream, n } => {
+                    let base = m.records[stream].len();
+                    let recs: Vec<_> = (0..n).map(|j| (None, payload(stream, base + j, j * 7))).collect();
+                    let got = wal
+                        .append_batch(&ss[stream], recs.iter().map(|(k, p): &ModelRecord| (k.clone().map(Into::into), p.clone().into())))
+                        .wait()
+                        .unwrap();
+                    prop_assert_eq!(got, base as u64);
+                    m.records[stream].extend(recs);
+                }
+                Op::Read { stream, from, max } => check(&wal, &ss[stream], &m, stream, from, max)?,
+                Op::Reopen => {
+                    wal.close().unwrap();
+                    wal = open(dir.path());
+                    prop_assert!(wal.recovery_report().is_clean());
+                    ss = streams(&wal);
+                }
+                Op::Retain { stream, keep } => {
+                    wal.set_retention(&ss[stream], Retention { max_records: Some(keep), ..Retention::FOREVER }).unwrap();
+                    wal.apply_retention().unwrap();
+                    let next = m.records[stream].len() as u64;
+                    m.first[stream] = m.first[stream].max(next.saturating_sub(keep));
+                    // Later appends must not be trimmed by a stale policy in this model.
+                    wal.set_retention(&ss[stream], Retention::FOREVER).unwrap();
+                }
+                Op::Compact { compress } => {
+                    wal.compact(compress).unwrap();
+                }
+            }
+        }
+        for (i, s) in ss.iter().enumerate() {
+            check(&wal, s, &m, i, 0, usize::MAX)?;
+        }
+        // Full recovery from the log alone agrees too.
+        wal.close().unwrap();
+        let wal = Wal::open(dir.path(), Options::default().shards(2).segment_bytes(4096).full_recovery(true)).unwrap();
+        let ss = streams(&wal);
+        for (i, s) in ss.iter().enumerate() {
+            check(&wal, s, &m, i, 0, usize::MAX)?;
+        }
+    }
+}
