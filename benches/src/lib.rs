@@ -1,1 +1,69 @@
+//! Shared pieces of PromptMQ's benchmarks: the raw-disk probe that WAL figures are compared
+//! against, and latency percentiles.
 
+use std::fs::OpenOptions;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// Writes `batches` batches of `batch_bytes` bytes at consecutive positions of a new file in
+/// `dir`, with one `pwrite` and one `fdatasync` per batch (`sync`), exactly the I/O pattern
+/// of one shard's group commit. Returns the elapsed time and per-batch latencies.
+pub fn raw_disk_probe(
+    dir: &Path,
+    batch_bytes: usize,
+    batches: usize,
+    sync: bool,
+) -> std::io::Result<(Duration, Vec<Duration>)> {
+    let path = dir.join("raw-probe.bin");
+    let f = OpenOptions::new().create(true).truncate(true).read(true).write(true).open(&path)?;
+    let buf = vec![0x5au8; batch_bytes];
+    let mut lat = Vec::with_capacity(batches);
+    let start = Instant::now();
+    let mut pos = 0u64;
+    for _ in 0..batches {
+        let t = Instant::now();
+        f.write_all_at(&buf, pos)?;
+        if sync {
+            f.sync_data()?;
+        }
+        pos += batch_bytes as u64;
+        lat.push(t.elapsed());
+    }
+    let elapsed = start.elapsed();
+    drop(f);
+    std::fs::remove_file(&path)?;
+    Ok((elapsed, lat))
+}
+
+/// The `p`-th percentile (0..=100) of `samples` (sorted in place).
+pub fn percentile(samples: &mut [Duration], p: f64) -> Duration {
+    if samples.is_empty() {
+        return Duration::ZERO;
+    }
+    samples.sort_unstable();
+    let idx = ((p / 100.0) * (samples.len() - 1) as f64).round() as usize;
+    samples[idx.min(samples.len() - 1)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentile_picks_the_right_sample() {
+        let mut v: Vec<Duration> = (1..=100).rev().map(Duration::from_millis).collect();
+        assert_eq!(percentile(&mut v, 50.0), Duration::from_millis(51));
+        assert_eq!(percentile(&mut v, 99.0), Duration::from_millis(99));
+        assert_eq!(percentile(&mut v, 100.0), Duration::from_millis(100));
+        assert_eq!(percentile(&mut [], 50.0), Duration::ZERO);
+    }
+
+    #[test]
+    fn probe_writes_and_cleans_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, lat) = raw_disk_probe(dir.path(), 4096, 3, true).unwrap();
+        assert_eq!(lat.len(), 3);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+}

@@ -201,6 +201,9 @@ pub fn decode_record(buf: &Bytes, max_body: u32) -> Decoded {
     if RECORD_HEADER_LEN + key_len > total {
         return Decoded::Corrupt("record key length exceeds the record");
     }
+    if meta.flags & !RECORD_FLAG_KEYED != 0 {
+        return Decoded::Corrupt("reserved record flag set");
+    }
     let keyed = meta.flags & RECORD_FLAG_KEYED != 0;
     if !keyed && key_len != 0 {
         return Decoded::Corrupt("unkeyed record with a key");
