@@ -170,24 +170,67 @@ pub enum Decoded {
 /// Decodes the record that starts at `buf[0]`. `max_body` bounds the length field so a
 /// corrupt length cannot make the reader wait for (or allocate) gigabytes.
 pub fn decode_record(buf: &Bytes, max_body: u32) -> Decoded {
+    match decode_view(buf, max_body) {
+        DecodedView::Record(v, n) => {
+            let key = v.key.map(|k| buf.slice_ref(k));
+            let payload = if v.payload.is_empty() { Bytes::new() } else { buf.slice_ref(v.payload) };
+            Decoded::Record(RawRecord { meta: v.meta, key, payload }, n)
+        }
+        DecodedView::Incomplete => Decoded::Incomplete,
+        DecodedView::Corrupt(why) => Decoded::Corrupt(why),
+    }
+}
+
+/// A decoded record that borrows its key and payload from the buffer (no reference
+/// counting: the recovery scan uses it for speed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordView<'a> {
+    /// Fixed fields.
+    pub meta: RecordMeta,
+    /// Key, if the record is keyed.
+    pub key: Option<&'a [u8]>,
+    /// Payload.
+    pub payload: &'a [u8],
+}
+
+impl RecordView<'_> {
+    /// Encoded size of the record.
+    pub fn encoded_len(&self) -> usize {
+        encoded_len(self.key.map_or(0, |k| k.len()), self.payload.len())
+    }
+}
+
+/// [`Decoded`], borrowing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecodedView<'a> {
+    /// A valid record and the bytes it occupies.
+    Record(RecordView<'a>, usize),
+    /// More bytes are needed.
+    Incomplete,
+    /// Not a valid record.
+    Corrupt(&'static str),
+}
+
+/// Decodes the record that starts at `buf[0]` without copying or reference counting.
+pub fn decode_view(buf: &[u8], max_body: u32) -> DecodedView<'_> {
     if buf.len() < FRAME_LEN {
-        return Decoded::Incomplete;
+        return DecodedView::Incomplete;
     }
     let mut hdr = &buf[..FRAME_LEN];
     let stored_crc = hdr.get_u64_le();
     let body_len = hdr.get_u32_le();
     if body_len < MIN_BODY_LEN {
-        return Decoded::Corrupt("record length below the minimum");
+        return DecodedView::Corrupt("record length below the minimum");
     }
     if body_len > max_body {
-        return Decoded::Corrupt("record length above the maximum");
+        return DecodedView::Corrupt("record length above the maximum");
     }
     let total = FRAME_LEN + body_len as usize;
     if buf.len() < total {
-        return Decoded::Incomplete;
+        return DecodedView::Incomplete;
     }
     if crc64(&[&buf[8..total]]) != stored_crc {
-        return Decoded::Corrupt("record checksum mismatch");
+        return DecodedView::Corrupt("record checksum mismatch");
     }
     let mut b = &buf[FRAME_LEN..total];
     let meta = RecordMeta {
@@ -199,18 +242,18 @@ pub fn decode_record(buf: &Bytes, max_body: u32) -> Decoded {
     };
     let key_len = b.get_u16_le() as usize;
     if RECORD_HEADER_LEN + key_len > total {
-        return Decoded::Corrupt("record key length exceeds the record");
+        return DecodedView::Corrupt("record key length exceeds the record");
     }
     if meta.flags & !RECORD_FLAG_KEYED != 0 {
-        return Decoded::Corrupt("reserved record flag set");
+        return DecodedView::Corrupt("reserved record flag set");
     }
     let keyed = meta.flags & RECORD_FLAG_KEYED != 0;
     if !keyed && key_len != 0 {
-        return Decoded::Corrupt("unkeyed record with a key");
+        return DecodedView::Corrupt("unkeyed record with a key");
     }
-    let key = keyed.then(|| buf.slice(RECORD_HEADER_LEN..RECORD_HEADER_LEN + key_len));
-    let payload = buf.slice(RECORD_HEADER_LEN + key_len..total);
-    Decoded::Record(RawRecord { meta, key, payload }, total)
+    let key = keyed.then(|| &buf[RECORD_HEADER_LEN..RECORD_HEADER_LEN + key_len]);
+    let payload = &buf[RECORD_HEADER_LEN + key_len..total];
+    DecodedView::Record(RecordView { meta, key, payload }, total)
 }
 
 /// Reads the LSN field of a record frame without checking it, for the resync scan.

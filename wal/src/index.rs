@@ -52,7 +52,7 @@ pub(crate) struct SegStream {
 /// What one segment holds.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct SegSummary {
-    pub(crate) streams: std::collections::HashMap<u64, SegStream>,
+    pub(crate) streams: crate::hash::IdMap<SegStream>,
     /// The segment holds catalogue records (so it is compacted, never deleted).
     pub(crate) catalog: bool,
 }

@@ -34,6 +34,7 @@
 mod commit;
 mod error;
 pub mod format;
+mod hash;
 mod index;
 pub mod io;
 mod maintenance;

@@ -59,7 +59,7 @@ fn marker_key(shard: u32, seg: u64) -> String {
 }
 
 impl Wal {
-    fn streams_by_id(&self) -> HashMap<u64, Arc<StreamState>> {
+    fn streams_by_id(&self) -> crate::hash::IdMap<Arc<StreamState>> {
         self.all_streams().into_iter().map(|s| (s.id, s)).collect()
     }
 
@@ -210,7 +210,7 @@ impl Wal {
     }
 }
 
-fn all_dead(summary: &SegSummary, by_id: &HashMap<u64, Arc<StreamState>>) -> bool {
+fn all_dead(summary: &SegSummary, by_id: &crate::hash::IdMap<Arc<StreamState>>) -> bool {
     summary.streams.iter().all(|(id, ss)| match by_id.get(id) {
         None => true,
         Some(s) => ss.max_offset < s.first_offset.load(Ordering::Acquire),
@@ -237,7 +237,7 @@ fn rewrite_segment(
     index: &Index,
     seg: u64,
     compress: bool,
-    by_id: &HashMap<u64, Arc<StreamState>>,
+    by_id: &crate::hash::IdMap<Arc<StreamState>>,
     latest: &HashMap<u64, HashMap<Bytes, u64>>,
     report: &mut MaintenanceReport,
 ) -> Result<()> {
@@ -256,7 +256,7 @@ fn rewrite_segment(
                 None => false,
                 Some(s) if r.meta.offset < s.first_offset.load(Ordering::Acquire) => false,
                 Some(s) => match (&r.key, latest.get(&s.id)) {
-                    (Some(k), Some(l)) => l.get(k).is_none_or(|&o| o <= r.meta.offset),
+                    (Some(k), Some(l)) => l.get(*k).is_none_or(|&o| o <= r.meta.offset),
                     _ => true,
                 },
             }
@@ -337,7 +337,7 @@ pub(crate) fn reindex_segment(
     shared: &ShardShared,
     index: &Index,
     seg: u64,
-    by_id: &HashMap<u64, Arc<StreamState>>,
+    by_id: &crate::hash::IdMap<Arc<StreamState>>,
 ) -> Result<()> {
     let path = segment_path(&shared.dir, seg);
     let data = segment::load(&path)?;
@@ -398,7 +398,7 @@ pub(crate) fn remove_leftovers(shard_dir: &Path) -> Result<()> {
 pub(crate) fn finish_interrupted(
     shards: &[Arc<ShardShared>],
     index: &Index,
-    by_id: &HashMap<u64, Arc<StreamState>>,
+    by_id: &crate::hash::IdMap<Arc<StreamState>>,
 ) -> Result<()> {
     for key in index.meta_flags("compacting/")? {
         let mut parts = key.split('/').skip(1);

@@ -12,7 +12,6 @@
 //! Only the log beyond the shard's index checkpoint is scanned on open; a missing or
 //! inconsistent checkpoint re-indexes the whole shard. `walctl verify` checks everything.
 
-use std::collections::HashMap;
 use std::fs::OpenOptions;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -125,7 +124,7 @@ pub(crate) fn recover_shard(
     dir: &std::path::Path,
     shard: u32,
     index: &Index,
-    streams: &mut HashMap<u64, Arc<StreamState>>,
+    streams: &mut crate::hash::IdMap<Arc<StreamState>>,
     mode: RecoveryMode,
     max_body: u32,
     full: bool,
@@ -161,11 +160,13 @@ pub(crate) fn recover_shard(
         }
     }
 
+    let mut buf = Vec::new();
     let mut i = start_idx;
     while i < segs.len() {
         let (first, path) = segs[i].clone();
         let newest = i + 1 == segs.len();
-        let data = segment::load(&path)?;
+        segment::load_into(&path, &mut buf)?;
+        let data = &buf[..];
         let header = match segment::check_header(&path, &data, Some(shard), first) {
             Ok(h) => h,
             Err(e) => {
@@ -282,7 +283,7 @@ pub(crate) fn recover_shard(
     Ok(Recovered { start, segments: segs.iter().map(|(f, _)| *f).collect(), report })
 }
 
-pub(crate) fn finish_streams(streams: &HashMap<u64, Arc<StreamState>>) {
+pub(crate) fn finish_streams(streams: &crate::hash::IdMap<Arc<StreamState>>) {
     for s in streams.values() {
         let next = s.next_offset.load(Ordering::Acquire);
         s.visible.store(next, Ordering::Release);

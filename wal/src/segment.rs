@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 
 use crate::error::{Error, Result};
-use crate::format::{self, Decoded, RawRecord, SegmentHeader, FRAME_LEN, MIN_BODY_LEN, SEGMENT_HEADER_LEN};
+use crate::format::{self, DecodedView, RecordView, SegmentHeader, FRAME_LEN, MIN_BODY_LEN, SEGMENT_HEADER_LEN};
 
 /// File name suffix of segments.
 pub(crate) const SEGMENT_SUFFIX: &str = ".seg";
@@ -74,21 +74,30 @@ pub struct SegmentScan {
 /// segment's body is decompressed, so positions are the same before and after compression.
 /// Segments are bounded by `segment_bytes` (64 MiB by default), which bounds this memory.
 pub(crate) fn load(path: &Path) -> Result<Bytes> {
-    let raw = std::fs::read(path).map_err(|e| Error::io("reading", path, e))?;
-    match SegmentHeader::decode(&raw) {
-        Ok(h) if h.flags & format::SEGMENT_FLAG_COMPRESSED != 0 => {
-            let body = zstd::decode_all(&raw[SEGMENT_HEADER_LEN..]).map_err(|e| Error::Corrupt {
+    let mut buf = Vec::new();
+    load_into(path, &mut buf)?;
+    Ok(Bytes::from(buf))
+}
+
+/// [`load`] into a reused buffer (recovery scans many segments; reusing the buffer saves
+/// the page faults of a fresh allocation per segment).
+pub(crate) fn load_into(path: &Path, buf: &mut Vec<u8>) -> Result<()> {
+    use std::io::Read;
+    buf.clear();
+    let mut f = File::open(path).map_err(|e| Error::io("opening", path, e))?;
+    f.read_to_end(buf).map_err(|e| Error::io("reading", path, e))?;
+    if let Ok(h) = SegmentHeader::decode(buf) {
+        if h.flags & format::SEGMENT_FLAG_COMPRESSED != 0 {
+            let body = zstd::decode_all(&buf[SEGMENT_HEADER_LEN..]).map_err(|e| Error::Corrupt {
                 path: path.into(),
                 position: SEGMENT_HEADER_LEN as u64,
                 reason: format!("compressed segment body does not decompress: {e}"),
             })?;
-            let mut logical = Vec::with_capacity(SEGMENT_HEADER_LEN + body.len());
-            logical.extend_from_slice(&raw[..SEGMENT_HEADER_LEN]);
-            logical.extend_from_slice(&body);
-            Ok(Bytes::from(logical))
+            buf.truncate(SEGMENT_HEADER_LEN);
+            buf.extend_from_slice(&body);
         }
-        _ => Ok(Bytes::from(raw)),
     }
+    Ok(())
 }
 
 /// Decodes and checks a segment header for the expected shard and first LSN.
@@ -116,19 +125,19 @@ pub(crate) fn check_header(path: &Path, data: &[u8], shard: Option<u32>, first_l
 /// whose checksum is valid and whose LSN continues the sequence, and are reported.
 pub(crate) fn scan(
     path: &Path,
-    data: &Bytes,
+    data: &[u8],
     start: usize,
     first_lsn: u64,
     max_body: u32,
-    mut each: impl FnMut(&RawRecord, u64) -> Result<()>,
+    mut each: impl FnMut(&RecordView<'_>, u64) -> Result<()>,
 ) -> Result<SegmentScan> {
     let len = data.len();
     let mut pos = start.max(SEGMENT_HEADER_LEN);
     let mut next_lsn = first_lsn;
     let mut scan = SegmentScan { valid_end: pos as u64, records: 0, last_lsn: None, bad: Vec::new() };
     while pos < len {
-        let reason = match format::decode_record(&data.slice(pos..), max_body) {
-            Decoded::Record(r, n) if r.meta.lsn >= next_lsn => {
+        let reason = match format::decode_view(&data[pos..], max_body) {
+            DecodedView::Record(r, n) if r.meta.lsn >= next_lsn => {
                 each(&r, pos as u64)?;
                 next_lsn = r.meta.lsn + 1;
                 scan.last_lsn = Some(r.meta.lsn);
@@ -137,9 +146,9 @@ pub(crate) fn scan(
                 scan.valid_end = pos as u64;
                 continue;
             }
-            Decoded::Record(..) => "record LSN goes backwards",
-            Decoded::Incomplete => "record runs past the end of the file",
-            Decoded::Corrupt(why) => why,
+            DecodedView::Record(..) => "record LSN goes backwards",
+            DecodedView::Incomplete => "record runs past the end of the file",
+            DecodedView::Corrupt(why) => why,
         };
         match resync(data, pos + 1, next_lsn, max_body) {
             Some(next) => {
@@ -171,7 +180,7 @@ pub(crate) fn scan(
 /// after `next_lsn` starts. The LSN is checked before the checksum because it is cheap and
 /// rules out almost every position; each skipped record is at least `MIN_BODY_LEN + 12`
 /// bytes, which bounds how far the LSN can have jumped.
-fn resync(data: &Bytes, from: usize, next_lsn: u64, max_body: u32) -> Option<usize> {
+fn resync(data: &[u8], from: usize, next_lsn: u64, max_body: u32) -> Option<usize> {
     let min_rec = (MIN_BODY_LEN as usize + FRAME_LEN) as u64;
     let start = from.saturating_sub(1);
     for p in from..data.len().saturating_sub(FRAME_LEN + 8) {
@@ -182,7 +191,7 @@ fn resync(data: &Bytes, from: usize, next_lsn: u64, max_body: u32) -> Option<usi
         if lsn < next_lsn || lsn > next_lsn.saturating_add(max_jump) {
             continue;
         }
-        if let Decoded::Record(..) = format::decode_record(&data.slice(p..), max_body) {
+        if let DecodedView::Record(..) = format::decode_view(&data[p..], max_body) {
             return Some(p);
         }
     }

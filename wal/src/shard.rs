@@ -5,7 +5,7 @@
 //! writer ([`ShardWriter`]) turns each batch into one write and (in `Always` mode) one
 //! `fdatasync`, then makes the new records visible to readers and completes the waiters.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -175,10 +175,10 @@ impl Shard {
             buf: Vec::new(),
             failed: None,
             last_sync: Instant::now(),
-            touched: HashMap::new(),
+            touched: Default::default(),
             bytes_since_checkpoint: 0,
             scratch: Vec::new(),
-            local: HashMap::new(),
+            local: Default::default(),
             summary: start.summary,
         };
         let q = queue.clone();
@@ -225,12 +225,12 @@ struct ShardWriter {
     buf: Vec<u8>,
     failed: Option<String>,
     last_sync: Instant,
-    touched: HashMap<u64, Arc<StreamState>>,
+    touched: crate::hash::IdMap<Arc<StreamState>>,
     bytes_since_checkpoint: u64,
     /// (request index, offset, byte position, length) of each record of the current batch.
     scratch: Vec<(usize, u64, u64, u32)>,
     /// Next offset per stream within the current batch.
-    local: HashMap<u64, u64>,
+    local: crate::hash::IdMap<u64>,
     /// What the active segment holds; stored in the index when the segment is sealed.
     summary: SegSummary,
 }

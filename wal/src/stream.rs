@@ -179,11 +179,13 @@ impl StreamState {
         let removed = |p: Option<Pos>| p.unwrap_or(Pos { segment: 0, at: REMOVED, len: 0 });
         let mut b = self.open.lock().unwrap_or_else(|p| p.into_inner());
         let mut block: Option<(u64, Vec<Pos>)> = None;
+        let mut open_changed = false;
         for &(offset, pos) in updates {
             if !b.positions.is_empty() && offset >= b.first {
                 let i = (offset - b.first) as usize;
                 if let Some(slot) = b.positions.get_mut(i) {
                     *slot = removed(pos);
+                    open_changed = true;
                 }
                 continue;
             }
@@ -202,6 +204,11 @@ impl StreamState {
         }
         if let Some((f, ps)) = block {
             index.put_block(self.id, f, &ps)?;
+        }
+        // A checkpoint may already have stored the open block; store the corrected one, as
+        // the next checkpoint only rewrites streams that were appended to.
+        if open_changed {
+            index.put_block(self.id, b.first, &b.positions)?;
         }
         Ok(())
     }

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 
 use crate::error::{Error, Result};
-use crate::format::{RawRecord, SEGMENT_FLAG_COMPRESSED};
+use crate::format::{RecordView, SEGMENT_FLAG_COMPRESSED};
 use crate::index::StreamMeta;
 use crate::options::{Options, RecoveryMode};
 use crate::recovery::{classify, torn_creation, Action, RecoveryReport};
@@ -121,7 +121,7 @@ fn shard_count(dir: &Path) -> Result<u32> {
 fn scan_all(
     dir: &Path,
     progress: &mut dyn FnMut(Progress),
-    mut each: impl FnMut(u32, &RawRecord),
+    mut each: impl FnMut(u32, &RecordView<'_>),
 ) -> Result<Inspection> {
     let shards = shard_count(dir)?;
     let mut files = Vec::new();
@@ -205,7 +205,7 @@ pub fn inspect(dir: &Path, progress: &mut dyn FnMut(Progress)) -> Result<Inspect
         e.first_offset = Some(e.first_offset.map_or(r.meta.offset, |f| f.min(r.meta.offset)));
         e.last_offset = Some(e.last_offset.map_or(r.meta.offset, |l| l.max(r.meta.offset)));
         e.records += 1;
-        e.bytes += (r.payload.len() + r.key.as_ref().map_or(0, |k| k.len())) as u64;
+        e.bytes += (r.payload.len() + r.key.map_or(0, |k| k.len())) as u64;
     })?;
     out.streams = streams.into_values().collect();
     Ok(out)
@@ -247,8 +247,8 @@ pub fn dump(dir: &Path, stream: &str, from: u64, limit: u64, each: &mut dyn FnMu
                 offset: r.meta.offset,
                 lsn: r.meta.lsn,
                 timestamp_ms: r.meta.timestamp_ms,
-                key: r.key.clone(),
-                payload: r.payload.clone(),
+                key: r.key.map(Bytes::copy_from_slice),
+                payload: Bytes::copy_from_slice(r.payload),
             });
         }
     })?;
@@ -321,9 +321,8 @@ pub fn check_segment_bytes(data: &[u8]) -> Result<SegmentCheck> {
         position: 0,
         reason: e.to_string(),
     })?;
-    let bytes = Bytes::copy_from_slice(data);
     let mut out = SegmentCheck::default();
-    let scan = segment::scan(path, &bytes, crate::format::SEGMENT_HEADER_LEN, header.first_lsn, 1 << 24, |r, _| {
+    let scan = segment::scan(path, data, crate::format::SEGMENT_HEADER_LEN, header.first_lsn, 1 << 24, |r, _| {
         out.records.push((r.meta.lsn, r.meta.stream, r.meta.offset));
         Ok(())
     })?;

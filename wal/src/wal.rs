@@ -222,7 +222,7 @@ impl Wal {
             );
         }
         let index = Arc::new(Index::open(&root.join("index"), opts.sync)?);
-        let mut by_id: HashMap<u64, Arc<StreamState>> = HashMap::new();
+        let mut by_id: crate::hash::IdMap<Arc<StreamState>> = Default::default();
         for m in index.load_streams()? {
             if m.shard >= shard_count {
                 return Err(Error::Index(format!(
@@ -234,15 +234,66 @@ impl Wal {
         }
         let max_body = (opts.max_record_bytes + format::RECORD_HEADER_LEN + u16::MAX as usize) as u32;
         let mut report = RecoveryReport::default();
+        // Shards are independent (a stream lives in exactly one): recover them in parallel,
+        // each with the streams it owns.
+        let mut per_shard: Vec<crate::hash::IdMap<Arc<StreamState>>> =
+            (0..shard_count).map(|_| Default::default()).collect();
+        for (id, s) in by_id.drain() {
+            per_shard[s.shard as usize].insert(id, s);
+        }
+        let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(shard_count as usize);
+        let mut results: Vec<Option<Result<recovery::Recovered>>> = (0..shard_count).map(|_| None).collect();
+        std::thread::scope(|scope| {
+            let mut handles = Vec::new();
+            let mut jobs: Vec<Vec<(u32, &mut crate::hash::IdMap<Arc<StreamState>>)>> =
+                (0..workers).map(|_| Vec::new()).collect();
+            for (id, map) in per_shard.iter_mut().enumerate() {
+                jobs[id % workers].push((id as u32, map));
+            }
+            for job in jobs {
+                let (root, index, opts) = (&root, &index, &opts);
+                handles.push(scope.spawn(move || {
+                    job.into_iter()
+                        .map(|(id, map)| {
+                            let sdir = shard_dir(root, id);
+                            let res = std::fs::create_dir_all(&sdir)
+                                .map_err(|e| Error::io("creating", &sdir, e))
+                                .and_then(|_| crate::maintenance::remove_leftovers(&sdir))
+                                .and_then(|_| {
+                                    recovery::recover_shard(
+                                        &sdir,
+                                        id,
+                                        index,
+                                        map,
+                                        opts.recovery,
+                                        max_body,
+                                        opts.full_recovery,
+                                    )
+                                });
+                            (id, res)
+                        })
+                        .collect::<Vec<_>>()
+                }));
+            }
+            for h in handles {
+                match h.join() {
+                    Ok(done) => {
+                        for (id, res) in done {
+                            results[id as usize] = Some(res);
+                        }
+                    }
+                    Err(_) => tracing::error!("a recovery thread panicked"),
+                }
+            }
+        });
+        for map in per_shard {
+            by_id.extend(map);
+        }
         let mut shards = Vec::with_capacity(shard_count as usize);
-        for id in 0..shard_count {
-            let sdir = shard_dir(&root, id);
-            std::fs::create_dir_all(&sdir).map_err(|e| Error::io("creating", &sdir, e))?;
-            crate::maintenance::remove_leftovers(&sdir)?;
-            let rec =
-                recovery::recover_shard(&sdir, id, &index, &mut by_id, opts.recovery, max_body, opts.full_recovery)?;
+        for (id, res) in results.into_iter().enumerate() {
+            let rec = res.ok_or_else(|| Error::Index(format!("recovery of shard {id} did not finish")))??;
             report.shards.push(rec.report);
-            let shared = Arc::new(ShardShared::new(id, sdir, rec.segments));
+            let shared = Arc::new(ShardShared::new(id as u32, shard_dir(&root, id as u32), rec.segments));
             shards.push((shared, rec.start));
         }
         recovery::finish_streams(&by_id);

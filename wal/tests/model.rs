@@ -97,7 +97,10 @@ fn check(wal: &Wal, s: &promptmq_wal::Stream, m: &Model, i: usize, from: u64, ma
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(48),
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn log_matches_model(ops in proptest::collection::vec(op(), 1..60)) {

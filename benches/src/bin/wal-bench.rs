@@ -66,18 +66,32 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let mut dir = std::env::temp_dir().join("promptmq-wal-bench");
     let mut secs = 3.0;
+    let mut only: Option<String> = None;
     while let Some(a) = args.next() {
         match a.as_str() {
             "--dir" => dir = args.next().expect("--dir DIR").into(),
+            "--only" => only = args.next(),
             "--secs" => secs = args.next().and_then(|s| s.parse().ok()).expect("--secs N"),
             _ => {
-                eprintln!("usage: wal-bench [--dir DIR] [--secs N]");
+                eprintln!("usage: wal-bench [--dir DIR] [--secs N] [--only append|recovery]");
                 std::process::exit(2);
             }
         }
     }
     std::fs::create_dir_all(&dir).expect("create bench dir");
     let log_dir = dir.join("log");
+    if only.as_deref() != Some("recovery") {
+        appends(&dir, &log_dir, secs);
+    }
+    if only.as_deref() != Some("append") {
+        recovery(&log_dir);
+    }
+    if std::env::var_os("WAL_BENCH_REUSE").is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+fn appends(dir: &std::path::Path, log_dir: &std::path::Path, secs: f64) {
     println!("| sync | record | writers | appends/s | MB/s | p50 µs | p99 µs | raw disk appends/s (same batch) | WAL / raw |");
     println!("|---|---|---|---|---|---|---|---|---|");
     for (name, sync) in [
@@ -87,14 +101,14 @@ fn main() {
     ] {
         for size in [128usize, 1024] {
             for writers in [1usize, 8, 64] {
-                let o = run_appends(&log_dir, sync, size, writers, secs);
+                let o = run_appends(log_dir, sync, size, writers, secs);
                 let rate = o.records as f64 / o.elapsed.as_secs_f64();
                 // The raw figure: the same bytes per fdatasync that group commit can at best
                 // gather (one record per waiting writer), written by a plain loop.
                 let record_bytes = size + 48;
                 let raw = if sync == SyncMode::Always {
                     let batches = ((secs * 2000.0) as usize).clamp(200, 20_000);
-                    let (el, _) = raw_disk_probe(&dir, record_bytes * writers, batches, true).expect("probe");
+                    let (el, _) = raw_disk_probe(dir, record_bytes * writers, batches, true).expect("probe");
                     Some((batches * writers) as f64 / el.as_secs_f64())
                 } else {
                     None
@@ -110,12 +124,16 @@ fn main() {
             }
         }
     }
+}
 
-    // Recovery scan: write a log, drop its index so open must scan everything, time the open.
-    let _ = std::fs::remove_dir_all(&log_dir);
+/// Recovery scan: write a log, then time an open that scans and re-indexes all of it.
+fn recovery(log_dir: &std::path::Path) {
     let n: u64 = 2_000_000;
-    {
-        let wal = Wal::open(&log_dir, Options::default().shards(2).sync(SyncMode::None)).expect("open");
+    // WAL_BENCH_REUSE=1 keeps a log written by an earlier run (to profile the open alone).
+    let reuse = std::env::var_os("WAL_BENCH_REUSE").is_some() && log_dir.join("PROMPTMQ_WAL").exists();
+    if !reuse {
+        let _ = std::fs::remove_dir_all(log_dir);
+        let wal = Wal::open(log_dir, Options::default().shards(2).sync(SyncMode::None)).expect("open");
         let streams: Vec<_> = (0..16).map(|i| wal.stream(&format!("s{i}")).expect("stream")).collect();
         let payload = bytes::Bytes::from(vec![7u8; 128]);
         let mut pending = Vec::with_capacity(4096);
@@ -132,8 +150,11 @@ fn main() {
         }
         wal.close().expect("close");
     }
+    if std::env::var_os("WAL_BENCH_REUSE").is_some() {
+        eprintln!("log kept in {}", log_dir.display());
+    }
     let t = Instant::now();
-    let wal = Wal::open(&log_dir, Options::default().full_recovery(true)).expect("reopen");
+    let wal = Wal::open(log_dir, Options::default().full_recovery(true)).expect("reopen");
     let el = t.elapsed();
     let scanned = wal.recovery_report().records_scanned();
     assert!(scanned >= n, "recovery scanned {scanned} of {n} records");
@@ -143,5 +164,4 @@ fn main() {
         scanned as f64 / el.as_secs_f64() / 1e6
     );
     wal.close().expect("close");
-    let _ = std::fs::remove_dir_all(&dir);
 }
