@@ -167,10 +167,10 @@ pub(crate) fn recover_shard(
         let newest = i + 1 == segs.len();
         segment::load_into(&path, &mut buf)?;
         let data = &buf[..];
-        let header = match segment::check_header(&path, &data, Some(shard), first) {
+        let header = match segment::check_header(&path, data, Some(shard), first) {
             Ok(h) => h,
             Err(e) => {
-                if newest && torn_creation(&data) {
+                if newest && torn_creation(data) {
                     std::fs::remove_file(&path).map_err(|e| Error::io("removing a torn new segment", &path, e))?;
                 } else if mode == RecoveryMode::Tolerant {
                     let bad = path.with_extension("seg.bad");
@@ -203,7 +203,7 @@ pub(crate) fn recover_shard(
         }
         let mut orphans = 0u64;
         let mut summary = SegSummary::default();
-        let scan = segment::scan(&path, &data, from, lsn0, max_body, |r, at| {
+        let scan = segment::scan(&path, data, from, lsn0, max_body, |r, at| {
             let len = format::encoded_len(r.key.as_ref().map_or(0, |k| k.len()), r.payload.len()) as u32;
             if r.meta.stream == CATALOG_STREAM {
                 summary.catalog = true;
