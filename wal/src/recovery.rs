@@ -222,7 +222,7 @@ pub(crate) fn recover_shard(
                 }
             };
             if r.meta.stream == CATALOG_STREAM {
-                let meta = match StreamMeta::decode(&r.payload) {
+                let meta = match StreamMeta::decode(r.payload) {
                     Ok(m) if m.id == r.meta.offset && m.shard == shard => m,
                     Ok(_) => return bad("catalogue record does not match its header".into()),
                     Err(e) => return bad(format!("catalogue record does not decode: {e}")),

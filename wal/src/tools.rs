@@ -191,7 +191,7 @@ pub fn inspect(dir: &Path, progress: &mut dyn FnMut(Progress)) -> Result<Inspect
     let mut streams: BTreeMap<u64, StreamSummary> = BTreeMap::new();
     let mut out = scan_all(dir, progress, |shard, r| {
         if r.meta.stream == CATALOG_STREAM {
-            if let Ok(m) = StreamMeta::decode(&r.payload) {
+            if let Ok(m) = StreamMeta::decode(r.payload) {
                 let e = streams.entry(m.id).or_default();
                 e.name = Some(m.name);
                 e.id = m.id;
@@ -234,7 +234,7 @@ pub fn dump(dir: &Path, stream: &str, from: u64, limit: u64, each: &mut dyn FnMu
     let mut found = false;
     scan_all(dir, &mut |_| {}, |_, r| {
         if r.meta.stream == CATALOG_STREAM {
-            if let Ok(m) = StreamMeta::decode(&r.payload) {
+            if let Ok(m) = StreamMeta::decode(r.payload) {
                 if m.name == stream {
                     id = Some(m.id);
                     found = true;
