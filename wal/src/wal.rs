@@ -20,6 +20,9 @@ use crate::recovery::{self, RecoveryReport};
 use crate::shard::{shard_dir, AppendReq, NewRecord, Shard, ShardShared};
 use crate::stream::StreamState;
 
+/// Streams by id.
+type StreamMap = crate::hash::IdMap<Arc<StreamState>>;
+
 /// Name of the file that marks a directory as a log and records its layout.
 pub(crate) const MARKER_FILE: &str = "PROMPTMQ_WAL";
 const MARKER_VERSION: u32 = 1;
@@ -222,7 +225,7 @@ impl Wal {
             );
         }
         let index = Arc::new(Index::open(&root.join("index"), opts.sync)?);
-        let mut by_id: crate::hash::IdMap<Arc<StreamState>> = Default::default();
+        let mut by_id: StreamMap = Default::default();
         for m in index.load_streams()? {
             if m.shard >= shard_count {
                 return Err(Error::Index(format!(
@@ -236,8 +239,7 @@ impl Wal {
         let mut report = RecoveryReport::default();
         // Shards are independent (a stream lives in exactly one): recover them in parallel,
         // each with the streams it owns.
-        let mut per_shard: Vec<crate::hash::IdMap<Arc<StreamState>>> =
-            (0..shard_count).map(|_| Default::default()).collect();
+        let mut per_shard: Vec<StreamMap> = (0..shard_count).map(|_| Default::default()).collect();
         for (id, s) in by_id.drain() {
             per_shard[s.shard as usize].insert(id, s);
         }
@@ -245,8 +247,7 @@ impl Wal {
         let mut results: Vec<Option<Result<recovery::Recovered>>> = (0..shard_count).map(|_| None).collect();
         std::thread::scope(|scope| {
             let mut handles = Vec::new();
-            let mut jobs: Vec<Vec<(u32, &mut crate::hash::IdMap<Arc<StreamState>>)>> =
-                (0..workers).map(|_| Vec::new()).collect();
+            let mut jobs: Vec<Vec<(u32, &mut StreamMap)>> = (0..workers).map(|_| Vec::new()).collect();
             for (id, map) in per_shard.iter_mut().enumerate() {
                 jobs[id % workers].push((id as u32, map));
             }
