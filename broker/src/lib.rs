@@ -1,6 +1,21 @@
-//! `promptmq-broker`: the MQTT frontend of PromptMQ. So far: the MQTT 3.1 / 3.1.1 / 5.0
-//! codec ([`codec`]). Sessions, routing and listeners build on it and on `promptmq-wal`.
+//! `promptmq-broker`: the MQTT frontend of PromptMQ — the MQTT 3.1 / 3.1.1 / 5.0 codec
+//! ([`codec`]), sessions, routing and the TCP listener — built on `promptmq-wal`, whose
+//! append/read API is the only way it touches storage.
+//!
+//! A PUBLISH follows one line: socket → [`codec::decode`] → connection handler →
+//! log append (QoS ≥ 1, acknowledged once durable) → router → subscriber queues → socket.
 
 #![warn(missing_docs)]
 
 pub mod codec;
+mod config;
+mod connection;
+mod message;
+pub mod router;
+mod server;
+mod session;
+mod store;
+
+pub use config::BrokerConfig;
+pub use message::Message;
+pub use server::{Broker, BrokerError, Stats};

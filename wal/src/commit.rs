@@ -76,6 +76,12 @@ impl<T> Drop for Completer<T> {
 }
 
 impl<T> Completion<T> {
+    /// A completion that has already failed with `e` (for callers that want one type for
+    /// "refused up front" and "failed in the writer").
+    pub fn failed(e: Error) -> Completion<T> {
+        Self::ready(Err(e))
+    }
+
     /// A completion that is already resolved (used for appends refused up front).
     pub(crate) fn ready(value: Result<T>) -> Completion<T> {
         let (done, c) = completion_pair();

@@ -1,0 +1,65 @@
+//! The broker's settings. The operator-facing layers (file, environment, flags) live in the
+//! `promptmq` binary and produce this struct.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use promptmq_wal::SyncMode;
+
+/// Settings of one broker instance.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    /// TCP listen address.
+    pub listen: SocketAddr,
+    /// Data directory (the log lives in `<data_dir>/log`).
+    pub data_dir: PathBuf,
+    /// When a QoS 1/2 message counts as durable (and is acknowledged).
+    pub sync: SyncMode,
+    /// Largest packet accepted, in bytes; larger ones disconnect the client.
+    pub max_packet_size: usize,
+    /// Receive maximum the broker announces: unacknowledged QoS 1/2 PUBLISHes a client may send.
+    pub receive_maximum: u16,
+    /// Largest number of messages queued for one client (online or offline) before new
+    /// ones are dropped and counted.
+    pub max_queued_messages: usize,
+    /// Highest keep alive accepted; a longer one is replaced (v5: Server Keep Alive).
+    pub max_keep_alive: u16,
+    /// Highest session expiry interval honoured, seconds.
+    pub max_session_expiry: u32,
+    /// Topic aliases a client may use towards the broker (v5).
+    pub topic_alias_maximum: u16,
+    /// Whether QoS 0 messages are written to the log too (default: no; they are delivered
+    /// to online subscribers only, which is what QoS 0 promises).
+    pub persist_qos0: bool,
+    /// Interval of `$SYS` updates.
+    pub sys_interval: Duration,
+    /// Largest number of simultaneous connections.
+    pub max_connections: usize,
+}
+
+impl BrokerConfig {
+    /// The embedded defaults: 127.0.0.1:1883, data in `./data`, `sync = always`.
+    pub fn new(listen: SocketAddr, data_dir: impl Into<PathBuf>) -> BrokerConfig {
+        BrokerConfig {
+            listen,
+            data_dir: data_dir.into(),
+            sync: SyncMode::Always,
+            max_packet_size: 1 << 20,
+            receive_maximum: 1024,
+            max_queued_messages: 10_000,
+            max_keep_alive: 65_535,
+            max_session_expiry: u32::MAX,
+            topic_alias_maximum: 64,
+            persist_qos0: false,
+            sys_interval: Duration::from_secs(10),
+            max_connections: 100_000,
+        }
+    }
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig::new(SocketAddr::from(([127, 0, 0, 1], 1883)), "./data")
+    }
+}

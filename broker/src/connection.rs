@@ -1,0 +1,727 @@
+//! One client connection: CONNECT, then a loop that reads and handles packets, writes what
+//! the session has queued (within the client's receive maximum), and acknowledges QoS 1/2
+//! PUBLISHes once the log has made them durable — in the order they arrived.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use promptmq_wal::Completion;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::{oneshot, watch, Notify};
+
+use crate::codec::*;
+use crate::message::Message;
+use crate::router::SubOptions;
+use crate::server::{lock, Shared};
+use crate::session::{Delivery, Outbound, Session};
+
+/// How long a new connection may take to send CONNECT.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bytes gathered before a write to the socket.
+const WRITE_BATCH: usize = 64 << 10;
+
+/// Why a connection ended.
+#[derive(Debug)]
+enum End {
+    /// The client sent DISCONNECT (v5: with this reason).
+    Graceful(ReasonCode),
+    /// The peer closed the socket or it failed.
+    Closed(String),
+    /// We close it with this reason (protocol error, keep alive, takeover, shutdown...).
+    Refused(ReasonCode, String),
+}
+
+/// A QoS 1/2 PUBLISH waiting for the log before it is routed and acknowledged.
+struct PendingAck {
+    done: Vec<Completion<u64>>,
+    msg: Arc<Message>,
+    packet_id: u16,
+}
+
+struct Conn {
+    shared: Arc<Shared>,
+    rd: OwnedReadHalf,
+    wr: OwnedWriteHalf,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    version: ProtocolVersion,
+    client_id: Arc<str>,
+    peer: SocketAddr,
+    session: Arc<Mutex<Session>>,
+    wake: Arc<Notify>,
+    generation: u64,
+    keep_alive: Option<Duration>,
+    client_receive_max: usize,
+    client_max_packet: usize,
+    aliases: HashMap<u16, ByteStr>,
+    pending: VecDeque<PendingAck>,
+    will: Option<Will>,
+}
+
+pub(crate) async fn serve(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let (mut rd, mut wr) = stream.into_split();
+    let mut rbuf = BytesMut::with_capacity(4096);
+    let max = shared.cfg.max_packet_size;
+    let first = tokio::time::timeout(CONNECT_TIMEOUT, async {
+        loop {
+            match decode(&mut rbuf, None, max) {
+                Ok(Some(p)) => return Ok(Some(p)),
+                Ok(None) => {}
+                Err(e) => return Err(e),
+            }
+            match rd.read_buf(&mut rbuf).await {
+                Ok(0) | Err(_) => return Ok(None),
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    let connect = match first {
+        Ok(Ok(Some(Packet::Connect(c)))) => c,
+        Ok(Ok(_)) => return,
+        Ok(Err(e)) => {
+            tracing::info!(%peer, reason = %e, "connection refused before CONNECT completed");
+            if let DecodeError::UnsupportedProtocol { .. } = e {
+                refuse_unsupported(&mut wr).await;
+            }
+            return;
+        }
+        Err(_) => {
+            tracing::info!(%peer, "no CONNECT within {CONNECT_TIMEOUT:?}; closing");
+            return;
+        }
+    };
+    let Some(mut conn) = accept(shared.clone(), rd, wr, rbuf, peer, *connect).await else { return };
+    shared.stats.clients_connected.fetch_add(1, Ordering::Relaxed);
+    let (kick_tx, mut kick_rx) = oneshot::channel();
+    lock(&conn.session).kick = Some(kick_tx);
+    let end = conn.run(&mut kick_rx, &mut shutdown).await;
+    shared.stats.clients_connected.fetch_sub(1, Ordering::Relaxed);
+    conn.finish(end).await;
+}
+
+/// Answers a CONNECT for an unsupported protocol level with CONNACK 0x01 (3.1.1) / 0x84 (v5).
+async fn refuse_unsupported(wr: &mut OwnedWriteHalf) {
+    // The client's version is unknown by definition; 3.1.1's form is the one every client
+    // version parses (spec 3.1.2.2, Mosquitto does the same).
+    let _ = wr.write_all(&[0x20, 0x02, 0x00, 0x01]).await;
+}
+
+/// Handles CONNECT: client id rules, session takeover or resumption, CONNACK.
+async fn accept(
+    shared: Arc<Shared>,
+    rd: OwnedReadHalf,
+    mut wr: OwnedWriteHalf,
+    rbuf: BytesMut,
+    peer: SocketAddr,
+    c: Connect,
+) -> Option<Conn> {
+    let v5 = c.protocol.is_v5();
+    let cfg = &shared.cfg;
+    let refuse = |code: ReasonCode| {
+        Packet::ConnAck(ConnAck { session_present: false, code, v3_code: None, properties: Properties::default() })
+    };
+    let mut out = BytesMut::new();
+    if c.properties.authentication_method.is_some() {
+        let _ = encode(&refuse(ReasonCode::BadAuthenticationMethod), c.protocol, &mut out);
+        let _ = wr.write_all(&out).await;
+        return None;
+    }
+    let mut assigned = None;
+    let client_id: Arc<str> = if c.client_id.is_empty() {
+        if !v5 && !c.clean_start {
+            // 3.1.1: an empty id requires clean session [MQTT-3.1.3-8].
+            let _ = encode(&refuse(ReasonCode::ClientIdentifierNotValid), c.protocol, &mut out);
+            let _ = wr.write_all(&out).await;
+            tracing::info!(%peer, "refused: empty client id without clean session");
+            return None;
+        }
+        let id = format!("auto-{:x}-{}", std::process::id(), shared.next_client.fetch_add(1, Ordering::Relaxed));
+        assigned = Some(id.clone());
+        Arc::from(id)
+    } else {
+        Arc::from(c.client_id.as_str())
+    };
+    let expiry = if v5 {
+        c.properties.session_expiry_interval.unwrap_or(0).min(cfg.max_session_expiry)
+    } else if c.clean_start {
+        0
+    } else {
+        u32::MAX
+    };
+
+    // Take over or resume the session.
+    let (session, session_present, generation) = {
+        let mut sessions = lock(&shared.sessions);
+        let existing = sessions.get(client_id.as_ref()).cloned();
+        let reuse = existing.filter(|_| !c.clean_start);
+        if let Some(old) = sessions.get(client_id.as_ref()) {
+            let mut o = lock(old);
+            if let Some(k) = o.kick.take() {
+                let _ = k.send(ReasonCode::SessionTakenOver);
+            }
+            if c.clean_start {
+                let subs: Vec<String> = o.subs.keys().cloned().collect();
+                drop(o);
+                let mut router = lock(&shared.router);
+                for f in subs {
+                    router.unsubscribe(&client_id, &f);
+                }
+            }
+        }
+        let present = reuse.is_some();
+        let session = reuse.unwrap_or_else(|| Arc::new(Mutex::new(Session::new())));
+        let generation = {
+            let mut s = lock(&session);
+            s.generation += 1;
+            s.connected = true;
+            s.expiry = expiry;
+            s.generation
+        };
+        sessions.insert(client_id.to_string(), session.clone());
+        (session, present, generation)
+    };
+
+    let mut keep_alive = c.keep_alive;
+    let mut props = Properties::default();
+    if keep_alive > cfg.max_keep_alive {
+        keep_alive = cfg.max_keep_alive;
+        props.server_keep_alive = Some(keep_alive);
+    }
+    if v5 {
+        props.receive_maximum = Some(cfg.receive_maximum);
+        props.maximum_packet_size = u32::try_from(cfg.max_packet_size).ok();
+        props.topic_alias_maximum = Some(cfg.topic_alias_maximum);
+        props.retain_available = Some(1);
+        props.wildcard_subscription_available = Some(1);
+        props.subscription_identifier_available = Some(1);
+        props.shared_subscription_available = Some(1);
+        props.assigned_client_identifier = assigned;
+        if expiry != c.properties.session_expiry_interval.unwrap_or(0) {
+            props.session_expiry_interval = Some(expiry);
+        }
+    }
+    let ack = Packet::ConnAck(ConnAck { session_present, code: ReasonCode::Success, v3_code: None, properties: props });
+    if encode(&ack, c.protocol, &mut out).is_err() || wr.write_all(&out).await.is_err() {
+        return None;
+    }
+    tracing::info!(client = %client_id, %peer, version = ?c.protocol, clean = c.clean_start, session_present, "client connected");
+    let wake = lock(&session).wake.clone();
+    Some(Conn {
+        shared: shared.clone(),
+        rd,
+        wr,
+        rbuf,
+        wbuf: BytesMut::with_capacity(WRITE_BATCH),
+        version: c.protocol,
+        client_id,
+        peer,
+        session,
+        wake,
+        generation,
+        keep_alive: (keep_alive > 0).then(|| Duration::from_millis(keep_alive as u64 * 1500)),
+        client_receive_max: c.properties.receive_maximum.unwrap_or(u16::MAX) as usize,
+        client_max_packet: c.properties.maximum_packet_size.map_or(usize::MAX, |m| m as usize),
+        aliases: HashMap::new(),
+        pending: VecDeque::new(),
+        will: c.will,
+    })
+}
+
+impl Conn {
+    fn v5(&self) -> bool {
+        self.version.is_v5()
+    }
+
+    fn queue_packet(&mut self, p: &Packet) -> Result<(), End> {
+        encode(p, self.version, &mut self.wbuf)
+            .map_err(|e| End::Refused(ReasonCode::ImplementationSpecificError, e.to_string()))
+    }
+
+    async fn write_out(&mut self) -> Result<(), End> {
+        if self.wbuf.is_empty() {
+            return Ok(());
+        }
+        self.shared.stats.bytes_sent.fetch_add(self.wbuf.len() as u64, Ordering::Relaxed);
+        let r = self.wr.write_all(&self.wbuf).await;
+        self.wbuf.clear();
+        r.map_err(|e| End::Closed(e.to_string()))
+    }
+
+    async fn run(&mut self, kick: &mut oneshot::Receiver<ReasonCode>, shutdown: &mut watch::Receiver<bool>) -> End {
+        // A resumed session first resends what was in flight [MQTT-4.4.0-1].
+        if let Err(e) = self.resend_inflight() {
+            return e;
+        }
+        loop {
+            if let Err(e) = self.fill_from_queue() {
+                return e;
+            }
+            if let Err(e) = self.write_out().await {
+                return e;
+            }
+            let keep_alive = self.keep_alive;
+            let has_pending = !self.pending.is_empty();
+            tokio::select! {
+                biased;
+                r = &mut *kick => {
+                    let code = r.unwrap_or(ReasonCode::SessionTakenOver);
+                    return End::Refused(code, "session taken over by a new connection".into());
+                }
+                _ = shutdown.changed() => return End::Refused(ReasonCode::ServerShuttingDown, "server shutting down".into()),
+                res = wait_head(&mut self.pending), if has_pending => {
+                    if let Err(e) = self.complete_head(res) {
+                        return e;
+                    }
+                }
+                _ = self.wake.notified() => {}
+                n = read_some(&mut self.rd, &mut self.rbuf, keep_alive) => {
+                    match n {
+                        Ok(0) => return End::Closed("peer closed the connection".into()),
+                        Ok(n) => {
+                            self.shared.stats.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
+                            if let Err(e) = self.handle_input() {
+                                return e;
+                            }
+                        }
+                        Err(e) => return e,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Decodes and handles every whole packet in the read buffer.
+    fn handle_input(&mut self) -> Result<(), End> {
+        loop {
+            let p = match decode(&mut self.rbuf, Some(self.version), self.shared.cfg.max_packet_size) {
+                Ok(Some(p)) => p,
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(End::Refused(e.reason_code(), e.to_string())),
+            };
+            self.handle(p)?;
+        }
+    }
+
+    fn handle(&mut self, p: Packet) -> Result<(), End> {
+        match p {
+            Packet::Publish(p) => self.on_publish(p),
+            Packet::PubAck(r) => {
+                lock(&self.session).take_inflight(r.packet_id);
+                Ok(())
+            }
+            Packet::PubRec(r) => {
+                let mut s = lock(&self.session);
+                if s.take_inflight(r.packet_id).is_some() && (r.code as u8) < 0x80 {
+                    s.inflight.push_back((r.packet_id, Outbound::Released));
+                    drop(s);
+                    self.queue_packet(&Packet::PubRel(PubResp::ok(r.packet_id)))?;
+                }
+                Ok(())
+            }
+            Packet::PubComp(r) => {
+                lock(&self.session).take_inflight(r.packet_id);
+                Ok(())
+            }
+            Packet::PubRel(r) => {
+                let known = lock(&self.session).inbound_qos2.remove(&r.packet_id);
+                let code = if known || !self.v5() { ReasonCode::Success } else { ReasonCode::PacketIdentifierNotFound };
+                self.queue_packet(&Packet::PubComp(PubResp {
+                    packet_id: r.packet_id,
+                    code,
+                    properties: Properties::default(),
+                }))
+            }
+            Packet::Subscribe(s) => self.on_subscribe(s),
+            Packet::Unsubscribe(u) => self.on_unsubscribe(u),
+            Packet::PingReq => self.queue_packet(&Packet::PingResp),
+            Packet::Disconnect(d) => {
+                if self.v5() {
+                    if let Some(e) = d.properties.session_expiry_interval {
+                        let mut s = lock(&self.session);
+                        if s.expiry == 0 && e != 0 {
+                            // [MQTT-3.14.2-2]
+                            return Err(End::Refused(
+                                ReasonCode::ProtocolError,
+                                "session expiry set on DISCONNECT after 0 on CONNECT".into(),
+                            ));
+                        }
+                        s.expiry = e.min(self.shared.cfg.max_session_expiry);
+                    }
+                }
+                Err(End::Graceful(d.code))
+            }
+            Packet::Auth(_) => {
+                Err(End::Refused(ReasonCode::ProtocolError, "AUTH without an authentication method".into()))
+            }
+            other => Err(End::Refused(ReasonCode::ProtocolError, format!("{} is not sent by clients", other.name()))),
+        }
+    }
+
+    fn on_publish(&mut self, p: Publish) -> Result<(), End> {
+        self.shared.stats.messages_received.fetch_add(1, Ordering::Relaxed);
+        if !p.properties.subscription_identifiers.is_empty() {
+            // [MQTT-3.3.4-6]
+            return Err(End::Refused(
+                ReasonCode::ProtocolError,
+                "PUBLISH from a client with a subscription identifier".into(),
+            ));
+        }
+        let topic = match p.properties.topic_alias {
+            Some(a) if a > self.shared.cfg.topic_alias_maximum => {
+                return Err(End::Refused(ReasonCode::TopicAliasInvalid, format!("topic alias {a} above the maximum")))
+            }
+            Some(a) if p.topic.is_empty() => match self.aliases.get(&a) {
+                Some(t) => t.clone(),
+                None => return Err(End::Refused(ReasonCode::ProtocolError, format!("unknown topic alias {a}"))),
+            },
+            Some(a) => {
+                self.aliases.insert(a, p.topic.clone());
+                p.topic.clone()
+            }
+            None => p.topic.clone(),
+        };
+        if topic.starts_with('$') {
+            // Clients may not publish into the broker's namespace (Mosquitto drops these too).
+            return self.ack_publish(&p, ReasonCode::NotAuthorized);
+        }
+        let qos = p.qos;
+        let packet_id = p.packet_id;
+        let retain = p.retain;
+        let msg = Arc::new(Message::from_publish(p, topic, self.client_id.clone()));
+        match (qos, packet_id) {
+            (QoS::AtMostOnce, _) => {
+                // QoS 0 promises nothing: the appends go ahead without anyone waiting for them.
+                if retain {
+                    drop(self.shared.store.set_retained(&msg));
+                    self.shared.set_retained(&msg);
+                }
+                if self.shared.cfg.persist_qos0 {
+                    drop(self.shared.store.append(&msg));
+                }
+                self.shared.route(&msg);
+                Ok(())
+            }
+            (_, Some(id)) => {
+                if qos == QoS::ExactlyOnce && lock(&self.session).inbound_qos2.contains(&id) {
+                    // A resent PUBLISH we already stored: acknowledge again, do not route again.
+                    return self.queue_packet(&Packet::PubRec(PubResp::ok(id)));
+                }
+                let in_flight = self.pending.len() + lock(&self.session).inbound_qos2.len();
+                if in_flight >= self.shared.cfg.receive_maximum as usize {
+                    return Err(End::Refused(ReasonCode::ReceiveMaximumExceeded, "receive maximum exceeded".into()));
+                }
+                let mut done = vec![self.shared.store.append(&msg)];
+                if retain {
+                    done.push(self.shared.store.set_retained(&msg));
+                }
+                self.pending.push_back(PendingAck { done, msg, packet_id: id });
+                Ok(())
+            }
+            (_, None) => Err(End::Refused(ReasonCode::ProtocolError, "QoS > 0 without packet id".into())),
+        }
+    }
+
+    /// The head of the pending queue is durable (or failed): route it and acknowledge.
+    fn complete_head(&mut self, res: Result<(), promptmq_wal::Error>) -> Result<(), End> {
+        let Some(head) = self.pending.pop_front() else { return Ok(()) };
+        let code = match res {
+            Ok(()) => {
+                if head.msg.retain {
+                    self.shared.set_retained(&head.msg);
+                }
+                self.shared.route(&head.msg);
+                if head.msg.qos == QoS::ExactlyOnce {
+                    lock(&self.session).inbound_qos2.insert(head.packet_id);
+                }
+                ReasonCode::Success
+            }
+            Err(e) => {
+                tracing::warn!(client = %self.client_id, error = %e, "message not stored; refusing it");
+                if !self.v5() {
+                    // 3.1.1 has no way to say "not stored": close so the client resends.
+                    return Err(End::Refused(ReasonCode::UnspecifiedError, format!("storage failed: {e}")));
+                }
+                if e.is_disk_full() {
+                    ReasonCode::QuotaExceeded
+                } else {
+                    ReasonCode::ImplementationSpecificError
+                }
+            }
+        };
+        let resp = PubResp { packet_id: head.packet_id, code, properties: Properties::default() };
+        self.queue_packet(&if head.msg.qos == QoS::ExactlyOnce { Packet::PubRec(resp) } else { Packet::PubAck(resp) })
+    }
+
+    fn ack_publish(&mut self, p: &Publish, code: ReasonCode) -> Result<(), End> {
+        let Some(id) = p.packet_id else { return Ok(()) };
+        let code = if self.v5() { code } else { ReasonCode::Success };
+        let resp = PubResp { packet_id: id, code, properties: Properties::default() };
+        self.queue_packet(&if p.qos == QoS::ExactlyOnce { Packet::PubRec(resp) } else { Packet::PubAck(resp) })
+    }
+
+    fn on_subscribe(&mut self, s: Subscribe) -> Result<(), End> {
+        let id = s.properties.subscription_identifiers.first().copied();
+        let mut codes = Vec::with_capacity(s.subscriptions.len());
+        let mut retained = Vec::new();
+        for sub in &s.subscriptions {
+            let opts =
+                SubOptions { qos: sub.qos, no_local: sub.no_local, retain_as_published: sub.retain_as_published, id };
+            let existed = lock(&self.shared.router).subscribe(&self.client_id, &sub.filter, opts);
+            lock(&self.session).subs.insert(sub.filter.clone(), opts);
+            codes.push(match sub.qos {
+                QoS::AtMostOnce => ReasonCode::Success,
+                QoS::AtLeastOnce => ReasonCode::GrantedQoS1,
+                QoS::ExactlyOnce => ReasonCode::GrantedQoS2,
+            });
+            let send_retained = match sub.retain_handling {
+                RetainHandling::OnSubscribe => true,
+                RetainHandling::OnNewSubscribe => !existed,
+                RetainHandling::Never => false,
+            };
+            // Retained messages are not sent for shared subscriptions (v5 4.8.2).
+            if send_retained && topic::parse_shared(&sub.filter).is_none() {
+                for m in self.shared.retained_matching(&sub.filter) {
+                    retained.push(Delivery {
+                        qos: m.qos.min(sub.qos),
+                        msg: m,
+                        retain: true,
+                        ids: id.into_iter().collect(),
+                    });
+                }
+            }
+        }
+        self.queue_packet(&Packet::SubAck(SubAck {
+            packet_id: s.packet_id,
+            properties: Properties::default(),
+            codes,
+        }))?;
+        let mut sess = lock(&self.session);
+        for d in retained {
+            if !sess.enqueue(d, self.shared.cfg.max_queued_messages) {
+                self.shared.stats.messages_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    }
+
+    fn on_unsubscribe(&mut self, u: Unsubscribe) -> Result<(), End> {
+        let mut codes = Vec::with_capacity(u.filters.len());
+        for f in &u.filters {
+            let existed = lock(&self.shared.router).unsubscribe(&self.client_id, f);
+            lock(&self.session).subs.remove(f);
+            codes.push(if existed { ReasonCode::Success } else { ReasonCode::NoSubscriptionExisted });
+        }
+        self.queue_packet(&Packet::UnsubAck(UnsubAck {
+            packet_id: u.packet_id,
+            properties: Properties::default(),
+            codes,
+        }))
+    }
+
+    /// Encodes one delivery, or `None` if it expired or is larger than the client accepts.
+    fn publish_packet(&self, d: &Delivery, packet_id: Option<u16>, dup: bool) -> Option<Packet> {
+        let mut p = d.msg.to_publish(d.qos, packet_id, d.retain, &d.ids, Instant::now())?;
+        p.dup = dup;
+        if !self.v5() {
+            p.properties = Properties::default();
+        }
+        if publish_len(&p, self.version) > self.client_max_packet {
+            // [MQTT-3.1.2-25]: never send a packet above the client's maximum; drop it.
+            return None;
+        }
+        Some(Packet::Publish(p))
+    }
+
+    fn resend_inflight(&mut self) -> Result<(), End> {
+        let items: Vec<(u16, Outbound)> = lock(&self.session).inflight.iter().cloned().collect();
+        for (pid, state) in items {
+            match state {
+                Outbound::Publish(d) => {
+                    if let Some(p) = self.publish_packet(&d, Some(pid), true) {
+                        self.queue_packet(&p)?;
+                    }
+                }
+                Outbound::Released => self.queue_packet(&Packet::PubRel(PubResp::ok(pid)))?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves queued deliveries into the write buffer, within the client's receive maximum.
+    fn fill_from_queue(&mut self) -> Result<(), End> {
+        let session = self.session.clone();
+        let mut s = lock(&session);
+        while self.wbuf.len() < WRITE_BATCH {
+            let Some(front) = s.queue.front() else { break };
+            if front.qos != QoS::AtMostOnce && s.inflight.len() >= self.client_receive_max {
+                break;
+            }
+            let Some(d) = s.queue.pop_front() else { break };
+            let pid = if d.qos == QoS::AtMostOnce { None } else { s.alloc_pid() };
+            if d.qos != QoS::AtMostOnce && pid.is_none() {
+                s.queue.push_front(d);
+                break;
+            }
+            let Some(p) = self.publish_packet(&d, pid, false) else { continue };
+            if let Some(id) = pid {
+                s.inflight.push_back((id, Outbound::Publish(d)));
+            }
+            encode(&p, self.version, &mut self.wbuf)
+                .map_err(|e| End::Refused(ReasonCode::ImplementationSpecificError, e.to_string()))?;
+            self.shared.stats.messages_sent.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Ends the connection: DISCONNECT if we close it (v5), will, session expiry.
+    async fn finish(mut self, end: End) {
+        let (graceful, reason) = match &end {
+            End::Graceful(code) => (*code != ReasonCode::DisconnectWithWill, format!("client disconnected ({code:?})")),
+            End::Closed(why) => (false, why.clone()),
+            End::Refused(code, why) => {
+                if self.v5() {
+                    self.wbuf.clear();
+                    let _ = encode(
+                        &Packet::Disconnect(Disconnect { code: *code, properties: Properties::default() }),
+                        self.version,
+                        &mut self.wbuf,
+                    );
+                    let _ = tokio::time::timeout(Duration::from_secs(1), self.wr.write_all(&self.wbuf)).await;
+                }
+                (false, format!("{why} ({code:?})"))
+            }
+        };
+        let _ = self.wr.shutdown().await;
+        tracing::info!(client = %self.client_id, peer = %self.peer, %reason, "client disconnected");
+        // Pending appends may still complete; their messages are durable but unacknowledged,
+        // so the client resends them (QoS 1: possibly twice, as QoS 1 allows).
+        let shared = self.shared.clone();
+        let (still_ours, expiry) = {
+            let mut s = lock(&self.session);
+            let ours = s.generation == self.generation;
+            if ours {
+                s.connected = false;
+                s.kick = None;
+            }
+            (ours, s.expiry)
+        };
+        if !graceful {
+            if let Some(w) = self.will.take() {
+                let delay = w.properties.will_delay_interval.unwrap_or(0).min(expiry);
+                publish_will(shared.clone(), w, self.client_id.clone(), self.session.clone(), self.generation, delay);
+            }
+        }
+        if still_ours {
+            end_session_later(shared, self.client_id.clone(), self.session.clone(), self.generation, expiry);
+        }
+    }
+}
+
+async fn read_some(rd: &mut OwnedReadHalf, buf: &mut BytesMut, keep_alive: Option<Duration>) -> Result<usize, End> {
+    buf.reserve(4096);
+    let r = match keep_alive {
+        Some(t) => match tokio::time::timeout(t, rd.read_buf(buf)).await {
+            Ok(r) => r,
+            Err(_) => return Err(End::Refused(ReasonCode::KeepAliveTimeout, "keep alive timeout".into())),
+        },
+        None => rd.read_buf(buf).await,
+    };
+    r.map_err(|e| End::Closed(e.to_string()))
+}
+
+async fn wait_head(pending: &mut VecDeque<PendingAck>) -> Result<(), promptmq_wal::Error> {
+    let Some(head) = pending.front_mut() else { return Ok(()) };
+    for c in head.done.iter_mut() {
+        c.await?;
+    }
+    Ok(())
+}
+
+fn publish_will(
+    shared: Arc<Shared>,
+    w: Will,
+    client: Arc<str>,
+    session: Arc<Mutex<Session>>,
+    generation: u64,
+    delay: u32,
+) {
+    let msg = Arc::new(Message::from_publish(
+        Publish {
+            dup: false,
+            qos: w.qos,
+            retain: w.retain,
+            topic: w.topic.clone(),
+            packet_id: None,
+            properties: w.properties,
+            payload: w.payload,
+        },
+        w.topic,
+        client.clone(),
+    ));
+    tokio::spawn(async move {
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_secs(delay as u64)).await;
+            // A reconnect within the delay cancels the will [MQTT-3.1.3-9].
+            if lock(&session).generation != generation {
+                return;
+            }
+        }
+        if msg.qos != QoS::AtMostOnce {
+            let _ = shared.store.append(&msg).await;
+        }
+        if msg.retain {
+            let _ = shared.store.set_retained(&msg).await;
+            shared.set_retained(&msg);
+        }
+        tracing::info!(client = %client, topic = %msg.topic, "will published");
+        shared.route(&msg);
+    });
+}
+
+/// Removes the session when it expires, unless a new connection took it meanwhile.
+fn end_session_later(
+    shared: Arc<Shared>,
+    client: Arc<str>,
+    session: Arc<Mutex<Session>>,
+    generation: u64,
+    expiry: u32,
+) {
+    let remove = move || {
+        let mut sessions = lock(&shared.sessions);
+        let current = sessions.get(client.as_ref()).is_some_and(|s| Arc::ptr_eq(s, &session));
+        let s = lock(&session);
+        if !current || s.generation != generation || s.connected {
+            return;
+        }
+        let subs: Vec<String> = s.subs.keys().cloned().collect();
+        drop(s);
+        sessions.remove(client.as_ref());
+        drop(sessions);
+        let mut router = lock(&shared.router);
+        for f in subs {
+            router.unsubscribe(&client, &f);
+        }
+    };
+    match expiry {
+        0 => remove(),
+        u32::MAX => {}
+        secs => {
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(secs as u64)).await;
+                remove();
+            });
+        }
+    }
+}

@@ -1,0 +1,271 @@
+//! The broker: shared state, the accept loop, `$SYS` topics, maintenance, and graceful
+//! shutdown (stop accepting, tell every connection to close, wait for them, sync the log).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch, Semaphore};
+
+use crate::codec::{topic, QoS};
+use crate::config::BrokerConfig;
+use crate::message::Message;
+use crate::router::Router;
+use crate::session::{Delivery, Session};
+use crate::store::{Store, StoreError};
+
+/// Why the broker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// The log could not be opened or recovered.
+    #[error("cannot open the data directory's log: {0}")]
+    Storage(#[from] StoreError),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}; is another broker running there?")]
+    Bind {
+        /// Address.
+        addr: SocketAddr,
+        /// OS error.
+        source: std::io::Error,
+    },
+    /// A blocking start-up task failed.
+    #[error("start-up task failed: {0}")]
+    Startup(String),
+}
+
+/// Counters behind `$SYS` (and, later, `/metrics`).
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Currently connected clients.
+    pub clients_connected: AtomicU64,
+    /// PUBLISH packets received.
+    pub messages_received: AtomicU64,
+    /// PUBLISH packets sent.
+    pub messages_sent: AtomicU64,
+    /// Bytes received.
+    pub bytes_received: AtomicU64,
+    /// Bytes sent.
+    pub bytes_sent: AtomicU64,
+    /// Messages dropped because a client's queue was full.
+    pub messages_dropped: AtomicU64,
+}
+
+pub(crate) struct Shared {
+    pub(crate) cfg: BrokerConfig,
+    pub(crate) store: Store,
+    pub(crate) router: Mutex<Router>,
+    pub(crate) sessions: Mutex<HashMap<String, Arc<Mutex<Session>>>>,
+    pub(crate) retained: Mutex<HashMap<String, Arc<Message>>>,
+    pub(crate) stats: Stats,
+    started: Instant,
+    pub(crate) next_client: AtomicU64,
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    /// Delivers a message to every matching subscription (never waits: a full queue drops).
+    pub(crate) fn route(&self, msg: &Arc<Message>) {
+        let targets = lock(&self.router).route(msg.topic.as_str(), &msg.publisher);
+        if targets.is_empty() {
+            return;
+        }
+        let sessions = lock(&self.sessions);
+        for t in targets {
+            let Some(s) = sessions.get(&t.client) else { continue };
+            let d = Delivery {
+                msg: msg.clone(),
+                qos: msg.qos.min(t.qos),
+                retain: msg.retain && t.retain_as_published,
+                ids: t.ids,
+            };
+            if !lock(s).enqueue(d, self.cfg.max_queued_messages) {
+                self.stats.messages_dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(client = %t.client, topic = %msg.topic, "queue full; message dropped");
+            }
+        }
+    }
+
+    /// Updates the retained message of a topic in memory (the log write is the caller's).
+    pub(crate) fn set_retained(&self, msg: &Arc<Message>) {
+        let mut r = lock(&self.retained);
+        if msg.payload.is_empty() {
+            r.remove(msg.topic.as_str());
+        } else {
+            r.insert(msg.topic.to_string(), msg.clone());
+        }
+    }
+
+    /// Retained messages matching `filter` (not for shared subscriptions [MQTT-3.8.4-3... v5 3.3.1.3]).
+    pub(crate) fn retained_matching(&self, filter: &str) -> Vec<Arc<Message>> {
+        let now = Instant::now();
+        lock(&self.retained)
+            .values()
+            .filter(|m| !m.expired(now) && topic::matches(filter, m.topic.as_str()))
+            .cloned()
+            .collect()
+    }
+
+    /// Publishes a broker-generated retained message (for `$SYS`).
+    fn publish_sys(&self, name: &str, value: String) {
+        let msg = Arc::new(Message {
+            topic: format!("$SYS/broker/{name}").into(),
+            payload: Bytes::from(value),
+            qos: QoS::AtMostOnce,
+            retain: true,
+            properties: Default::default(),
+            publisher: Arc::from("$SYS"),
+            expires_at: None,
+        });
+        self.set_retained(&msg);
+        self.route(&msg);
+    }
+
+    fn publish_sys_all(&self) {
+        let s = &self.stats;
+        self.publish_sys("uptime", format!("{} seconds", self.started.elapsed().as_secs()));
+        self.publish_sys("clients/connected", s.clients_connected.load(Ordering::Relaxed).to_string());
+        self.publish_sys("messages/received", s.messages_received.load(Ordering::Relaxed).to_string());
+        self.publish_sys("messages/sent", s.messages_sent.load(Ordering::Relaxed).to_string());
+        self.publish_sys("load/bytes/received", s.bytes_received.load(Ordering::Relaxed).to_string());
+        self.publish_sys("load/bytes/sent", s.bytes_sent.load(Ordering::Relaxed).to_string());
+        // Read counts into locals first: publish_sys takes these same locks.
+        let stored = lock(&self.retained).len();
+        let subscriptions = lock(&self.router).len();
+        self.publish_sys("messages/stored", stored.to_string());
+        self.publish_sys("subscriptions/count", subscriptions.to_string());
+        self.publish_sys("version", format!("promptmq {}", env!("CARGO_PKG_VERSION")));
+    }
+}
+
+/// A running broker. Dropping it does not stop it; call [`Broker::shutdown`].
+pub struct Broker {
+    local_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    done: mpsc::Receiver<()>,
+    accept: tokio::task::JoinHandle<()>,
+    shared: Arc<Shared>,
+}
+
+impl Broker {
+    /// Recovers the log, loads retained messages, binds the listener and starts serving.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), promptmq_broker::BrokerError> {
+    /// use promptmq_broker::{Broker, BrokerConfig};
+    /// let broker = Broker::start(BrokerConfig::new("127.0.0.1:1883".parse().unwrap(), "./data")).await?;
+    /// println!("listening on {}", broker.local_addr());
+    /// broker.shutdown().await;
+    /// # Ok(()) }
+    /// ```
+    pub async fn start(cfg: BrokerConfig) -> Result<Broker, BrokerError> {
+        let dir = cfg.data_dir.join("log");
+        let sync = cfg.sync;
+        let (store, retained) = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
+            let store = Store::open(&dir, sync)?;
+            let retained = store.load_retained()?;
+            Ok((store, retained))
+        })
+        .await
+        .map_err(|e| BrokerError::Startup(e.to_string()))??;
+        let listener =
+            TcpListener::bind(cfg.listen).await.map_err(|source| BrokerError::Bind { addr: cfg.listen, source })?;
+        let local_addr = listener.local_addr().map_err(|source| BrokerError::Bind { addr: cfg.listen, source })?;
+        tracing::info!(%local_addr, retained = retained.len(), "listening");
+        let shared = Arc::new(Shared {
+            cfg,
+            store,
+            router: Mutex::new(Router::default()),
+            sessions: Mutex::new(HashMap::new()),
+            retained: Mutex::new(retained),
+            stats: Stats::default(),
+            started: Instant::now(),
+            next_client: AtomicU64::new(1),
+        });
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let (done_tx, done) = mpsc::channel::<()>(1);
+        let accept = tokio::spawn(accept_loop(listener, shared.clone(), shutdown_rx.clone(), done_tx));
+        tokio::spawn(periodic(shared.clone(), shutdown_rx));
+        Ok(Broker { local_addr, shutdown, done, accept, shared })
+    }
+
+    /// The address the broker listens on (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The broker's counters.
+    pub fn stats(&self) -> &Stats {
+        &self.shared.stats
+    }
+
+    /// Stops accepting, sends every client a DISCONNECT (v5: server shutting down), waits up
+    /// to 10 s for connections to finish their in-flight appends, then syncs the log.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.accept.await;
+        // Every connection task holds a sender; recv returns None once all have ended.
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.done.recv()).await;
+        let shared = self.shared.clone();
+        let _ = tokio::task::spawn_blocking(move || shared.store.close()).await;
+        tracing::info!("broker stopped");
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+    done: mpsc::Sender<()>,
+) {
+    let limit = Arc::new(Semaphore::new(shared.cfg.max_connections));
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.changed() => return,
+            p = limit.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+        };
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.changed() => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let (shared, shutdown, done) = (shared.clone(), shutdown.clone(), done.clone());
+        tokio::spawn(async move {
+            crate::connection::serve(shared, stream, peer, shutdown).await;
+            drop(permit);
+            drop(done);
+        });
+    }
+}
+
+async fn periodic(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    let mut sys = tokio::time::interval(shared.cfg.sys_interval);
+    let mut maintain = tokio::time::interval(promptmq_wal::SUGGESTED_MAINTENANCE_INTERVAL);
+    maintain.tick().await;
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = sys.tick() => shared.publish_sys_all(),
+            _ = maintain.tick() => {
+                let s = shared.clone();
+                let _ = tokio::task::spawn_blocking(move || s.store.maintain()).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! The broker's use of the log: one stream per topic for QoS >= 1 messages (appended before
+//! they are acknowledged), and a compacted stream for retained messages. This is the only
+//! place the broker touches `promptmq-wal`, and it uses nothing but the log's public API.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use promptmq_wal::{Completion, Options, StreamOptions, Wal};
+
+use crate::message::Message;
+
+/// Stream holding retained messages, keyed by topic.
+const RETAINED: &str = "$retained";
+/// Prefix of per-topic message streams.
+const TOPIC_PREFIX: &str = "t/";
+
+/// The broker's storage.
+#[derive(Debug, Clone)]
+pub struct Store {
+    wal: Wal,
+}
+
+/// Errors from the store, mapped to reason codes by the caller.
+pub type StoreError = promptmq_wal::Error;
+
+impl Store {
+    /// Opens (and recovers) the log under `dir`.
+    pub fn open(dir: &std::path::Path, sync: promptmq_wal::SyncMode) -> Result<Store, StoreError> {
+        let wal = Wal::open(dir, Options::default().sync(sync))?;
+        let r = wal.recovery_report();
+        tracing::info!(
+            records = r.records_scanned(),
+            ms = r.duration.as_millis() as u64,
+            clean = r.is_clean(),
+            "storage recovered"
+        );
+        Ok(Store { wal })
+    }
+
+    /// Appends a message to its topic's stream; resolves once durable.
+    pub fn append(&self, msg: &Message) -> Completion<u64> {
+        let name = format!("{TOPIC_PREFIX}{}", msg.topic.as_str());
+        match self.wal.stream(&name) {
+            Ok(s) => self.wal.append(&s, msg.to_record(Instant::now())),
+            Err(e) => failed(e),
+        }
+    }
+
+    /// Stores (or, with an empty payload, clears) the retained message of a topic.
+    pub fn set_retained(&self, msg: &Message) -> Completion<u64> {
+        match self.wal.stream_with(RETAINED, StreamOptions { compacted: true, ..Default::default() }) {
+            Ok(s) => self.wal.append_keyed(&s, msg.topic.as_bytes().clone(), msg.to_record(Instant::now())),
+            Err(e) => failed(e),
+        }
+    }
+
+    /// Loads the retained messages (the newest record per topic, cleared ones left out).
+    pub fn load_retained(&self) -> Result<HashMap<String, Arc<Message>>, StoreError> {
+        let mut out = HashMap::new();
+        let Some(s) = self.wal.lookup(RETAINED) else { return Ok(out) };
+        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        let mut from = 0;
+        loop {
+            let recs = self.wal.read(&s, from, 4096)?;
+            let Some(last) = recs.last() else { break };
+            from = last.offset + 1;
+            for r in recs {
+                let Some(key) = r.key.as_ref().and_then(|k| std::str::from_utf8(k).ok()).map(str::to_owned) else {
+                    continue;
+                };
+                let age = Duration::from_millis(now_ms.saturating_sub(r.timestamp_ms));
+                match Message::from_record(r.payload, age) {
+                    Some(m) if !m.payload.is_empty() => {
+                        out.insert(key, Arc::new(m));
+                    }
+                    _ => {
+                        out.remove(&key);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Runs retention and compaction (drops superseded retained messages).
+    pub fn maintain(&self) {
+        if let Err(e) = self.wal.apply_retention().and_then(|_| self.wal.compact(false)) {
+            tracing::warn!(error = %e, "storage maintenance failed");
+        }
+    }
+
+    /// Syncs and closes the log.
+    pub fn close(&self) {
+        if let Err(e) = self.wal.flush() {
+            tracing::warn!(error = %e, "final flush failed");
+        }
+        let _ = self.wal.clone().close();
+    }
+}
+
+/// A completion that has already failed (so callers handle one type).
+fn failed(e: StoreError) -> Completion<u64> {
+    Completion::failed(e)
+}
