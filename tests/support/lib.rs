@@ -1,1 +1,288 @@
-//! Helpers shared by PromptMQ's end-to-end tests.
+//! Helpers shared by PromptMQ's end-to-end tests: an in-process broker on a free loopback
+//! port, and a small blocking MQTT client built on the broker's own codec.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use promptmq_broker::codec::*;
+use promptmq_broker::{Broker, BrokerConfig};
+
+/// A broker running in this process on 127.0.0.1 (port chosen by the OS), with its own
+/// tokio runtime so tests stay plain `#[test]` functions.
+pub struct TestBroker {
+    rt: tokio::runtime::Runtime,
+    broker: Option<Broker>,
+    /// Address it listens on.
+    pub addr: SocketAddr,
+}
+
+impl TestBroker {
+    /// Starts a broker storing its data in `dir`.
+    pub fn start(dir: &std::path::Path) -> TestBroker {
+        Self::start_with(dir, |_| {})
+    }
+
+    /// Starts a broker after `tweak` adjusts its configuration.
+    pub fn start_with(dir: &std::path::Path, tweak: impl FnOnce(&mut BrokerConfig)) -> TestBroker {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+        let mut cfg = BrokerConfig::new("127.0.0.1:0".parse().expect("addr"), dir);
+        tweak(&mut cfg);
+        let broker = rt.block_on(Broker::start(cfg)).expect("broker starts");
+        let addr = broker.local_addr();
+        TestBroker { rt, broker: Some(broker), addr }
+    }
+
+    /// Graceful shutdown.
+    pub fn stop(mut self) {
+        if let Some(b) = self.broker.take() {
+            self.rt.block_on(b.shutdown());
+        }
+    }
+}
+
+impl Drop for TestBroker {
+    fn drop(&mut self) {
+        if let Some(b) = self.broker.take() {
+            self.rt.block_on(b.shutdown());
+        }
+    }
+}
+
+/// A blocking MQTT client for tests.
+pub struct Client {
+    stream: TcpStream,
+    buf: BytesMut,
+    /// Protocol version in use.
+    pub version: ProtocolVersion,
+    next_id: u16,
+}
+
+/// Options for [`Client::connect_with`].
+#[derive(Clone, Default)]
+pub struct ConnectOptions {
+    /// Clean start / clean session.
+    pub clean: bool,
+    /// Will message.
+    pub will: Option<Will>,
+    /// Keep alive, seconds.
+    pub keep_alive: u16,
+    /// CONNECT properties (v5).
+    pub properties: Properties,
+}
+
+impl Client {
+    /// Connects with clean start and no will; panics if the broker refuses.
+    pub fn connect(addr: SocketAddr, client_id: &str, version: ProtocolVersion) -> Client {
+        let (c, ack) =
+            Self::connect_with(addr, client_id, version, ConnectOptions { clean: true, ..Default::default() });
+        assert_eq!(ack.code, ReasonCode::Success, "CONNACK {ack:?}");
+        c
+    }
+
+    /// Connects and returns the CONNACK, whatever it says.
+    pub fn connect_with(
+        addr: SocketAddr,
+        client_id: &str,
+        version: ProtocolVersion,
+        o: ConnectOptions,
+    ) -> (Client, ConnAck) {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_nodelay(true).ok();
+        let mut c = Client { stream, buf: BytesMut::new(), version, next_id: 1 };
+        c.send(&Packet::Connect(Box::new(Connect {
+            protocol: version,
+            clean_start: o.clean,
+            keep_alive: o.keep_alive,
+            properties: o.properties,
+            client_id: client_id.into(),
+            will: o.will,
+            username: None,
+            password: None,
+        })));
+        match c.recv(Duration::from_secs(5)) {
+            Some(Packet::ConnAck(a)) => (c, a),
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+    }
+
+    /// Sends one packet.
+    pub fn send(&mut self, p: &Packet) {
+        let mut out = BytesMut::new();
+        encode(p, self.version, &mut out).expect("encode");
+        self.stream.write_all(&out).expect("write");
+    }
+
+    /// Sends raw bytes (for malformed-input tests).
+    pub fn send_raw(&mut self, b: &[u8]) {
+        let _ = self.stream.write_all(b);
+    }
+
+    /// The next packet within `timeout`; `None` on timeout or when the broker closed the
+    /// connection.
+    pub fn recv(&mut self, timeout: Duration) -> Option<Packet> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let v = Some(self.version);
+            if let Ok(Some(p)) = decode(&mut self.buf, v, 1 << 24) {
+                return Some(p);
+            }
+            let left = deadline.checked_duration_since(Instant::now())?;
+            self.stream.set_read_timeout(Some(left.max(Duration::from_millis(1)))).ok();
+            let mut tmp = [0u8; 65536];
+            match self.stream.read(&mut tmp) {
+                Ok(0) => return None,
+                Ok(n) => self.buf.extend_from_slice(&tmp[..n]),
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                    return None
+                }
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Whether the broker closed the connection within `timeout` (packets before the close,
+    /// such as a DISCONNECT, are returned).
+    pub fn closed_within(&mut self, timeout: Duration) -> (bool, Vec<Packet>) {
+        let deadline = Instant::now() + timeout;
+        let mut got = Vec::new();
+        while Instant::now() < deadline {
+            match self.recv(Duration::from_millis(100)) {
+                Some(p) => got.push(p),
+                None => {
+                    let mut probe = [0u8; 1];
+                    self.stream.set_read_timeout(Some(Duration::from_millis(50))).ok();
+                    match self.stream.read(&mut probe) {
+                        Ok(0) => return (true, got),
+                        Ok(n) => self.buf.extend_from_slice(&probe[..n]),
+                        Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                        }
+                        Err(_) => return (true, got),
+                    }
+                }
+            }
+        }
+        (false, got)
+    }
+
+    fn id(&mut self) -> u16 {
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1).max(1);
+        id
+    }
+
+    /// Subscribes and returns the SUBACK codes.
+    pub fn subscribe(&mut self, filter: &str, qos: QoS) -> Vec<ReasonCode> {
+        self.subscribe_with(
+            vec![Subscription {
+                filter: filter.into(),
+                qos,
+                no_local: false,
+                retain_as_published: false,
+                retain_handling: RetainHandling::OnSubscribe,
+            }],
+            Properties::default(),
+        )
+    }
+
+    /// Subscribes with full options.
+    pub fn subscribe_with(&mut self, subscriptions: Vec<Subscription>, properties: Properties) -> Vec<ReasonCode> {
+        let id = self.id();
+        self.send(&Packet::Subscribe(Subscribe { packet_id: id, properties, subscriptions }));
+        loop {
+            match self.recv(Duration::from_secs(5)) {
+                Some(Packet::SubAck(a)) if a.packet_id == id => return a.codes,
+                Some(_) => continue,
+                None => panic!("no SUBACK"),
+            }
+        }
+    }
+
+    /// Publishes and completes the QoS flow; returns the reason code of the PUBACK/PUBREC.
+    pub fn publish(&mut self, topic: &str, payload: impl Into<Bytes>, qos: QoS, retain: bool) -> ReasonCode {
+        self.publish_with(topic, payload, qos, retain, Properties::default())
+    }
+
+    /// [`Client::publish`] with properties.
+    pub fn publish_with(
+        &mut self,
+        topic: &str,
+        payload: impl Into<Bytes>,
+        qos: QoS,
+        retain: bool,
+        properties: Properties,
+    ) -> ReasonCode {
+        let packet_id = (qos != QoS::AtMostOnce).then(|| self.id());
+        self.send(&Packet::Publish(Publish {
+            dup: false,
+            qos,
+            retain,
+            topic: topic.into(),
+            packet_id,
+            properties,
+            payload: payload.into(),
+        }));
+        let Some(id) = packet_id else { return ReasonCode::Success };
+        loop {
+            match self.recv(Duration::from_secs(10)) {
+                Some(Packet::PubAck(a)) if a.packet_id == id => return a.code,
+                Some(Packet::PubRec(r)) if r.packet_id == id => {
+                    if (r.code as u8) >= 0x80 {
+                        return r.code;
+                    }
+                    self.send(&Packet::PubRel(PubResp::ok(id)));
+                }
+                Some(Packet::PubComp(c)) if c.packet_id == id => return ReasonCode::Success,
+                Some(_) => continue,
+                None => panic!("no acknowledgement for packet {id}"),
+            }
+        }
+    }
+
+    /// The next PUBLISH within `timeout`, acknowledging it per its QoS.
+    pub fn next_publish(&mut self, timeout: Duration) -> Option<Publish> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.checked_duration_since(Instant::now())?;
+            match self.recv(left)? {
+                Packet::Publish(p) => {
+                    match (p.qos, p.packet_id) {
+                        (QoS::AtLeastOnce, Some(id)) => self.send(&Packet::PubAck(PubResp::ok(id))),
+                        (QoS::ExactlyOnce, Some(id)) => {
+                            self.send(&Packet::PubRec(PubResp::ok(id)));
+                            // Wait for PUBREL and complete, so the flow is exactly once.
+                            loop {
+                                match self.recv(Duration::from_secs(5)) {
+                                    Some(Packet::PubRel(r)) if r.packet_id == id => {
+                                        self.send(&Packet::PubComp(PubResp::ok(id)));
+                                        break;
+                                    }
+                                    Some(_) => continue,
+                                    None => panic!("no PUBREL for {id}"),
+                                }
+                            }
+                        }
+                        _ => {}
+                    }
+                    return Some(p);
+                }
+                _ => continue,
+            }
+        }
+    }
+
+    /// Sends DISCONNECT and closes.
+    pub fn disconnect(mut self) {
+        self.send(&Packet::Disconnect(Disconnect::default()));
+    }
+}
+
+/// Publishes collected by `next_publish` until `timeout` passes with nothing new.
+pub fn drain(c: &mut Client, timeout: Duration) -> Vec<Publish> {
+    let mut out = Vec::new();
+    while let Some(p) = c.next_publish(timeout) {
+        out.push(p);
+    }
+    out
+}

@@ -1,0 +1,376 @@
+//! End-to-end behaviour of the broker over real sockets on 127.0.0.1, one broker per test.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use promptmq_broker::codec::*;
+use promptmq_tests::{drain, Client, ConnectOptions, TestBroker};
+
+const V3: ProtocolVersion = ProtocolVersion::V3_1_1;
+const V5: ProtocolVersion = ProtocolVersion::V5;
+const T: Duration = Duration::from_secs(5);
+const QUIET: Duration = Duration::from_millis(300);
+
+fn broker() -> (tempfile::TempDir, TestBroker) {
+    let dir = tempfile::tempdir().unwrap();
+    let b = TestBroker::start(dir.path());
+    (dir, b)
+}
+
+#[test]
+fn qos_0_1_2_in_both_versions_with_downgrade() {
+    let (_d, b) = broker();
+    for version in [V3, V5] {
+        let mut sub = Client::connect(b.addr, "sub", version);
+        assert_eq!(sub.subscribe("q/#", QoS::ExactlyOnce), vec![ReasonCode::GrantedQoS2]);
+        let mut low = Client::connect(b.addr, "low", version);
+        assert_eq!(low.subscribe("q/#", QoS::AtMostOnce), vec![ReasonCode::Success]);
+        let mut publ = Client::connect(b.addr, "pub", version);
+        for (i, qos) in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce].into_iter().enumerate() {
+            assert_eq!(publ.publish(&format!("q/{i}"), format!("m{i}"), qos, false), ReasonCode::Success);
+            let got = sub.next_publish(T).expect("delivered");
+            assert_eq!(
+                (got.topic.as_str(), &got.payload[..], got.qos),
+                (format!("q/{i}").as_str(), format!("m{i}").as_bytes(), qos)
+            );
+            let got = low.next_publish(T).expect("delivered");
+            assert_eq!(got.qos, QoS::AtMostOnce, "granted QoS caps delivery");
+        }
+        sub.disconnect();
+        low.disconnect();
+        publ.disconnect();
+    }
+}
+
+#[test]
+fn v5_properties_are_forwarded_and_subscription_ids_delivered() {
+    let (_d, b) = broker();
+    let mut sub = Client::connect(b.addr, "sub", V5);
+    let s = Subscription {
+        filter: "rpc/+".into(),
+        qos: QoS::AtLeastOnce,
+        no_local: false,
+        retain_as_published: false,
+        retain_handling: RetainHandling::OnSubscribe,
+    };
+    sub.subscribe_with(vec![s], Properties { subscription_identifiers: vec![42], ..Properties::default() });
+    let mut publ = Client::connect(b.addr, "pub", V5);
+    let props = Properties {
+        payload_format_indicator: Some(1),
+        content_type: Some("application/json".into()),
+        response_topic: Some("rpc/reply".into()),
+        correlation_data: Some(Bytes::from_static(b"corr-1")),
+        user_properties: vec![("a".into(), "1".into()), ("a".into(), "2".into())],
+        message_expiry_interval: Some(3600),
+        ..Properties::default()
+    };
+    publ.publish_with("rpc/call", "{}", QoS::AtLeastOnce, false, props.clone());
+    let got = sub.next_publish(T).unwrap();
+    let p = got.properties;
+    assert_eq!(p.payload_format_indicator, Some(1));
+    assert_eq!(p.content_type, props.content_type);
+    assert_eq!(p.response_topic, props.response_topic);
+    assert_eq!(p.correlation_data, props.correlation_data);
+    assert_eq!(p.user_properties, props.user_properties, "user properties in order");
+    assert_eq!(p.subscription_identifiers, vec![42]);
+    assert!(p.message_expiry_interval.is_some_and(|e| e <= 3600 && e > 3590));
+}
+
+#[test]
+fn wildcards_and_dollar_topics() {
+    let (_d, b) = broker();
+    let mut all = Client::connect(b.addr, "all", V3);
+    all.subscribe("#", QoS::AtMostOnce);
+    let mut plus = Client::connect(b.addr, "plus", V3);
+    plus.subscribe("+/b/+", QoS::AtMostOnce);
+    let mut publ = Client::connect(b.addr, "pub", V3);
+    publ.publish("a/b/c", "x", QoS::AtLeastOnce, false);
+    publ.publish("a/x/c", "y", QoS::AtLeastOnce, false);
+    let got: Vec<String> =
+        drain(&mut all, QUIET).iter().map(|p| p.topic.to_string()).filter(|t| !t.starts_with('$')).collect();
+    assert_eq!(got, vec!["a/b/c", "a/x/c"]);
+    assert_eq!(drain(&mut plus, QUIET).len(), 1);
+    // `#` never matches `$SYS`; an explicit `$SYS/#` does (it is retained, so it arrives at once).
+    assert!(drain(&mut all, QUIET).iter().all(|p| !p.topic.starts_with('$')));
+    let mut sys = Client::connect(b.addr, "sys", V3);
+    sys.subscribe("$SYS/broker/uptime", QoS::AtMostOnce);
+    assert!(sys.next_publish(T).is_some());
+    // Clients may not publish into $SYS.
+    publ.publish("$SYS/fake", "x", QoS::AtLeastOnce, false);
+    let mut fake = Client::connect(b.addr, "fake", V3);
+    fake.subscribe("$SYS/fake", QoS::AtMostOnce);
+    assert!(fake.next_publish(QUIET).is_none());
+}
+
+#[test]
+fn retained_set_replace_clear_and_retain_handling() {
+    let (_d, b) = broker();
+    let mut publ = Client::connect(b.addr, "pub", V5);
+    publ.publish("r/1", "one", QoS::AtLeastOnce, true);
+    publ.publish("r/1", "uno", QoS::AtLeastOnce, true);
+    publ.publish("r/2", "two", QoS::AtMostOnce, true);
+    let mut s = Client::connect(b.addr, "s", V5);
+    s.subscribe("r/#", QoS::AtLeastOnce);
+    let mut got: Vec<(String, Bytes, bool)> =
+        drain(&mut s, QUIET).into_iter().map(|p| (p.topic.to_string(), p.payload, p.retain)).collect();
+    got.sort();
+    assert_eq!(got, vec![("r/1".into(), Bytes::from("uno"), true), ("r/2".into(), Bytes::from("two"), true)]);
+    // An empty payload clears it.
+    publ.publish("r/1", "", QoS::AtLeastOnce, true);
+    let _ = drain(&mut s, QUIET);
+    let mut s2 = Client::connect(b.addr, "s2", V5);
+    s2.subscribe("r/#", QoS::AtLeastOnce);
+    let got: Vec<String> = drain(&mut s2, QUIET).into_iter().map(|p| p.topic.to_string()).collect();
+    assert_eq!(got, vec!["r/2"]);
+    // Retain handling 2: no retained messages at subscribe time.
+    let mut s3 = Client::connect(b.addr, "s3", V5);
+    s3.subscribe_with(
+        vec![Subscription {
+            filter: "r/#".into(),
+            qos: QoS::AtMostOnce,
+            no_local: false,
+            retain_as_published: false,
+            retain_handling: RetainHandling::Never,
+        }],
+        Properties::default(),
+    );
+    assert!(drain(&mut s3, QUIET).is_empty());
+    // Live messages are delivered with RETAIN 0 unless retain-as-published.
+    let mut rap = Client::connect(b.addr, "rap", V5);
+    rap.subscribe_with(
+        vec![Subscription {
+            filter: "live".into(),
+            qos: QoS::AtMostOnce,
+            no_local: false,
+            retain_as_published: true,
+            retain_handling: RetainHandling::Never,
+        }],
+        Properties::default(),
+    );
+    s3.subscribe("live", QoS::AtMostOnce);
+    publ.publish("live", "x", QoS::AtLeastOnce, true);
+    assert!(rap.next_publish(T).unwrap().retain);
+    assert!(!s3.next_publish(T).unwrap().retain);
+}
+
+#[test]
+fn shared_subscription_delivers_each_message_to_one_member() {
+    let (_d, b) = broker();
+    let mut w1 = Client::connect(b.addr, "w1", V5);
+    let mut w2 = Client::connect(b.addr, "w2", V3);
+    w1.subscribe("$share/workers/jobs/#", QoS::AtLeastOnce);
+    w2.subscribe("$share/workers/jobs/#", QoS::AtLeastOnce);
+    let mut publ = Client::connect(b.addr, "pub", V5);
+    for i in 0..10 {
+        publ.publish(&format!("jobs/{i}"), "job", QoS::AtLeastOnce, false);
+    }
+    let a = drain(&mut w1, QUIET).len();
+    let c = drain(&mut w2, QUIET).len();
+    assert_eq!(a + c, 10, "each message exactly once across the group");
+    assert!(a > 0 && c > 0, "both members get work: {a} / {c}");
+}
+
+#[test]
+fn no_local_and_overlapping_subscriptions() {
+    let (_d, b) = broker();
+    let mut me = Client::connect(b.addr, "me", V5);
+    me.subscribe_with(
+        vec![
+            Subscription {
+                filter: "chat/#".into(),
+                qos: QoS::AtMostOnce,
+                no_local: true,
+                retain_as_published: false,
+                retain_handling: RetainHandling::OnSubscribe,
+            },
+            Subscription {
+                filter: "chat/+".into(),
+                qos: QoS::AtLeastOnce,
+                no_local: true,
+                retain_as_published: false,
+                retain_handling: RetainHandling::OnSubscribe,
+            },
+        ],
+        Properties::default(),
+    );
+    me.publish("chat/room", "mine", QoS::AtLeastOnce, false);
+    assert!(me.next_publish(QUIET).is_none(), "no-local: own message not delivered");
+    let mut other = Client::connect(b.addr, "other", V5);
+    other.publish("chat/room", "theirs", QoS::AtLeastOnce, false);
+    let got = drain(&mut me, QUIET);
+    assert_eq!(got.len(), 1, "overlapping subscriptions deliver once");
+    assert_eq!(got[0].qos, QoS::AtLeastOnce, "with the highest granted QoS");
+}
+
+#[test]
+fn will_on_abnormal_disconnect_only() {
+    let (_d, b) = broker();
+    let mut watcher = Client::connect(b.addr, "watcher", V5);
+    watcher.subscribe("status/#", QoS::AtLeastOnce);
+    let will = |id: &str| Will {
+        topic: format!("status/{id}").into(),
+        payload: Bytes::from_static(b"gone"),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        properties: Properties::default(),
+    };
+    // Abnormal: the socket just drops.
+    let (c, _) = Client::connect_with(
+        b.addr,
+        "dies",
+        V3,
+        ConnectOptions { clean: true, will: Some(will("dies")), ..Default::default() },
+    );
+    drop(c);
+    let got = watcher.next_publish(T).expect("will published");
+    assert_eq!((got.topic.as_str(), &got.payload[..]), ("status/dies", &b"gone"[..]));
+    // Graceful DISCONNECT: no will.
+    let (c, _) = Client::connect_with(
+        b.addr,
+        "leaves",
+        V5,
+        ConnectOptions { clean: true, will: Some(will("leaves")), ..Default::default() },
+    );
+    c.disconnect();
+    assert!(watcher.next_publish(QUIET).is_none());
+    // v5 DISCONNECT with reason 0x04: will published.
+    let (mut c, _) = Client::connect_with(
+        b.addr,
+        "asks",
+        V5,
+        ConnectOptions { clean: true, will: Some(will("asks")), ..Default::default() },
+    );
+    c.send(&Packet::Disconnect(Disconnect { code: ReasonCode::DisconnectWithWill, properties: Properties::default() }));
+    assert_eq!(watcher.next_publish(T).unwrap().topic.as_str(), "status/asks");
+}
+
+#[test]
+fn session_takeover_closes_the_older_connection() {
+    let (_d, b) = broker();
+    let mut first = Client::connect(b.addr, "same", V5);
+    let _second = Client::connect(b.addr, "same", V5);
+    let (closed, packets) = first.closed_within(T);
+    assert!(closed);
+    assert!(
+        packets.iter().any(|p| matches!(p, Packet::Disconnect(d) if d.code == ReasonCode::SessionTakenOver)),
+        "{packets:?}"
+    );
+}
+
+#[test]
+fn persistent_session_receives_what_was_published_while_away() {
+    let (_d, b) = broker();
+    let persistent = ConnectOptions { clean: false, ..Default::default() };
+    let (mut c, ack) = Client::connect_with(b.addr, "durable", V3, persistent.clone());
+    assert!(!ack.session_present);
+    c.subscribe("inbox/#", QoS::AtLeastOnce);
+    c.disconnect();
+    std::thread::sleep(Duration::from_millis(100));
+    let mut publ = Client::connect(b.addr, "pub", V3);
+    for i in 0..5 {
+        publ.publish(&format!("inbox/{i}"), format!("m{i}"), QoS::AtLeastOnce, false);
+    }
+    let (mut c, ack) = Client::connect_with(b.addr, "durable", V3, persistent);
+    assert!(ack.session_present);
+    let got: Vec<String> =
+        drain(&mut c, QUIET).into_iter().map(|p| String::from_utf8(p.payload.to_vec()).unwrap()).collect();
+    assert_eq!(got, vec!["m0", "m1", "m2", "m3", "m4"], "in order");
+    // A v5 clean start discards it.
+    let (mut c5, ack) =
+        Client::connect_with(b.addr, "durable", V5, ConnectOptions { clean: true, ..Default::default() });
+    assert!(!ack.session_present);
+    publ.publish("inbox/x", "after", QoS::AtLeastOnce, false);
+    assert!(c5.next_publish(QUIET).is_none(), "the old subscriptions went with the session");
+}
+
+#[test]
+fn client_id_rules() {
+    let (_d, b) = broker();
+    // 3.1.1: empty id with clean session 0 is refused with return code 2.
+    let (_c, ack) = Client::connect_with(b.addr, "", V3, ConnectOptions { clean: false, ..Default::default() });
+    assert_eq!((ack.code, ack.v3_code), (ReasonCode::ClientIdentifierNotValid, Some(2)));
+    // v5: an empty id gets one assigned.
+    let (_c, ack) = Client::connect_with(b.addr, "", V5, ConnectOptions { clean: true, ..Default::default() });
+    assert_eq!(ack.code, ReasonCode::Success);
+    assert!(ack.properties.assigned_client_identifier.is_some_and(|id| !id.is_empty()));
+    assert_eq!(ack.properties.receive_maximum, Some(1024));
+    assert_eq!(ack.properties.shared_subscription_available, Some(1));
+}
+
+#[test]
+fn bad_input_disconnects_that_client_only() {
+    let (_d, b) = broker();
+    let mut good = Client::connect(b.addr, "good", V5);
+    good.subscribe("ok", QoS::AtMostOnce);
+    // Malformed: PUBLISH with QoS 3.
+    let mut bad = Client::connect(b.addr, "bad", V5);
+    bad.send_raw(&[0x36, 0x05, 0x00, 0x01, b'a', 0x00, 0x01]);
+    let (closed, packets) = bad.closed_within(T);
+    assert!(closed);
+    assert!(
+        packets.iter().any(|p| matches!(p, Packet::Disconnect(d) if d.code == ReasonCode::MalformedPacket)),
+        "{packets:?}"
+    );
+    // Oversized: announced 2 MiB, above the 1 MiB default; refused from the header alone.
+    let mut big = Client::connect(b.addr, "big", V5);
+    big.send_raw(&[0x30, 0x80, 0x80, 0x80, 0x01]);
+    let (closed, packets) = big.closed_within(T);
+    assert!(closed);
+    assert!(
+        packets.iter().any(|p| matches!(p, Packet::Disconnect(d) if d.code == ReasonCode::PacketTooLarge)),
+        "{packets:?}"
+    );
+    // Garbage instead of CONNECT.
+    let mut raw = std::net::TcpStream::connect(b.addr).unwrap();
+    std::io::Write::write_all(&mut raw, b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    // Protocol violation: a second CONNECT.
+    let mut twice = Client::connect(b.addr, "twice", V3);
+    twice.send(&Packet::Connect(Box::new(Connect {
+        protocol: V3,
+        clean_start: true,
+        keep_alive: 0,
+        properties: Properties::default(),
+        client_id: "twice".into(),
+        will: None,
+        username: None,
+        password: None,
+    })));
+    assert!(twice.closed_within(T).0);
+    // The broker and the good client are unaffected.
+    let mut publ = Client::connect(b.addr, "pub", V5);
+    publ.publish("ok", "still here", QoS::AtLeastOnce, false);
+    assert_eq!(&good.next_publish(T).unwrap().payload[..], b"still here");
+}
+
+#[test]
+fn keep_alive_timeout_closes_a_silent_client() {
+    let (_d, b) = broker();
+    let (mut c, _) =
+        Client::connect_with(b.addr, "sleepy", V5, ConnectOptions { clean: true, keep_alive: 1, ..Default::default() });
+    // 1.5 x keep alive = 1.5 s without a packet.
+    let (closed, packets) = c.closed_within(Duration::from_secs(4));
+    assert!(closed);
+    assert!(
+        packets.iter().any(|p| matches!(p, Packet::Disconnect(d) if d.code == ReasonCode::KeepAliveTimeout)),
+        "{packets:?}"
+    );
+}
+
+#[test]
+fn slow_subscriber_queue_is_bounded_and_others_unaffected() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = TestBroker::start_with(dir.path(), |c| c.max_queued_messages = 50);
+    // A persistent subscriber that goes away: its queue fills to the limit, then drops.
+    let (mut slow, _) = Client::connect_with(b.addr, "slow", V3, ConnectOptions { clean: false, ..Default::default() });
+    slow.subscribe("flood", QoS::AtLeastOnce);
+    slow.disconnect();
+    let mut fast = Client::connect(b.addr, "fast", V3);
+    fast.subscribe("flood", QoS::AtMostOnce);
+    let mut publ = Client::connect(b.addr, "pub", V3);
+    for i in 0..200 {
+        publ.publish("flood", format!("{i}"), QoS::AtLeastOnce, false);
+    }
+    assert_eq!(drain(&mut fast, QUIET).len(), 200, "the fast subscriber gets everything");
+    let (mut slow, _) = Client::connect_with(b.addr, "slow", V3, ConnectOptions { clean: false, ..Default::default() });
+    assert_eq!(drain(&mut slow, QUIET).len(), 50, "the slow one gets what fit in its queue");
+}

@@ -1,0 +1,26 @@
+//! The broker as a separate process, for tests that kill it (`kill -9`) and restart it.
+//! Usage: `broker-under-test DATA_DIR` — listens on 127.0.0.1 on a free port and prints
+//! `LISTENING <port>` once it accepts connections.
+
+use promptmq_broker::{Broker, BrokerConfig};
+
+fn main() {
+    let Some(dir) = std::env::args().nth(1) else {
+        eprintln!("usage: broker-under-test DATA_DIR");
+        std::process::exit(2);
+    };
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let cfg = BrokerConfig::new("127.0.0.1:0".parse().expect("addr"), dir);
+        let broker = match Broker::start(cfg).await {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("start failed: {e}");
+                std::process::exit(1);
+            }
+        };
+        println!("LISTENING {}", broker.local_addr().port());
+        let _ = tokio::signal::ctrl_c().await;
+        broker.shutdown().await;
+    });
+}
