@@ -85,6 +85,9 @@ pub(crate) fn load_into(path: &Path, buf: &mut Vec<u8>) -> Result<()> {
     use std::io::Read;
     buf.clear();
     let mut f = File::open(path).map_err(|e| Error::io("opening", path, e))?;
+    // Size the buffer once: growing it by doubling copies the segment several times.
+    let len = f.metadata().map(|m| m.len() as usize).unwrap_or(0);
+    buf.reserve(len + 1);
     f.read_to_end(buf).map_err(|e| Error::io("reading", path, e))?;
     if let Ok(h) = SegmentHeader::decode(buf) {
         if h.flags & format::SEGMENT_FLAG_COMPRESSED != 0 {
