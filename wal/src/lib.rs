@@ -55,7 +55,7 @@ pub use options::{Options, RecoveryMode, Retention, SyncMode};
 pub use recovery::{RecoveryReport, ShardReport};
 pub use segment::BadRange;
 pub use tail::Tail;
-pub use wal::{Record, Stream, StreamInfo, StreamOptions, Wal, MAX_STREAM_NAME};
+pub use wal::{Record, Stream, StreamInfo, StreamOptions, Wal, WalStats, MAX_STREAM_NAME};
 
 impl From<std::io::Error> for Error {
     fn from(e: std::io::Error) -> Self {

@@ -61,6 +61,8 @@ pub(crate) struct ShardShared {
     /// Readers hold it shared while they follow index positions into segments; compaction
     /// holds it exclusively while it swaps a rewritten segment and its index positions.
     pub(crate) maintenance: std::sync::RwLock<()>,
+    /// Counters for [`crate::WalStats`].
+    pub(crate) stats: ShardStats,
     /// Segment first LSN → lazily opened read handle.
     segments: Mutex<BTreeMap<u64, Option<Arc<SegmentReader>>>>,
 }
@@ -71,6 +73,7 @@ impl ShardShared {
             id,
             dir,
             maintenance: std::sync::RwLock::new(()),
+            stats: ShardStats::default(),
             segments: Mutex::new(segments.into_iter().map(|s| (s, None)).collect()),
         }
     }
@@ -124,6 +127,16 @@ impl ShardShared {
 
 /// Decompressed segments kept in memory per shard for reads.
 const MAX_DECOMPRESSED: usize = 4;
+
+/// Per-shard counters, updated by the writer.
+#[derive(Debug, Default)]
+pub(crate) struct ShardStats {
+    pub(crate) records: std::sync::atomic::AtomicU64,
+    pub(crate) batches: std::sync::atomic::AtomicU64,
+    pub(crate) syncs: std::sync::atomic::AtomicU64,
+    pub(crate) bytes: std::sync::atomic::AtomicU64,
+    pub(crate) sync_nanos: std::sync::atomic::AtomicU64,
+}
 
 /// Where recovery left the shard: the segment to continue appending to.
 pub(crate) struct ShardStart {
@@ -255,10 +268,14 @@ impl ShardWriter {
     /// `fdatasync` the kernel may have dropped the dirty pages, so retrying proves nothing).
     fn sync_now(&mut self) -> Result<()> {
         if let Some(f) = self.file.as_mut() {
+            let t = Instant::now();
             if let Err(e) = f.sync_data() {
                 let e = Error::io("syncing", self.seg_path(), e);
                 return Err(self.fail(&e));
             }
+            let st = &self.shared.stats;
+            st.syncs.fetch_add(1, Ordering::Relaxed);
+            st.sync_nanos.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
         }
         self.synced_len = self.seg_len;
         self.last_sync = Instant::now();
@@ -396,6 +413,10 @@ impl ShardWriter {
             SyncMode::None => self.synced_len = self.seg_len,
         }
         self.bytes_since_checkpoint += self.buf.len() as u64;
+        let st = &self.shared.stats;
+        st.batches.fetch_add(1, Ordering::Relaxed);
+        st.records.fetch_add(self.scratch.len() as u64, Ordering::Relaxed);
+        st.bytes.fetch_add(self.buf.len() as u64, Ordering::Relaxed);
         // The records are durable per the sync mode: index them, then make them visible.
         self.summary.catalog |= catalog;
         for &(i, offset, at, len) in &self.scratch {

@@ -76,6 +76,22 @@ impl Stream {
     }
 }
 
+/// Counters of a log since it was opened. `records / batches` is the average group-commit
+/// batch; `sync_time / syncs` the average `fdatasync`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WalStats {
+    /// Stream records appended (catalogue records not counted).
+    pub records: u64,
+    /// Group-commit batches written.
+    pub batches: u64,
+    /// `fdatasync` calls.
+    pub syncs: u64,
+    /// Bytes written (records, with their framing).
+    pub bytes: u64,
+    /// Time spent in `fdatasync`.
+    pub sync_time: std::time::Duration,
+}
+
 /// A summary of one stream, for tools and metrics.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamInfo {
@@ -342,6 +358,32 @@ impl Wal {
                 _lock: lock,
             }),
         })
+    }
+
+    /// Counters since open, summed over shards (for metrics and benchmarks).
+    ///
+    /// ```
+    /// # use promptmq_wal::{Wal, Options};
+    /// # let dir = tempfile::tempdir()?;
+    /// let wal = Wal::open(dir.path(), Options::default().shards(1))?;
+    /// let s = wal.stream("s")?;
+    /// wal.append(&s, "x").wait()?;
+    /// let st = wal.stats();
+    /// assert_eq!(st.records, 1);
+    /// assert!(st.batches >= 1 && st.syncs >= 1);
+    /// # Ok::<(), promptmq_wal::Error>(())
+    /// ```
+    pub fn stats(&self) -> WalStats {
+        let mut out = WalStats::default();
+        for s in &self.inner.shards {
+            let st = &s.shared.stats;
+            out.records += st.records.load(Ordering::Relaxed);
+            out.batches += st.batches.load(Ordering::Relaxed);
+            out.syncs += st.syncs.load(Ordering::Relaxed);
+            out.bytes += st.bytes.load(Ordering::Relaxed);
+            out.sync_time += std::time::Duration::from_nanos(st.sync_nanos.load(Ordering::Relaxed));
+        }
+        out
     }
 
     /// What recovery found and did when this log was opened.

@@ -58,6 +58,44 @@ fn run_appends(dir: &std::path::Path, sync: SyncMode, size: usize, writers: usiz
     Outcome { records: lats.len() as u64, elapsed, p50: percentile(&mut lats, 50.0), p99: percentile(&mut lats, 99.0) }
 }
 
+/// One thread keeping `inflight` appends outstanding (as the broker's connections do):
+/// submit, and whenever `inflight` are pending, wait for the oldest.
+fn run_pipelined(dir: &std::path::Path, sync: SyncMode, size: usize, inflight: usize, secs: f64) -> Outcome {
+    let _ = std::fs::remove_dir_all(dir);
+    let wal = Wal::open(dir, Options::default().shards(1).sync(sync)).expect("open");
+    let stream = wal.stream("bench").expect("stream");
+    let payload = bytes::Bytes::from(vec![0xabu8; size]);
+    let mut pending = std::collections::VecDeque::with_capacity(inflight);
+    let mut lats = Vec::with_capacity(1 << 20);
+    let start = Instant::now();
+    let mut submitted = 0u64;
+    while start.elapsed().as_secs_f64() < secs && submitted < MAX_APPENDS {
+        while pending.len() < inflight {
+            pending.push_back((Instant::now(), wal.append(&stream, payload.clone())));
+            submitted += 1;
+        }
+        if let Some((t, c)) = pending.pop_front() {
+            c.wait().expect("append");
+            lats.push(t.elapsed());
+        }
+    }
+    for (t, c) in pending {
+        c.wait().expect("append");
+        lats.push(t.elapsed());
+    }
+    let elapsed = start.elapsed();
+    let st = wal.stats();
+    eprintln!(
+        "  pipelined {size} B x{inflight}: {} records in {} batches (avg {:.1}), avg fdatasync {:.0} µs",
+        st.records,
+        st.batches,
+        st.records as f64 / st.batches.max(1) as f64,
+        st.sync_time.as_secs_f64() * 1e6 / st.syncs.max(1) as f64
+    );
+    wal.close().expect("close");
+    Outcome { records: lats.len() as u64, elapsed, p50: percentile(&mut lats, 50.0), p99: percentile(&mut lats, 99.0) }
+}
+
 fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
@@ -73,17 +111,20 @@ fn main() {
             "--only" => only = args.next(),
             "--secs" => secs = args.next().and_then(|s| s.parse().ok()).expect("--secs N"),
             _ => {
-                eprintln!("usage: wal-bench [--dir DIR] [--secs N] [--only append|recovery]");
+                eprintln!("usage: wal-bench [--dir DIR] [--secs N] [--only append|pipelined|recovery]");
                 std::process::exit(2);
             }
         }
     }
     std::fs::create_dir_all(&dir).expect("create bench dir");
     let log_dir = dir.join("log");
-    if only.as_deref() != Some("recovery") {
+    if only.as_deref().is_none_or(|o| o == "append") {
         appends(&dir, &log_dir, secs);
     }
-    if only.as_deref() != Some("append") {
+    if only.as_deref().is_none_or(|o| o == "pipelined") {
+        pipelined(&dir, &log_dir, secs);
+    }
+    if only.as_deref().is_none_or(|o| o == "recovery") {
         recovery(&log_dir);
     }
     if std::env::var_os("WAL_BENCH_REUSE").is_none() {
@@ -122,6 +163,27 @@ fn appends(dir: &std::path::Path, log_dir: &std::path::Path, secs: f64) {
                     raw.map_or("-".into(), |r| format!("{:.0} %", 100.0 * rate / r)),
                 );
             }
+        }
+    }
+}
+
+/// `sync = always` with appends pipelined from one thread, against the raw probe.
+fn pipelined(dir: &std::path::Path, log_dir: &std::path::Path, secs: f64) {
+    println!("\n| sync | record | appends in flight (one thread) | appends/s | p50 µs | p99 µs | raw disk appends/s (same batch) | WAL / raw |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for size in [128usize, 1024] {
+        for inflight in [1usize, 8, 64] {
+            let o = run_pipelined(log_dir, SyncMode::Always, size, inflight, secs);
+            let rate = o.records as f64 / o.elapsed.as_secs_f64();
+            let batches = ((secs * 2000.0) as usize).clamp(200, 20_000);
+            let (el, _) = raw_disk_probe(dir, (size + 48) * inflight, batches, true).expect("probe");
+            let raw = (batches * inflight) as f64 / el.as_secs_f64();
+            println!(
+                "| always | {size} B | {inflight} | {rate:.0} | {:.0} | {:.0} | {raw:.0} | {:.0} % |",
+                us(o.p50),
+                us(o.p99),
+                100.0 * rate / raw
+            );
         }
     }
 }
