@@ -89,7 +89,19 @@ impl<T> Completion<T> {
         c
     }
 
-    /// Blocks the current thread until the append is complete.
+    /// Blocks the current thread until the append is complete. In async code, `.await` the
+    /// completion instead.
+    ///
+    /// ```
+    /// # use promptmq_wal::{Wal, Options};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let wal = Wal::open(dir.path(), Options::default())?;
+    /// # let s = wal.stream("s")?;
+    /// let pending = wal.append(&s, "a");      // queued for the next group commit
+    /// let offset = pending.wait()?;          // returns once durable
+    /// assert_eq!(offset, 0);
+    /// # Ok::<(), promptmq_wal::Error>(())
+    /// ```
     pub fn wait(self) -> Result<T> {
         let mut st = lock(&self.slot.state);
         loop {

@@ -43,6 +43,21 @@ impl Tail {
 
     /// Waits (asynchronously) until at least one new record is durable, then returns up to
     /// `max` records.
+    ///
+    /// ```
+    /// # use promptmq_wal::{Wal, Options};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), promptmq_wal::Error> {
+    /// # let dir = tempfile::tempdir()?;
+    /// let wal = Wal::open(dir.path(), Options::default())?;
+    /// let s = wal.stream("events")?;
+    /// let mut tail = wal.tail(&s, 0);
+    /// let producer = { let (wal, s) = (wal.clone(), s.clone()); tokio::spawn(async move { wal.append(&s, "e1").await }) };
+    /// let got = tail.next(10).await?;
+    /// assert_eq!(&got[0].payload[..], b"e1");
+    /// # producer.await.unwrap()?;
+    /// # Ok(()) }
+    /// ```
     pub async fn next(&mut self, max: usize) -> Result<Vec<Record>> {
         loop {
             std::future::poll_fn(|cx| {

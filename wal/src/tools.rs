@@ -228,6 +228,17 @@ pub struct DumpedRecord {
 
 /// Calls `each` for the records of the stream named `stream` with offsets in
 /// `from..from+limit`, in log order, straight from the segment files.
+///
+/// ```
+/// # use promptmq_wal::{Wal, Options, tools};
+/// # let dir = tempfile::tempdir()?;
+/// # let wal = Wal::open(dir.path(), Options::default())?;
+/// # let s = wal.stream("s")?; for i in 0..5 { wal.append(&s, format!("{i}")).wait()?; } wal.close()?;
+/// let mut seen = Vec::new();
+/// tools::dump(dir.path(), "s", 2, 2, &mut |r| seen.push(r.offset))?;
+/// assert_eq!(seen, [2, 3]);
+/// # Ok::<(), promptmq_wal::Error>(())
+/// ```
 pub fn dump(dir: &Path, stream: &str, from: u64, limit: u64, each: &mut dyn FnMut(DumpedRecord)) -> Result<()> {
     let mut id = None;
     let end = from.saturating_add(limit);
@@ -275,6 +286,18 @@ pub struct RecoverOutcome {
 /// index checkpoints are ignored) and the index is rebuilt. With `dry_run`, nothing is
 /// changed and the outcome says what would be done. In strict mode, damage that strict
 /// recovery refuses is returned as [`Error::Corrupt`] either way.
+///
+/// ```
+/// # use promptmq_wal::{Wal, Options, RecoveryMode, tools};
+/// # let dir = tempfile::tempdir()?;
+/// # let wal = Wal::open(dir.path(), Options::default())?;
+/// # let s = wal.stream("s")?; wal.append(&s, "x").wait()?; wal.close()?;
+/// let plan = tools::recover(dir.path(), RecoveryMode::Tolerant, true)?; // dry run
+/// assert!(plan.truncate.is_empty() && plan.skip.is_empty());
+/// let done = tools::recover(dir.path(), RecoveryMode::Strict, false)?;
+/// assert!(done.report.is_some_and(|r| r.records_scanned() >= 1));
+/// # Ok::<(), promptmq_wal::Error>(())
+/// ```
 pub fn recover(dir: &Path, mode: RecoveryMode, dry_run: bool) -> Result<RecoverOutcome> {
     let found = inspect(dir, &mut |_| {})?;
     let mut out = RecoverOutcome::default();

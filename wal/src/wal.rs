@@ -387,6 +387,16 @@ impl Wal {
     }
 
     /// What recovery found and did when this log was opened.
+    ///
+    /// ```
+    /// # use promptmq_wal::{Wal, Options};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let wal = Wal::open(dir.path(), Options::default())?;
+    /// let report = wal.recovery_report();
+    /// assert!(report.is_clean());
+    /// println!("{} records re-indexed in {:?}", report.records_scanned(), report.duration);
+    /// # Ok::<(), promptmq_wal::Error>(())
+    /// ```
     pub fn recovery_report(&self) -> &RecoveryReport {
         &self.inner.report
     }
@@ -397,12 +407,33 @@ impl Wal {
     }
 
     /// The stream named `name`, created (durably) with default settings if missing.
+    ///
+    /// ```
+    /// # use promptmq_wal::{Wal, Options};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let wal = Wal::open(dir.path(), Options::default())?;
+    /// let a = wal.stream("sensors/1")?;
+    /// let again = wal.stream("sensors/1")?;
+    /// assert_eq!(a.id(), again.id());
+    /// # Ok::<(), promptmq_wal::Error>(())
+    /// ```
     pub fn stream(&self, name: &str) -> Result<Stream> {
         self.stream_with(name, StreamOptions::default())
     }
 
     /// The stream named `name`, created with `opts` if missing (an existing stream keeps
     /// its settings; change retention with [`Wal::set_retention`]).
+    ///
+    /// ```
+    /// # use promptmq_wal::{Wal, Options, Retention, StreamOptions};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let wal = Wal::open(dir.path(), Options::default())?;
+    /// let keep_100 = Retention { max_records: Some(100), ..Retention::FOREVER };
+    /// let s = wal.stream_with("recent", StreamOptions { retention: Some(keep_100), compacted: false })?;
+    /// assert_eq!(wal.streams()[0].retention, keep_100);
+    /// # let _ = s;
+    /// # Ok::<(), promptmq_wal::Error>(())
+    /// ```
     pub fn stream_with(&self, name: &str, opts: StreamOptions) -> Result<Stream> {
         if let Some(s) = self.lookup(name) {
             return Ok(s);
@@ -442,11 +473,32 @@ impl Wal {
     }
 
     /// The stream named `name`, if it exists.
+    ///
+    /// ```
+    /// # use promptmq_wal::{Wal, Options};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let wal = Wal::open(dir.path(), Options::default())?;
+    /// assert!(wal.lookup("nope").is_none());
+    /// wal.stream("yes")?;
+    /// assert!(wal.lookup("yes").is_some());
+    /// # Ok::<(), promptmq_wal::Error>(())
+    /// ```
     pub fn lookup(&self, name: &str) -> Option<Stream> {
         self.inner.streams.read().unwrap_or_else(|p| p.into_inner()).get(name).map(|s| Stream { state: s.clone() })
     }
 
     /// All streams, sorted by name.
+    ///
+    /// ```
+    /// # use promptmq_wal::{Wal, Options};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let wal = Wal::open(dir.path(), Options::default())?;
+    /// wal.stream("b")?;
+    /// wal.stream("a")?;
+    /// let names: Vec<_> = wal.streams().into_iter().map(|s| s.name).collect();
+    /// assert_eq!(names, ["a", "b"]);
+    /// # Ok::<(), promptmq_wal::Error>(())
+    /// ```
     pub fn streams(&self) -> Vec<StreamInfo> {
         let mut v: Vec<StreamInfo> = self
             .inner
@@ -486,6 +538,17 @@ impl Wal {
     }
 
     /// Appends one keyed record (key compaction keeps the newest record per key).
+    ///
+    /// ```
+    /// # use promptmq_wal::{Wal, Options};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let wal = Wal::open(dir.path(), Options::default())?;
+    /// let s = wal.stream("config")?;
+    /// wal.append_keyed(&s, "timeout", "30").wait()?;
+    /// let r = &wal.read(&s, 0, 1)?[0];
+    /// assert_eq!(r.key.as_deref(), Some(&b"timeout"[..]));
+    /// # Ok::<(), promptmq_wal::Error>(())
+    /// ```
     pub fn append_keyed(&self, stream: &Stream, key: impl Into<Bytes>, payload: impl Into<Bytes>) -> Completion<u64> {
         self.append_batch(stream, [(Some(key.into()), payload.into())])
     }
@@ -531,6 +594,16 @@ impl Wal {
 
     /// Makes every append issued so far durable (an `fdatasync` per shard, whatever the
     /// sync mode) and checkpoints the index.
+    ///
+    /// ```
+    /// # use promptmq_wal::{Wal, Options, SyncMode};
+    /// # let dir = tempfile::tempdir()?;
+    /// let wal = Wal::open(dir.path(), Options::default().sync(SyncMode::None))?;
+    /// let s = wal.stream("s")?;
+    /// wal.append(&s, "not yet synced").wait()?;
+    /// wal.flush()?; // now it is
+    /// # Ok::<(), promptmq_wal::Error>(())
+    /// ```
     pub fn flush(&self) -> Result<()> {
         self.check_open()?;
         let waits: Vec<_> = self
@@ -548,6 +621,18 @@ impl Wal {
     /// Reads up to `max` records of `stream` starting at offset `from`. Offsets removed by
     /// retention are skipped (check each [`Record::offset`]); an empty result means there
     /// is nothing at or after `from` yet.
+    ///
+    /// ```
+    /// # use promptmq_wal::{Wal, Options};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let wal = Wal::open(dir.path(), Options::default())?;
+    /// let s = wal.stream("s")?;
+    /// for i in 0..10 { wal.append(&s, format!("{i}")).wait()?; }
+    /// let page = wal.read(&s, 4, 3)?;
+    /// assert_eq!(page.iter().map(|r| r.offset).collect::<Vec<_>>(), [4, 5, 6]);
+    /// assert!(wal.read(&s, 10, 5)?.is_empty());
+    /// # Ok::<(), promptmq_wal::Error>(())
+    /// ```
     pub fn read(&self, stream: &Stream, from: u64, max: usize) -> Result<Vec<Record>> {
         self.read_state(&stream.state, from, max)
     }
@@ -639,6 +724,19 @@ impl Wal {
     }
 
     /// Stores a consumer's position in a stream (durable per the sync mode).
+    ///
+    /// ```
+    /// # use promptmq_wal::{Wal, Options};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let wal = Wal::open(dir.path(), Options::default())?;
+    /// let s = wal.stream("orders")?;
+    /// wal.commit_cursor(&s, "billing", 42)?;
+    /// assert_eq!(wal.cursor(&s, "billing")?, Some(42));
+    /// assert_eq!(wal.cursors(&s)?, vec![("billing".to_string(), 42)]);
+    /// wal.delete_cursor(&s, "billing")?;
+    /// assert_eq!(wal.cursor(&s, "billing")?, None);
+    /// # Ok::<(), promptmq_wal::Error>(())
+    /// ```
     pub fn commit_cursor(&self, stream: &Stream, consumer: &str, offset: u64) -> Result<()> {
         self.inner.index.put_cursor(stream.state.id, consumer, offset)
     }
@@ -666,7 +764,19 @@ impl Wal {
     }
 
     /// Stops the writers after they finish what is queued, syncs, checkpoints the index
-    /// and releases the directory. Appends issued after `close` fail with [`Error::Closed`].
+    /// and releases the directory (when the last clone is dropped). Appends issued after
+    /// `close` fail with [`Error::Closed`].
+    ///
+    /// ```
+    /// # use promptmq_wal::{Wal, Options};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let wal = Wal::open(dir.path(), Options::default())?;
+    /// let s = wal.stream("s")?;
+    /// let other = wal.clone();
+    /// wal.close()?;
+    /// assert!(matches!(other.append(&s, "late").wait(), Err(promptmq_wal::Error::Closed)));
+    /// # Ok::<(), promptmq_wal::Error>(())
+    /// ```
     pub fn close(self) -> Result<()> {
         self.shutdown();
         Ok(())
