@@ -1,0 +1,425 @@
+//! `promptmq-bench`: an MQTT load generator for any broker.
+//!
+//! N publishers and M subscribers (each its own TCP connection), payloads stamped with the
+//! publisher, a sequence number and the send time, so the subscribers measure
+//! publish-to-receive latency (HDR histogram), loss and duplicates. Stops by itself after
+//! `--duration` or `--count` messages per publisher, whichever comes first, and prints a
+//! human summary and one JSON line. It only ever connects to `--host:--port`.
+//!
+//! ```text
+//! promptmq-bench --port 1883 --publishers 4 --subscribers 1 --qos 1 --duration 10
+//! promptmq-bench --port 1883 --publishers 1 --subscribers 100 --qos 1 --rate 1000   # fan-out
+//! promptmq-bench --port 1883 --subscribers 4 --shared --qos 1                         # shared
+//! promptmq-bench --port 1883 --publishers 0 --subscribers 0 --idle 10000              # idle conns
+//! ```
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use clap::Parser;
+use hdrhistogram::Histogram;
+use promptmq_broker::codec::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+#[derive(Parser, Debug, Clone)]
+#[command(name = "promptmq-bench", about = "MQTT load generator: throughput, latency, loss and duplicates")]
+struct Args {
+    /// Broker host (use a loopback address for tests).
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Broker port.
+    #[arg(long, default_value_t = 1883)]
+    port: u16,
+    /// MQTT version: 4 (3.1.1) or 5.
+    #[arg(long, default_value_t = 4)]
+    version: u8,
+    /// Publisher connections.
+    #[arg(long, default_value_t = 1)]
+    publishers: usize,
+    /// Subscriber connections.
+    #[arg(long, default_value_t = 1)]
+    subscribers: usize,
+    /// Topics per publisher (messages round-robin over them).
+    #[arg(long, default_value_t = 1)]
+    topics: usize,
+    /// Payload bytes (at least 20: the stamp).
+    #[arg(long, default_value_t = 128)]
+    payload: usize,
+    /// QoS of publishes and subscriptions.
+    #[arg(long, default_value_t = 0)]
+    qos: u8,
+    /// Messages per second per publisher (0: as fast as possible).
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// Most unacknowledged QoS 1/2 publishes per publisher.
+    #[arg(long, default_value_t = 64)]
+    inflight: usize,
+    /// Seconds to publish for.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Most messages per publisher.
+    #[arg(long, default_value_t = 10_000_000)]
+    count: u64,
+    /// Subscribers join one shared subscription group instead of each getting every message.
+    #[arg(long)]
+    shared: bool,
+    /// Extra idle connections to open and hold (connection-count test).
+    #[arg(long, default_value_t = 0)]
+    idle: usize,
+    /// Seconds to wait after publishing stops for the last messages to arrive.
+    #[arg(long, default_value_t = 2.0)]
+    drain: f64,
+}
+
+const STAMP: usize = 20; // publisher u32, seq u64, nanos since start u64
+
+struct Conn {
+    s: TcpStream,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    v: ProtocolVersion,
+}
+
+impl Conn {
+    async fn open(a: &Args, id: &str) -> std::io::Result<Conn> {
+        let s = TcpStream::connect((a.host.as_str(), a.port)).await?;
+        s.set_nodelay(true)?;
+        let v = if a.version == 5 { ProtocolVersion::V5 } else { ProtocolVersion::V3_1_1 };
+        let mut c = Conn { s, rbuf: BytesMut::with_capacity(1 << 16), wbuf: BytesMut::with_capacity(1 << 16), v };
+        let props = if a.version == 5 {
+            Properties { receive_maximum: Some(65_535), ..Properties::default() }
+        } else {
+            Properties::default()
+        };
+        c.send(&Packet::Connect(Box::new(Connect {
+            protocol: v,
+            clean_start: true,
+            keep_alive: 0,
+            properties: props,
+            client_id: id.into(),
+            will: None,
+            username: None,
+            password: None,
+        })));
+        c.flush().await?;
+        match c.recv().await? {
+            Packet::ConnAck(a) if a.code == ReasonCode::Success => Ok(c),
+            other => Err(std::io::Error::other(format!("connect refused: {other:?}"))),
+        }
+    }
+
+    fn send(&mut self, p: &Packet) {
+        // Packets built here are always encodable.
+        let _ = encode(p, self.v, &mut self.wbuf);
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if !self.wbuf.is_empty() {
+            self.s.write_all(&self.wbuf).await?;
+            self.wbuf.clear();
+        }
+        Ok(())
+    }
+
+    async fn recv(&mut self) -> std::io::Result<Packet> {
+        loop {
+            match decode(&mut self.rbuf, Some(self.v), 1 << 28) {
+                Ok(Some(p)) => return Ok(p),
+                Ok(None) => {}
+                Err(e) => return Err(std::io::Error::other(e.to_string())),
+            }
+            if self.s.read_buf(&mut self.rbuf).await? == 0 {
+                return Err(std::io::Error::other("broker closed the connection"));
+            }
+        }
+    }
+}
+
+fn qos(a: &Args) -> QoS {
+    QoS::from_u8(a.qos).unwrap_or(QoS::AtMostOnce)
+}
+
+#[derive(Default)]
+struct Totals {
+    sent: AtomicU64,
+    acked: AtomicU64,
+    received: AtomicU64,
+    dups: AtomicU64,
+    errors: AtomicU64,
+}
+
+async fn publisher(
+    a: Arc<Args>,
+    idx: usize,
+    start: Instant,
+    stop: Arc<AtomicBool>,
+    t: Arc<Totals>,
+) -> std::io::Result<()> {
+    let mut c = Conn::open(&a, &format!("bench-pub-{idx}")).await?;
+    let q = qos(&a);
+    let topics: Vec<String> = (0..a.topics).map(|k| format!("bench/{idx}/{k}")).collect();
+    let mut payload = vec![0u8; a.payload.max(STAMP)];
+    let mut inflight = 0usize;
+    let mut next_id: u16 = 1;
+    let interval = (a.rate > 0).then(|| Duration::from_secs_f64(1.0 / a.rate as f64));
+    let mut seq = 0u64;
+    while seq < a.count && !stop.load(Ordering::Relaxed) {
+        if let Some(iv) = interval {
+            let due = start + iv * seq as u32;
+            let now = Instant::now();
+            if due > now {
+                c.flush().await?;
+                tokio::time::sleep(due - now).await;
+            }
+        }
+        while q != QoS::AtMostOnce && inflight >= a.inflight {
+            c.flush().await?;
+            match c.recv().await? {
+                Packet::PubAck(_) | Packet::PubComp(_) => {
+                    inflight -= 1;
+                    t.acked.fetch_add(1, Ordering::Relaxed);
+                }
+                Packet::PubRec(r) => c.send(&Packet::PubRel(PubResp::ok(r.packet_id))),
+                _ => {}
+            }
+        }
+        let mut stamp = &mut payload[..STAMP];
+        stamp.put_u32(idx as u32);
+        stamp.put_u64(seq);
+        stamp.put_u64(start.elapsed().as_nanos() as u64);
+        let packet_id = (q != QoS::AtMostOnce).then(|| {
+            let id = next_id;
+            next_id = next_id.checked_add(1).unwrap_or(1);
+            id
+        });
+        c.send(&Packet::Publish(Publish {
+            dup: false,
+            qos: q,
+            retain: false,
+            topic: topics[(seq as usize) % topics.len()].as_str().into(),
+            packet_id,
+            properties: Properties::default(),
+            payload: Bytes::copy_from_slice(&payload),
+        }));
+        if q != QoS::AtMostOnce {
+            inflight += 1;
+        }
+        seq += 1;
+        t.sent.fetch_add(1, Ordering::Relaxed);
+        if c.wbuf.len() > 32 << 10 || interval.is_some() {
+            c.flush().await?;
+        }
+    }
+    c.flush().await?;
+    // Collect the remaining acknowledgements (bounded by the drain time).
+    let deadline = Instant::now() + Duration::from_secs_f64(a.drain);
+    while inflight > 0 && Instant::now() < deadline {
+        match tokio::time::timeout_at(deadline.into(), c.recv()).await {
+            Ok(Ok(Packet::PubAck(_) | Packet::PubComp(_))) => {
+                inflight -= 1;
+                t.acked.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(Ok(Packet::PubRec(r))) => {
+                c.send(&Packet::PubRel(PubResp::ok(r.packet_id)));
+                c.flush().await?;
+            }
+            Ok(Ok(_)) => {}
+            _ => break,
+        }
+    }
+    Ok(())
+}
+
+async fn subscriber(
+    a: Arc<Args>,
+    idx: usize,
+    start: Instant,
+    ready: Arc<tokio::sync::Barrier>,
+    done: Arc<AtomicBool>,
+    t: Arc<Totals>,
+    hist: Arc<Mutex<Histogram<u64>>>,
+) -> std::io::Result<()> {
+    let mut c = Conn::open(&a, &format!("bench-sub-{idx}")).await?;
+    let filter = if a.shared { "$share/bench/bench/#".to_string() } else { "bench/#".to_string() };
+    c.send(&Packet::Subscribe(Subscribe {
+        packet_id: 1,
+        properties: Properties::default(),
+        subscriptions: vec![Subscription {
+            filter,
+            qos: qos(&a),
+            no_local: false,
+            retain_as_published: false,
+            retain_handling: RetainHandling::Never,
+        }],
+    }));
+    c.flush().await?;
+    loop {
+        if let Packet::SubAck(_) = c.recv().await? {
+            break;
+        }
+    }
+    ready.wait().await;
+    let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).map_err(std::io::Error::other)?;
+    let mut seen: Vec<Vec<u64>> = vec![Vec::new(); a.publishers];
+    while !done.load(Ordering::Relaxed) {
+        let p = match tokio::time::timeout(Duration::from_millis(100), c.recv()).await {
+            Ok(r) => r?,
+            Err(_) => continue,
+        };
+        if let Packet::Publish(p) = p {
+            match (p.qos, p.packet_id) {
+                (QoS::AtLeastOnce, Some(id)) => c.send(&Packet::PubAck(PubResp::ok(id))),
+                (QoS::ExactlyOnce, Some(id)) => c.send(&Packet::PubRec(PubResp::ok(id))),
+                _ => {}
+            }
+            if p.payload.len() >= STAMP {
+                let mut b = &p.payload[..STAMP];
+                let (pubi, seq, sent) = (b.get_u32() as usize, b.get_u64(), b.get_u64());
+                let now = start.elapsed().as_nanos() as u64;
+                let _ = local.record(now.saturating_sub(sent).max(1));
+                if let Some(bits) = seen.get_mut(pubi) {
+                    let (w, bit) = ((seq / 64) as usize, seq % 64);
+                    if bits.len() <= w {
+                        bits.resize(w + 1, 0);
+                    }
+                    if bits[w] & (1 << bit) != 0 {
+                        t.dups.fetch_add(1, Ordering::Relaxed);
+                    }
+                    bits[w] |= 1 << bit;
+                }
+                t.received.fetch_add(1, Ordering::Relaxed);
+            }
+        } else if let Packet::PubRel(r) = p {
+            c.send(&Packet::PubComp(PubResp::ok(r.packet_id)));
+        }
+        if c.wbuf.len() > 16 << 10 || c.rbuf.is_empty() {
+            c.flush().await?;
+        }
+    }
+    let _ = hist.lock().map(|mut h| h.add(&local));
+    Ok(())
+}
+
+fn main() {
+    let a = Args::parse();
+    if a.payload < STAMP && (a.publishers > 0) {
+        eprintln!("--payload must be at least {STAMP} bytes (the stamp)");
+        std::process::exit(2);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let code = rt.block_on(run(a));
+    std::process::exit(code);
+}
+
+async fn run(a: Args) -> i32 {
+    let a = Arc::new(a);
+    let t = Arc::new(Totals::default());
+    let hist = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("histogram")));
+    let start = Instant::now();
+
+    let mut idle = Vec::with_capacity(a.idle);
+    for i in 0..a.idle {
+        match Conn::open(&a, &format!("bench-idle-{i}")).await {
+            Ok(c) => idle.push(c),
+            Err(e) => {
+                eprintln!("idle connection {i} failed: {e}");
+                t.errors.fetch_add(1, Ordering::Relaxed);
+                break;
+            }
+        }
+    }
+
+    let ready = Arc::new(tokio::sync::Barrier::new(a.subscribers + 1));
+    let sub_done = Arc::new(AtomicBool::new(false));
+    let mut subs = Vec::new();
+    for i in 0..a.subscribers {
+        let (a, ready, done, t, hist) = (a.clone(), ready.clone(), sub_done.clone(), t.clone(), hist.clone());
+        subs.push(tokio::spawn(async move {
+            if let Err(e) = subscriber(a, i, start, ready.clone(), done, t.clone(), hist).await {
+                eprintln!("subscriber {i}: {e}");
+                t.errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    ready.wait().await;
+    let pub_start = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut pubs = Vec::new();
+    for i in 0..a.publishers {
+        let (a, stop, t) = (a.clone(), stop.clone(), t.clone());
+        pubs.push(tokio::spawn(async move {
+            if let Err(e) = publisher(a, i, start, stop, t.clone()).await {
+                eprintln!("publisher {i}: {e}");
+                t.errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs_f64(a.duration)).await;
+    stop.store(true, Ordering::Relaxed);
+    for p in pubs {
+        let _ = p.await;
+    }
+    let pub_elapsed = pub_start.elapsed();
+    // Let the last messages arrive, then stop the subscribers.
+    let expected_per_sub = if a.shared { 0 } else { t.sent.load(Ordering::Relaxed) };
+    let deadline = Instant::now() + Duration::from_secs_f64(a.drain);
+    while Instant::now() < deadline {
+        let got = t.received.load(Ordering::Relaxed);
+        let want = if a.shared { t.sent.load(Ordering::Relaxed) } else { expected_per_sub * a.subscribers as u64 };
+        if got >= want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let recv_elapsed = pub_start.elapsed();
+    sub_done.store(true, Ordering::Relaxed);
+    for s in subs {
+        let _ = s.await;
+    }
+
+    let sent = t.sent.load(Ordering::Relaxed);
+    let received = t.received.load(Ordering::Relaxed);
+    let want = if a.shared || a.subscribers == 0 {
+        sent.min(if a.subscribers == 0 { 0 } else { sent })
+    } else {
+        sent * a.subscribers as u64
+    };
+    let lost = want.saturating_sub(received.saturating_sub(t.dups.load(Ordering::Relaxed)));
+    let h = hist.lock().map(|h| h.clone()).unwrap_or_else(|_| Histogram::new(3).expect("histogram"));
+    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1e6;
+    let rss_kb = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .unwrap_or(0);
+    println!(
+        "sent {sent} in {:.2} s = {:.0} msg/s; received {received} = {:.0} msg/s; latency ms p50 {:.3} p90 {:.3} p99 {:.3} p99.9 {:.3} max {:.3}; lost {lost}; duplicates {}; errors {}; idle connections held {}",
+        pub_elapsed.as_secs_f64(),
+        sent as f64 / pub_elapsed.as_secs_f64(),
+        received as f64 / recv_elapsed.as_secs_f64(),
+        ms(0.5),
+        ms(0.9),
+        ms(0.99),
+        ms(0.999),
+        h.max() as f64 / 1e6,
+        t.dups.load(Ordering::Relaxed),
+        t.errors.load(Ordering::Relaxed),
+        idle.len()
+    );
+    let json = serde_json::json!({
+        "host": a.host, "port": a.port, "version": a.version, "qos": a.qos,
+        "publishers": a.publishers, "subscribers": a.subscribers, "shared": a.shared, "payload": a.payload,
+        "sent": sent, "acked": t.acked.load(Ordering::Relaxed), "received": received,
+        "send_rate": sent as f64 / pub_elapsed.as_secs_f64(),
+        "receive_rate": received as f64 / recv_elapsed.as_secs_f64(),
+        "latency_ms": {"p50": ms(0.5), "p90": ms(0.9), "p99": ms(0.99), "p999": ms(0.999), "max": h.max() as f64 / 1e6},
+        "lost": lost, "duplicates": t.dups.load(Ordering::Relaxed), "errors": t.errors.load(Ordering::Relaxed),
+        "idle_connections": idle.len(), "bench_rss_kb": rss_kb,
+    });
+    println!("{json}");
+    i32::from(t.errors.load(Ordering::Relaxed) > 0)
+}
