@@ -374,3 +374,79 @@ fn slow_subscriber_queue_is_bounded_and_others_unaffected() {
     let (mut slow, _) = Client::connect_with(b.addr, "slow", V3, ConnectOptions { clean: false, ..Default::default() });
     assert_eq!(drain(&mut slow, QUIET).len(), 50, "the slow one gets what fit in its queue");
 }
+
+#[test]
+fn shared_member_leaving_with_unacknowledged_messages_hands_them_to_another() {
+    let (_d, b) = broker();
+    let mut w1 = Client::connect(b.addr, "w1", V5);
+    w1.subscribe("$share/g/work", QoS::AtLeastOnce);
+    let mut publ = Client::connect(b.addr, "pub", V5);
+    // Only w1 in the group: it gets the message and never acknowledges it.
+    publ.publish("work", "job-1", QoS::AtLeastOnce, false);
+    match w1.recv(T) {
+        Some(Packet::Publish(p)) => assert_eq!(&p.payload[..], b"job-1"),
+        other => panic!("{other:?}"),
+    }
+    let mut w2 = Client::connect(b.addr, "w2", V5);
+    w2.subscribe("$share/g/work", QoS::AtLeastOnce);
+    drop(w1); // leaves (clean session) without PUBACK
+    let got = w2.next_publish(T).expect("redelivered to the remaining member");
+    assert_eq!(&got.payload[..], b"job-1");
+}
+
+#[test]
+fn qos2_publish_resent_after_reconnect_is_delivered_once() {
+    let (_d, b) = broker();
+    let mut sub = Client::connect(b.addr, "sub", V5);
+    sub.subscribe("once", QoS::ExactlyOnce);
+    let persistent = ConnectOptions {
+        clean: false,
+        properties: Properties { session_expiry_interval: Some(60), ..Properties::default() },
+        ..Default::default()
+    };
+    let (mut p, _) = Client::connect_with(b.addr, "q2pub", V5, persistent.clone());
+    let publish = |dup| {
+        Packet::Publish(Publish {
+            dup,
+            qos: QoS::ExactlyOnce,
+            retain: false,
+            topic: "once".into(),
+            packet_id: Some(7),
+            properties: Properties::default(),
+            payload: Bytes::from_static(b"x"),
+        })
+    };
+    p.send(&publish(false));
+    assert!(matches!(p.recv(T), Some(Packet::PubRec(r)) if r.packet_id == 7));
+    drop(p); // connection lost before PUBREL
+    let (mut p, ack) = Client::connect_with(b.addr, "q2pub", V5, persistent);
+    assert!(ack.session_present);
+    p.send(&publish(true)); // the client resends, as it must
+    assert!(matches!(p.recv(T), Some(Packet::PubRec(r)) if r.packet_id == 7));
+    p.send(&Packet::PubRel(PubResp::ok(7)));
+    assert!(matches!(p.recv(T), Some(Packet::PubComp(c)) if c.packet_id == 7));
+    assert_eq!(drain(&mut sub, QUIET).len(), 1, "exactly once");
+}
+
+#[test]
+fn expired_messages_are_not_delivered_from_an_offline_queue() {
+    let (_d, b) = broker();
+    let persistent = ConnectOptions {
+        clean: false,
+        properties: Properties { session_expiry_interval: Some(60), ..Properties::default() },
+        ..Default::default()
+    };
+    let (mut c, _) = Client::connect_with(b.addr, "away", V5, persistent.clone());
+    c.subscribe("news", QoS::AtLeastOnce);
+    c.disconnect();
+    std::thread::sleep(Duration::from_millis(100));
+    let mut publ = Client::connect(b.addr, "pub", V5);
+    let short = Properties { message_expiry_interval: Some(1), ..Properties::default() };
+    publ.publish_with("news", "stale", QoS::AtLeastOnce, false, short);
+    let long = Properties { message_expiry_interval: Some(600), ..Properties::default() };
+    publ.publish_with("news", "fresh", QoS::AtLeastOnce, false, long);
+    std::thread::sleep(Duration::from_millis(1500));
+    let (mut c, _) = Client::connect_with(b.addr, "away", V5, persistent);
+    let got: Vec<_> = drain(&mut c, QUIET).into_iter().map(|p| p.payload).collect();
+    assert_eq!(got, vec![Bytes::from_static(b"fresh")]);
+}

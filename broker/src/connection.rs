@@ -498,6 +498,7 @@ impl Conn {
                         msg: m,
                         retain: true,
                         ids: id.into_iter().collect(),
+                        shared: None,
                     });
                 }
             }
@@ -701,18 +702,30 @@ fn end_session_later(
     let remove = move || {
         let mut sessions = lock(&shared.sessions);
         let current = sessions.get(client.as_ref()).is_some_and(|s| Arc::ptr_eq(s, &session));
-        let s = lock(&session);
+        let mut s = lock(&session);
         if !current || s.generation != generation || s.connected {
             return;
         }
         let subs: Vec<String> = s.subs.keys().cloned().collect();
+        let mut pending: Vec<Delivery> = s
+            .inflight
+            .drain(..)
+            .filter_map(|(_, o)| match o {
+                Outbound::Publish(d) => Some(d),
+                Outbound::Released => None,
+            })
+            .collect();
+        pending.extend(s.queue.drain(..));
         drop(s);
         sessions.remove(client.as_ref());
         drop(sessions);
-        let mut router = lock(&shared.router);
-        for f in subs {
-            router.unsubscribe(&client, &f);
+        {
+            let mut router = lock(&shared.router);
+            for f in subs {
+                router.unsubscribe(&client, &f);
+            }
         }
+        shared.redeliver_shared(&client, pending);
     };
     match expiry {
         0 => remove(),

@@ -3,6 +3,7 @@
 //! message to one member, round robin.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use crate::codec::{topic, QoS};
 
@@ -19,10 +20,13 @@ pub struct SubOptions {
     pub id: Option<u32>,
 }
 
-/// One client that a message goes to, with the combined options of all its matching
-/// subscriptions (MQTT 5 section 3.3.4: one delivery, the highest QoS, every identifier).
+/// One delivery of a message: a client with the combined options of all its matching
+/// non-shared subscriptions (MQTT 5 section 3.3.4: one delivery, the highest QoS, every
+/// identifier), or the member a shared subscription picked (a separate copy, spec 4.8.2).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
+    /// For a shared subscription: its full filter (`$share/{group}/{filter}`).
+    pub shared: Option<Arc<str>>,
     /// Client id.
     pub client: String,
     /// Highest granted QoS among the matching subscriptions.
@@ -38,8 +42,37 @@ struct Node {
     children: HashMap<String, Node>,
     /// client → options of its plain subscription ending here.
     subs: HashMap<String, SubOptions>,
-    /// group → members (client, options) and the round-robin cursor.
-    shared: HashMap<String, (Vec<(String, SubOptions)>, usize)>,
+    /// group → its members, round robin.
+    shared: HashMap<String, Group>,
+}
+
+#[derive(Debug)]
+struct Group {
+    /// The full filter, `$share/{group}/{filter}`.
+    filter: Arc<str>,
+    members: Vec<(String, SubOptions)>,
+    cursor: usize,
+}
+
+impl Group {
+    /// The next member in turn, skipping `exclude`.
+    fn pick(&mut self, exclude: Option<&str>) -> Option<(String, SubOptions)> {
+        for _ in 0..self.members.len() {
+            let i = self.cursor % self.members.len();
+            self.cursor = (i + 1) % self.members.len();
+            if Some(self.members[i].0.as_str()) != exclude {
+                return Some(self.members[i].clone());
+            }
+        }
+        None
+    }
+}
+
+/// A subscription that matched, before merging per client.
+struct Found {
+    client: String,
+    opts: SubOptions,
+    shared: Option<Arc<str>>,
 }
 
 impl Node {
@@ -67,7 +100,12 @@ impl Router {
         let existed = match group {
             None => node.subs.insert(client.to_string(), opts).is_some(),
             Some(g) => {
-                let (members, _) = node.shared.entry(g.to_string()).or_default();
+                let group = node.shared.entry(g.to_string()).or_insert_with(|| Group {
+                    filter: Arc::from(filter),
+                    members: Vec::new(),
+                    cursor: 0,
+                });
+                let members = &mut group.members;
                 match members.iter_mut().find(|(c, _)| c == client) {
                     Some(m) => {
                         m.1 = opts;
@@ -107,24 +145,46 @@ impl Router {
         self.count == 0
     }
 
-    /// The clients a message on `topic` from `publisher` goes to.
+    /// Another member of the shared subscription `filter` than `exclude`, for redelivering
+    /// what a leaving member had not acknowledged.
+    pub fn pick_shared(&mut self, filter: &str, exclude: &str) -> Option<(String, SubOptions)> {
+        let (Some(group), plain) = split_shared(filter) else { return None };
+        let mut node = &mut self.root;
+        for level in plain.split('/') {
+            node = node.children.get_mut(level)?;
+        }
+        node.shared.get_mut(group)?.pick(Some(exclude))
+    }
+
+    /// The deliveries of a message on `topic` from `publisher`.
     pub fn route(&mut self, topic_name: &str, publisher: &str) -> Vec<Target> {
         let levels: Vec<&str> = topic_name.split('/').collect();
-        let mut found: Vec<(String, SubOptions)> = Vec::new();
+        let mut found: Vec<Found> = Vec::new();
         let dollar = topic_name.starts_with('$');
         collect(&mut self.root, &levels, 0, dollar, &mut found);
         let mut targets: Vec<Target> = Vec::new();
-        for (client, o) in found {
+        for Found { client, opts: o, shared } in found {
             if o.no_local && client == publisher {
                 continue;
             }
-            match targets.iter_mut().find(|t| t.client == client) {
+            if shared.is_some() {
+                targets.push(Target {
+                    shared,
+                    client,
+                    qos: o.qos,
+                    retain_as_published: o.retain_as_published,
+                    ids: o.id.into_iter().collect(),
+                });
+                continue;
+            }
+            match targets.iter_mut().find(|t| t.client == client && t.shared.is_none()) {
                 Some(t) => {
                     t.qos = t.qos.max(o.qos);
                     t.retain_as_published |= o.retain_as_published;
                     t.ids.extend(o.id);
                 }
                 None => targets.push(Target {
+                    shared: None,
                     client,
                     qos: o.qos,
                     retain_as_published: o.retain_as_published,
@@ -148,14 +208,14 @@ fn remove(node: &mut Node, levels: &[&str], client: &str, group: Option<&str>) -
         None => match group {
             None => node.subs.remove(client).is_some(),
             Some(g) => {
-                let Some((members, cursor)) = node.shared.get_mut(g) else { return false };
-                let before = members.len();
-                members.retain(|(c, _)| c != client);
-                let removed = members.len() != before;
-                if members.is_empty() {
+                let Some(group) = node.shared.get_mut(g) else { return false };
+                let before = group.members.len();
+                group.members.retain(|(c, _)| c != client);
+                let removed = group.members.len() != before;
+                if group.members.is_empty() {
                     node.shared.remove(g);
-                } else if *cursor >= members.len() {
-                    *cursor = 0;
+                } else if group.cursor >= group.members.len() {
+                    group.cursor = 0;
                 }
                 removed
             }
@@ -171,7 +231,7 @@ fn remove(node: &mut Node, levels: &[&str], client: &str, group: Option<&str>) -
     }
 }
 
-fn collect(node: &mut Node, levels: &[&str], depth: usize, dollar: bool, out: &mut Vec<(String, SubOptions)>) {
+fn collect(node: &mut Node, levels: &[&str], depth: usize, dollar: bool, out: &mut Vec<Found>) {
     // `#` here matches this level and everything below, including the parent level itself.
     if !(dollar && depth == 0) {
         if let Some(hash) = node.children.get_mut("#") {
@@ -193,15 +253,12 @@ fn collect(node: &mut Node, levels: &[&str], depth: usize, dollar: bool, out: &m
     }
 }
 
-fn take(node: &mut Node, out: &mut Vec<(String, SubOptions)>) {
-    out.extend(node.subs.iter().map(|(c, o)| (c.clone(), *o)));
-    for (members, cursor) in node.shared.values_mut() {
-        if members.is_empty() {
-            continue;
+fn take(node: &mut Node, out: &mut Vec<Found>) {
+    out.extend(node.subs.iter().map(|(c, o)| Found { client: c.clone(), opts: *o, shared: None }));
+    for group in node.shared.values_mut() {
+        if let Some((client, opts)) = group.pick(None) {
+            out.push(Found { client, opts, shared: Some(group.filter.clone()) });
         }
-        let i = *cursor % members.len();
-        *cursor = (i + 1) % members.len();
-        out.push(members[i].clone());
     }
 }
 
@@ -269,7 +326,19 @@ mod tests {
             got.extend(ts.into_iter().map(|t| t.client).filter(|c| c != "other"));
         }
         assert_eq!(got, vec!["w1", "w2", "w1", "w2"]);
+        assert_eq!(r.pick_shared("$share/g/jobs/+", "w1").map(|(c, _)| c), Some("w2".to_string()));
         assert!(r.unsubscribe("w1", "$share/g/jobs/+"));
         assert_eq!(clients(&mut r, "jobs/1"), vec!["other", "w2"]);
+        assert_eq!(r.pick_shared("$share/g/jobs/+", "w2"), None, "no other member left");
+    }
+
+    #[test]
+    fn shared_and_plain_subscriptions_of_one_client_are_separate_copies() {
+        let mut r = Router::default();
+        r.subscribe("c", "$share/g/t", o(QoS::AtMostOnce));
+        r.subscribe("c", "t", o(QoS::AtMostOnce));
+        let ts = r.route("t", "p");
+        assert_eq!(ts.len(), 2, "spec 4.8.2: one copy per subscription kind");
+        assert_eq!(ts.iter().filter(|t| t.shared.is_some()).count(), 1);
     }
 }

@@ -84,10 +84,29 @@ impl Shared {
                 qos: msg.qos.min(t.qos),
                 retain: msg.retain && t.retain_as_published,
                 ids: t.ids,
+                shared: t.shared,
             };
             if !lock(s).enqueue(d, self.cfg.max_queued_messages) {
                 self.stats.messages_dropped.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(client = %t.client, topic = %msg.topic, "queue full; message dropped");
+            }
+        }
+    }
+
+    /// Hands the unacknowledged deliveries a leaving shared-subscription member had to other
+    /// members of the same groups (MQTT 5 section 4.8.2); QoS 0 ones are simply dropped.
+    pub(crate) fn redeliver_shared(&self, leaving: &str, pending: Vec<Delivery>) {
+        for d in pending {
+            let Some(filter) = d.shared.clone() else { continue };
+            if d.qos == QoS::AtMostOnce {
+                continue;
+            }
+            let Some((client, opts)) = lock(&self.router).pick_shared(&filter, leaving) else { continue };
+            let sessions = lock(&self.sessions);
+            let Some(s) = sessions.get(&client) else { continue };
+            let d = Delivery { qos: d.msg.qos.min(opts.qos), ..d };
+            if !lock(s).enqueue(d, self.cfg.max_queued_messages) {
+                self.stats.messages_dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
     }

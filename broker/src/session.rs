@@ -19,6 +19,8 @@ pub(crate) struct Delivery {
     pub(crate) qos: QoS,
     pub(crate) retain: bool,
     pub(crate) ids: Vec<u32>,
+    /// The shared subscription it came through, if any (for redelivery to another member).
+    pub(crate) shared: Option<Arc<str>>,
 }
 
 /// State of an unacknowledged outbound message.
@@ -113,7 +115,7 @@ mod tests {
             publisher: Arc::from("p"),
             expires_at: None,
         };
-        Delivery { msg: Arc::new(m), qos: QoS::AtMostOnce, retain: false, ids: vec![] }
+        Delivery { msg: Arc::new(m), qos: QoS::AtMostOnce, retain: false, ids: vec![], shared: None }
     }
 
     #[test]
