@@ -223,7 +223,7 @@ async fn accept(
         rd,
         wr,
         rbuf,
-        wbuf: BytesMut::with_capacity(WRITE_BATCH),
+        wbuf: BytesMut::new(),
         version: c.protocol,
         client_id,
         peer,
