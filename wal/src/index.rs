@@ -205,6 +205,11 @@ fn block_key(stream: u64, first: u64) -> [u8; 16] {
     k
 }
 
+/// The first offset of a block from its key (`None` for a malformed key).
+fn block_start(key: &[u8]) -> Option<u64> {
+    key.get(8..16).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes)
+}
+
 fn cursor_key(stream: u64, consumer: &str) -> Vec<u8> {
     let mut k = be(stream).to_vec();
     k.extend_from_slice(consumer.as_bytes());
@@ -312,7 +317,7 @@ impl Index {
             None => Ok(None),
             Some(g) => {
                 let (k, v) = g.into_inner()?;
-                let first = u64::from_be_bytes(k[8..16].try_into().map_err(|_| Error::Index("bad block key".into()))?);
+                let first = block_start(&k).ok_or_else(|| Error::Index("bad block key".into()))?;
                 Ok(Some((first, decode_positions(&v)?)))
             }
         }
@@ -338,7 +343,7 @@ impl Index {
             .collect::<Result<Vec<_>, _>>()?
             .into_iter()
             .filter(|(k, len)| {
-                let start = u64::from_be_bytes(k[8..16].try_into().unwrap_or([0xff; 8]));
+                let start = block_start(k).unwrap_or(u64::MAX);
                 start.saturating_add((*len / POS_LEN) as u64) <= first
             })
             .map(|(k, _)| k)
@@ -426,7 +431,8 @@ impl Index {
         let mut out = Vec::new();
         for g in self.cursors.prefix(be(stream)) {
             let (k, v) = g.into_inner()?;
-            out.push((String::from_utf8_lossy(&k[8..]).into_owned(), read_u64(&v, 0)?));
+            let name = k.get(8..).ok_or_else(|| Error::Index("bad cursor key".into()))?;
+            out.push((String::from_utf8_lossy(name).into_owned(), read_u64(&v, 0)?));
         }
         Ok(out)
     }

@@ -51,7 +51,7 @@ mod wal;
 pub use commit::Completion;
 pub use error::{Error, Result};
 pub use maintenance::{MaintenanceReport, SUGGESTED_MAINTENANCE_INTERVAL};
-pub use options::{Options, RecoveryMode, Retention, SyncMode};
+pub use options::{Options, RecoveryMode, Retention, SyncMode, MAX_SEGMENT_BYTES};
 pub use recovery::{RecoveryReport, ShardReport};
 pub use segment::BadRange;
 pub use tail::Tail;

@@ -58,6 +58,9 @@ impl Retention {
     pub const FOREVER: Retention = Retention { max_age: None, max_bytes: None, max_records: None };
 }
 
+/// Largest segment size: recovery and compaction hold one segment in memory at a time.
+pub const MAX_SEGMENT_BYTES: u64 = 1 << 30;
+
 /// Options for [`crate::Wal::open`]. Build with [`Options::default`] and the setters.
 ///
 /// ```
@@ -162,10 +165,10 @@ impl Options {
                 reason: format!("{} is out of range 1..=1024", self.shards),
             });
         }
-        if self.segment_bytes < 4096 || self.segment_bytes > (1 << 40) {
+        if self.segment_bytes < 4096 || self.segment_bytes > MAX_SEGMENT_BYTES {
             return Err(Error::InvalidOption {
                 name: "segment_bytes",
-                reason: format!("{} is out of range 4096..=1 TiB", self.segment_bytes),
+                reason: format!("{} is out of range 4096..=1 GiB (recovery reads a segment whole)", self.segment_bytes),
             });
         }
         if self.max_record_bytes == 0 || self.max_record_bytes > (u32::MAX as usize - 1024) {

@@ -106,6 +106,14 @@ pub(crate) fn torn_creation(data: &[u8]) -> bool {
     data.len() < SEGMENT_HEADER_LEN || data[..SEGMENT_HEADER_LEN].iter().all(|&b| b == 0)
 }
 
+/// Renames a damaged segment to `*.seg.bad` (tolerant mode), keeping it for inspection.
+fn set_aside(path: &std::path::Path, why: &Error) -> Result<()> {
+    let bad = path.with_extension("seg.bad");
+    std::fs::rename(path, &bad).map_err(|e| Error::io("setting aside a damaged segment", path, e))?;
+    tracing::warn!(file = %path.display(), error = %why, "damaged segment set aside");
+    Ok(())
+}
+
 fn truncate_file(path: &std::path::Path, len: u64) -> Result<()> {
     let f = OpenOptions::new().write(true).open(path).map_err(|e| Error::io("opening for truncation", path, e))?;
     f.set_len(len).map_err(|e| Error::io("truncating", path, e))?;
@@ -165,7 +173,17 @@ pub(crate) fn recover_shard(
     while i < segs.len() {
         let (first, path) = segs[i].clone();
         let newest = i + 1 == segs.len();
-        segment::load_into(&path, &mut buf)?;
+        match segment::load_into(&path, &mut buf) {
+            Ok(()) => {}
+            // A compressed segment whose body does not decompress: like an unreadable header.
+            Err(e @ Error::Corrupt { .. }) if mode == RecoveryMode::Tolerant => {
+                set_aside(&path, &e)?;
+                report.removed.push(path);
+                segs.remove(i);
+                continue;
+            }
+            Err(e) => return Err(e),
+        }
         let data = &buf[..];
         let header = match segment::check_header(&path, data, Some(shard), first) {
             Ok(h) => h,
@@ -173,9 +191,7 @@ pub(crate) fn recover_shard(
                 if newest && torn_creation(data) {
                     std::fs::remove_file(&path).map_err(|e| Error::io("removing a torn new segment", &path, e))?;
                 } else if mode == RecoveryMode::Tolerant {
-                    let bad = path.with_extension("seg.bad");
-                    std::fs::rename(&path, &bad).map_err(|e| Error::io("setting aside a damaged segment", &path, e))?;
-                    tracing::warn!(file = %path.display(), error = %e, "damaged segment header; set aside");
+                    set_aside(&path, &e)?;
                 } else {
                     return Err(e);
                 }

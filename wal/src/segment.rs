@@ -91,11 +91,21 @@ pub(crate) fn load_into(path: &Path, buf: &mut Vec<u8>) -> Result<()> {
     f.read_to_end(buf).map_err(|e| Error::io("reading", path, e))?;
     if let Ok(h) = SegmentHeader::decode(buf) {
         if h.flags & format::SEGMENT_FLAG_COMPRESSED != 0 {
-            let body = zstd::decode_all(&buf[SEGMENT_HEADER_LEN..]).map_err(|e| Error::Corrupt {
-                path: path.into(),
-                position: SEGMENT_HEADER_LEN as u64,
-                reason: format!("compressed segment body does not decompress: {e}"),
-            })?;
+            // Bounded: a damaged frame must not make us allocate without limit. A segment
+            // holds at most MAX_SEGMENT_BYTES plus the batch that crossed the limit.
+            let limit = crate::options::MAX_SEGMENT_BYTES * 2;
+            let corrupt =
+                |reason: String| Error::Corrupt { path: path.into(), position: SEGMENT_HEADER_LEN as u64, reason };
+            let decoder = zstd::stream::read::Decoder::new(&buf[SEGMENT_HEADER_LEN..])
+                .map_err(|e| corrupt(format!("compressed segment body does not decompress: {e}")))?;
+            let mut body = Vec::new();
+            decoder
+                .take(limit + 1)
+                .read_to_end(&mut body)
+                .map_err(|e| corrupt(format!("compressed segment body does not decompress: {e}")))?;
+            if body.len() as u64 > limit {
+                return Err(corrupt(format!("compressed segment inflates beyond {limit} bytes")));
+            }
             buf.truncate(SEGMENT_HEADER_LEN);
             buf.extend_from_slice(&body);
         }

@@ -137,7 +137,27 @@ fn scan_all(
     let mut done = 0u64;
     let mut out = Inspection { shards, ..Inspection::default() };
     for (shard, first_lsn, path, newest) in files {
-        let data = segment::load(&path)?;
+        let data = match segment::load(&path) {
+            Ok(d) => d,
+            // A compressed body that does not decompress is damage to report, not a reason
+            // to stop inspecting the rest of the log.
+            Err(Error::Corrupt { reason, .. }) => {
+                out.segments.push(SegmentInfo {
+                    shard,
+                    path: path.clone(),
+                    first_lsn,
+                    last_lsn: None,
+                    bytes: std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0),
+                    records: 0,
+                    compressed: true,
+                    newest,
+                    header_error: Some(reason),
+                    bad: Vec::new(),
+                });
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         let mut info = SegmentInfo {
             shard,
             path: path.clone(),

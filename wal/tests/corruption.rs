@@ -150,3 +150,27 @@ fn a_segment_torn_at_creation_is_removed() {
     assert_eq!(wal.recovery_report().shards[0].removed.len(), 1);
     assert_eq!(offsets(&wal).len() as u64, RECORDS);
 }
+
+#[test]
+fn a_damaged_compressed_segment_is_refused_strict_and_set_aside_tolerant() {
+    let dir = tempfile::tempdir().unwrap();
+    build(dir.path());
+    {
+        let wal = open(dir.path(), RecoveryMode::Strict).unwrap();
+        assert!(wal.compact(true).unwrap().segments_compressed > 0);
+        wal.close().unwrap();
+    }
+    std::fs::remove_dir_all(dir.path().join("index")).unwrap();
+    let segs = common::segments(dir.path());
+    let victim = &segs[1];
+    let mut bytes = std::fs::read(victim).unwrap();
+    for b in bytes.iter_mut().skip(40).take(16) {
+        *b ^= 0xa5;
+    }
+    std::fs::write(victim, &bytes).unwrap();
+    assert!(matches!(open(dir.path(), RecoveryMode::Strict), Err(Error::Corrupt { .. })));
+    let wal = open(dir.path(), RecoveryMode::Tolerant).unwrap();
+    assert_eq!(wal.recovery_report().shards[0].removed, vec![victim.clone()]);
+    let got = offsets(&wal);
+    assert!(!got.is_empty() && (got.len() as u64) < RECORDS, "the other segments' records remain: {}", got.len());
+}
