@@ -6,7 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use promptmq_broker::codec::*;
-use promptmq_tests::{drain, Client};
+use promptmq_tests::{drain, Client, ConnectOptions};
 
 struct Proc {
     child: Child,
@@ -69,4 +69,36 @@ fn acknowledged_retained_messages_survive_sigkill() {
     want.push(("state/0".into(), "v0-updated".into()));
     want.sort();
     assert_eq!(got, want);
+}
+
+#[test]
+fn persistent_subscriptions_survive_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = start(dir.path());
+    let persistent = ConnectOptions { clean: false, ..Default::default() };
+    let (mut c, _) = Client::connect_with(b.addr, "keeper", ProtocolVersion::V3_1_1, persistent.clone());
+    c.subscribe("alerts/#", QoS::AtLeastOnce);
+    c.disconnect();
+    // A clean-session client's subscription must not come back.
+    let mut gone = Client::connect(b.addr, "transient", ProtocolVersion::V5);
+    gone.subscribe("alerts/#", QoS::AtLeastOnce);
+    drop(gone);
+    std::thread::sleep(Duration::from_millis(300)); // one group commit, with margin
+    b.kill9();
+
+    let b = start(dir.path());
+    let mut publ = Client::connect(b.addr, "pub", ProtocolVersion::V5);
+    publ.publish("alerts/disk", "full", QoS::AtLeastOnce, false);
+    let (mut c, ack) = Client::connect_with(b.addr, "keeper", ProtocolVersion::V3_1_1, persistent);
+    assert!(ack.session_present, "the session came back from the log");
+    let got = c.next_publish(Duration::from_secs(5)).expect("queued while the client was away");
+    assert_eq!((got.topic.as_str(), &got.payload[..]), ("alerts/disk", &b"full"[..]));
+    let mut t = Client::connect_with(
+        b.addr,
+        "transient",
+        ProtocolVersion::V5,
+        ConnectOptions { clean: false, ..Default::default() },
+    );
+    assert!(!t.1.session_present);
+    assert!(t.0.next_publish(Duration::from_millis(300)).is_none());
 }

@@ -192,6 +192,7 @@ async fn accept(
         sessions.insert(client_id.to_string(), session.clone());
         (session, present, generation)
     };
+    shared.save_session(&client_id, &lock(&session));
 
     let mut keep_alive = c.keep_alive;
     let mut props = Properties::default();
@@ -358,6 +359,7 @@ impl Conn {
                             ));
                         }
                         s.expiry = e.min(self.shared.cfg.max_session_expiry);
+                        self.shared.save_session(&self.client_id, &s);
                     }
                 }
                 Err(End::Graceful(d.code))
@@ -509,6 +511,7 @@ impl Conn {
             codes,
         }))?;
         let mut sess = lock(&self.session);
+        self.shared.save_session(&self.client_id, &sess);
         for d in retained {
             if !sess.enqueue(d, self.shared.cfg.max_queued_messages) {
                 self.shared.stats.messages_dropped.fetch_add(1, Ordering::Relaxed);
@@ -524,6 +527,7 @@ impl Conn {
             lock(&self.session).subs.remove(f);
             codes.push(if existed { ReasonCode::Success } else { ReasonCode::NoSubscriptionExisted });
         }
+        self.shared.save_session(&self.client_id, &lock(&self.session));
         self.queue_packet(&Packet::UnsubAck(UnsubAck {
             packet_id: u.packet_id,
             properties: Properties::default(),
@@ -701,7 +705,7 @@ fn publish_will(
 }
 
 /// Removes the session when it expires, unless a new connection took it meanwhile.
-fn end_session_later(
+pub(crate) fn end_session_later(
     shared: Arc<Shared>,
     client: Arc<str>,
     session: Arc<Mutex<Session>>,
@@ -728,6 +732,7 @@ fn end_session_later(
         drop(s);
         sessions.remove(client.as_ref());
         drop(sessions);
+        shared.forget_session(&client);
         {
             let mut router = lock(&shared.router);
             for f in subs {

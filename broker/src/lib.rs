@@ -14,6 +14,7 @@ mod message;
 pub mod router;
 mod server;
 mod session;
+mod session_store;
 mod store;
 
 pub use config::BrokerConfig;

@@ -16,6 +16,7 @@ use crate::config::BrokerConfig;
 use crate::message::Message;
 use crate::router::Router;
 use crate::session::{Delivery, Session};
+use crate::session_store::{self, SessionRecord};
 use crate::store::{Store, StoreError};
 
 /// Why the broker could not start.
@@ -61,6 +62,8 @@ pub(crate) struct Shared {
     pub(crate) sessions: Mutex<HashMap<String, Arc<Mutex<Session>>>>,
     pub(crate) retained: Mutex<HashMap<String, Arc<Message>>>,
     pub(crate) stats: Stats,
+    /// Client ids that have a session record in the log.
+    persisted: Mutex<std::collections::HashSet<String>>,
     started: Instant,
     pub(crate) next_client: AtomicU64,
 }
@@ -90,6 +93,27 @@ impl Shared {
                 self.stats.messages_dropped.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(client = %t.client, topic = %msg.topic, "queue full; message dropped");
             }
+        }
+    }
+
+    /// Writes (or, for a session that no longer outlives its connection, clears) the log
+    /// record of a session's subscriptions. Not awaited: it is durable with the next group
+    /// commit, so a crash within that window loses the latest subscription change.
+    pub(crate) fn save_session(&self, client: &str, s: &Session) {
+        if s.expiry > 0 {
+            let record =
+                SessionRecord { expiry: s.expiry, subs: s.subs.iter().map(|(f, o)| (f.clone(), *o)).collect() };
+            drop(self.store.save_session(client, Some(record.encode())));
+            lock(&self.persisted).insert(client.to_string());
+        } else {
+            self.forget_session(client);
+        }
+    }
+
+    /// Clears the log record of a session, if it has one.
+    pub(crate) fn forget_session(&self, client: &str) {
+        if lock(&self.persisted).remove(client) {
+            drop(self.store.save_session(client, None));
         }
     }
 
@@ -186,10 +210,11 @@ impl Broker {
     pub async fn start(cfg: BrokerConfig) -> Result<Broker, BrokerError> {
         let dir = cfg.data_dir.join("log");
         let sync = cfg.sync;
-        let (store, retained) = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
+        let (store, retained, saved) = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
             let store = Store::open(&dir, sync)?;
             let retained = store.load_retained()?;
-            Ok((store, retained))
+            let saved = session_store::fold(store.session_records()?);
+            Ok((store, retained, saved))
         })
         .await
         .map_err(|e| BrokerError::Startup(e.to_string()))??;
@@ -204,9 +229,11 @@ impl Broker {
             sessions: Mutex::new(HashMap::new()),
             retained: Mutex::new(retained),
             stats: Stats::default(),
+            persisted: Mutex::new(saved.keys().cloned().collect()),
             started: Instant::now(),
             next_client: AtomicU64::new(1),
         });
+        restore_sessions(&shared, saved);
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (done_tx, done) = mpsc::channel::<()>(1);
         let accept = tokio::spawn(accept_loop(listener, shared.clone(), shutdown_rx.clone(), done_tx));
@@ -234,6 +261,30 @@ impl Broker {
         let shared = self.shared.clone();
         let _ = tokio::task::spawn_blocking(move || shared.store.close()).await;
         tracing::info!("broker stopped");
+    }
+}
+
+/// Recreates the persistent sessions found in the log, disconnected, with their
+/// subscriptions, so messages published from now on are queued for them.
+fn restore_sessions(shared: &Arc<Shared>, saved: HashMap<String, SessionRecord>) {
+    if saved.is_empty() {
+        return;
+    }
+    tracing::info!(sessions = saved.len(), "restoring persistent sessions");
+    for (client, record) in saved {
+        let mut s = Session::new();
+        s.expiry = record.expiry;
+        {
+            let mut router = lock(&shared.router);
+            for (filter, opts) in record.subs {
+                router.subscribe(&client, &filter, opts);
+                s.subs.insert(filter, opts);
+            }
+        }
+        let session = Arc::new(Mutex::new(s));
+        lock(&shared.sessions).insert(client.clone(), session.clone());
+        // The expiry clock restarts at start-up: the time of the last disconnect is not stored.
+        crate::connection::end_session_later(shared.clone(), Arc::from(client.as_str()), session, 0, record.expiry);
     }
 }
 

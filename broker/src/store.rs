@@ -6,12 +6,15 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use promptmq_wal::{Completion, Options, StreamOptions, Wal};
 
 use crate::message::Message;
 
 /// Stream holding retained messages, keyed by topic.
 const RETAINED: &str = "$retained";
+/// Stream holding persistent sessions' subscriptions, keyed by client id.
+const SESSIONS: &str = "$sessions";
 /// Prefix of per-topic message streams.
 const TOPIC_PREFIX: &str = "t/";
 
@@ -77,6 +80,32 @@ impl Store {
                     _ => {
                         out.remove(&key);
                     }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Stores a persistent session's subscriptions and expiry (`None`: the session ended).
+    pub fn save_session(&self, client: &str, record: Option<Bytes>) -> Completion<u64> {
+        match self.wal.stream_with(SESSIONS, StreamOptions { compacted: true, ..Default::default() }) {
+            Ok(s) => self.wal.append_keyed(&s, Bytes::copy_from_slice(client.as_bytes()), record.unwrap_or_default()),
+            Err(e) => failed(e),
+        }
+    }
+
+    /// Every record of the sessions stream, oldest first: (client id, payload).
+    pub fn session_records(&self) -> Result<Vec<(String, Bytes)>, StoreError> {
+        let mut out = Vec::new();
+        let Some(s) = self.wal.lookup(SESSIONS) else { return Ok(out) };
+        let mut from = 0;
+        loop {
+            let recs = self.wal.read(&s, from, 4096)?;
+            let Some(last) = recs.last() else { break };
+            from = last.offset + 1;
+            for r in recs {
+                if let Some(k) = r.key.as_ref().and_then(|k| std::str::from_utf8(k).ok()) {
+                    out.push((k.to_owned(), r.payload));
                 }
             }
         }
