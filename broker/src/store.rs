@@ -58,31 +58,37 @@ impl Store {
         }
     }
 
-    /// Loads the retained messages (the newest record per topic, cleared ones left out).
-    pub fn load_retained(&self) -> Result<HashMap<String, Arc<Message>>, StoreError> {
-        let mut out = HashMap::new();
-        let Some(s) = self.wal.lookup(RETAINED) else { return Ok(out) };
-        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    /// Calls `f(key, record)` for every keyed record of a compacted stream, oldest first.
+    fn for_each_keyed(&self, stream: &str, mut f: impl FnMut(String, promptmq_wal::Record)) -> Result<(), StoreError> {
+        let Some(s) = self.wal.lookup(stream) else { return Ok(()) };
         let mut from = 0;
         loop {
             let recs = self.wal.read(&s, from, 4096)?;
-            let Some(last) = recs.last() else { break };
+            let Some(last) = recs.last() else { return Ok(()) };
             from = last.offset + 1;
             for r in recs {
-                let Some(key) = r.key.as_ref().and_then(|k| std::str::from_utf8(k).ok()).map(str::to_owned) else {
-                    continue;
-                };
-                let age = Duration::from_millis(now_ms.saturating_sub(r.timestamp_ms));
-                match Message::from_record(r.payload, age) {
-                    Some(m) if !m.payload.is_empty() => {
-                        out.insert(key, Arc::new(m));
-                    }
-                    _ => {
-                        out.remove(&key);
-                    }
+                if let Some(key) = r.key.as_ref().and_then(|k| std::str::from_utf8(k).ok()).map(str::to_owned) {
+                    f(key, r);
                 }
             }
         }
+    }
+
+    /// Loads the retained messages (the newest record per topic, cleared ones left out).
+    pub fn load_retained(&self) -> Result<HashMap<String, Arc<Message>>, StoreError> {
+        let mut out = HashMap::new();
+        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        self.for_each_keyed(RETAINED, |key, r| {
+            let age = Duration::from_millis(now_ms.saturating_sub(r.timestamp_ms));
+            match Message::from_record(r.payload, age) {
+                Some(m) if !m.payload.is_empty() => {
+                    out.insert(key, Arc::new(m));
+                }
+                _ => {
+                    out.remove(&key);
+                }
+            }
+        })?;
         Ok(out)
     }
 
@@ -97,18 +103,7 @@ impl Store {
     /// Every record of the sessions stream, oldest first: (client id, payload).
     pub fn session_records(&self) -> Result<Vec<(String, Bytes)>, StoreError> {
         let mut out = Vec::new();
-        let Some(s) = self.wal.lookup(SESSIONS) else { return Ok(out) };
-        let mut from = 0;
-        loop {
-            let recs = self.wal.read(&s, from, 4096)?;
-            let Some(last) = recs.last() else { break };
-            from = last.offset + 1;
-            for r in recs {
-                if let Some(k) = r.key.as_ref().and_then(|k| std::str::from_utf8(k).ok()) {
-                    out.push((k.to_owned(), r.payload));
-                }
-            }
-        }
+        self.for_each_keyed(SESSIONS, |key, r| out.push((key, r.payload)))?;
         Ok(out)
     }
 
