@@ -450,3 +450,32 @@ fn expired_messages_are_not_delivered_from_an_offline_queue() {
     let got: Vec<_> = drain(&mut c, QUIET).into_iter().map(|p| p.payload).collect();
     assert_eq!(got, vec![Bytes::from_static(b"fresh")]);
 }
+
+#[test]
+fn pipelined_retained_qos1_publishes_are_all_acknowledged_in_order() {
+    // Each retained QoS 1 PUBLISH waits for two appends (the topic stream and the retained
+    // stream); with many in flight the connection keeps reading between the two, which must
+    // not lose an acknowledgement.
+    let (_d, b) = broker();
+    let mut c = Client::connect(b.addr, "pipeliner", V5);
+    for i in 1..=300u16 {
+        c.send(&Packet::Publish(Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: true,
+            topic: format!("cfg/{}", i % 7).as_str().into(),
+            packet_id: Some(i),
+            properties: Properties::default(),
+            payload: Bytes::from(format!("v{i}")),
+        }));
+    }
+    let mut acks = Vec::new();
+    while acks.len() < 300 {
+        match c.recv(T) {
+            Some(Packet::PubAck(a)) => acks.push(a.packet_id),
+            Some(_) => {}
+            None => panic!("only {} of 300 PUBACKs arrived", acks.len()),
+        }
+    }
+    assert_eq!(acks, (1..=300).collect::<Vec<u16>>(), "in the order the PUBLISHes arrived");
+}

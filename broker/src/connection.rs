@@ -655,10 +655,15 @@ async fn read_some(rd: &mut OwnedReadHalf, buf: &mut BytesMut, keep_alive: Optio
     rd.read_buf(buf).await.map_err(|e| End::Closed(e.to_string()))
 }
 
+/// Waits until every append of the oldest pending PUBLISH is durable. This future is
+/// dropped and made again whenever another `select!` branch wins, so each completion is
+/// removed the moment it resolves: a resolved completion must never be polled again.
 async fn wait_head(pending: &mut VecDeque<PendingAck>) -> Result<(), promptmq_wal::Error> {
     let Some(head) = pending.front_mut() else { return Ok(()) };
-    for c in head.done.iter_mut() {
-        c.await?;
+    while let Some(c) = head.done.first_mut() {
+        let r = c.await;
+        head.done.remove(0);
+        r?;
     }
     Ok(())
 }
