@@ -57,3 +57,41 @@ fn sigterm_disconnects_clients_and_exits_cleanly() {
     let status = child.wait().unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+#[test]
+fn config_check_print_and_layers() {
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../promptmq.example.yaml");
+    let out = promptmq().args(["config", "check"]).arg(&example).output().unwrap();
+    assert!(out.status.success(), "the shipped example is valid: {}", String::from_utf8_lossy(&out.stderr));
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "limits:\n  max_pakcet_size: 10\n").unwrap();
+    let out = promptmq().args(["config", "check"]).arg(&bad).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("max_pakcet_size") && err.contains("max_packet_size"),
+        "names the key and the allowed ones: {err}"
+    );
+
+    // Environment overrides the file; `config print` shows the result.
+    let file = dir.path().join("c.toml");
+    std::fs::write(&file, "[limits]\nmax_packet_size = 4096\nmax_queued_messages = 5\n").unwrap();
+    let out = promptmq()
+        .args(["config", "print", "--config"])
+        .arg(&file)
+        .env("PROMPTMQ_LIMITS__MAX_PACKET_SIZE", "8192")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["limits"]["max_packet_size"], 8192);
+    assert_eq!(v["limits"]["max_queued_messages"], 5);
+    assert_eq!(v["listeners"]["tcp"]["bind"], "127.0.0.1:1883");
+
+    // A bad value in the environment is named too, and `serve` refuses to start on it.
+    let out = promptmq().args(["serve"]).env("PROMPTMQ_STORAGE__SYNC", "sometimes").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("storage.sync"), "{}", String::from_utf8_lossy(&out.stderr));
+}

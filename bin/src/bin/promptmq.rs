@@ -10,8 +10,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use promptmq_broker::{Broker, BrokerConfig};
+use promptmq_broker::Broker;
 use promptmq_wal::SyncMode;
+
+#[path = "../config.rs"]
+mod config;
 
 #[derive(Parser)]
 #[command(name = "promptmq", version, about = "PromptMQ: an MQTT 3.1.1 / 5.0 broker on a durable log")]
@@ -22,31 +25,47 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Run the broker.
+    /// Run the broker. Settings: embedded defaults <- --config file <- PROMPTMQ_* environment
+    /// (nested keys joined with __, e.g. PROMPTMQ_LIMITS__MAX_PACKET_SIZE) <- these flags.
     Serve(Serve),
+    /// Check or print configuration.
+    #[command(subcommand)]
+    Config(ConfigCmd),
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Validate a config file (with the environment applied); exit 1 naming each bad key.
+    Check {
+        /// YAML, TOML or JSON file (by extension).
+        file: PathBuf,
+    },
+    /// Print the effective configuration after all layers, as YAML-compatible JSON.
+    Print {
+        /// Optional config file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Parser)]
 struct Serve {
-    /// TCP address to listen on.
-    #[arg(long, default_value = "127.0.0.1:1883")]
-    listen: SocketAddr,
-    /// Directory for the log and the index (created if missing).
-    #[arg(long, default_value = "./data")]
-    data_dir: PathBuf,
+    /// Config file (YAML, TOML or JSON, by extension); see promptmq.example.yaml.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// TCP address to listen on [default: 127.0.0.1:1883].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Directory for the log and the index, created if missing [default: ./data].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
     /// When QoS 1/2 messages are acknowledged: `always` (after fdatasync), `interval:MS`
-    /// (background sync every MS ms; up to MS ms lost on power loss), `none`.
-    #[arg(long, default_value = "always", value_parser = parse_sync)]
-    sync: SyncMode,
-    /// Largest packet accepted, in bytes.
-    #[arg(long, default_value_t = 1 << 20)]
-    max_packet_size: usize,
-    /// Most messages queued per client before new ones are dropped.
-    #[arg(long, default_value_t = 10_000)]
-    max_queued_messages: usize,
-    /// Log filter (RUST_LOG syntax), e.g. `info` or `promptmq_broker=debug`.
-    #[arg(long, env = "RUST_LOG", default_value = "info")]
-    log: String,
+    /// (background sync every MS ms; up to MS ms lost on power loss), `none` [default: always].
+    #[arg(long, value_parser = parse_sync)]
+    sync: Option<SyncMode>,
+    /// Log filter (RUST_LOG syntax), e.g. `info` or `promptmq_broker=debug` [default: info].
+    #[arg(long)]
+    log: Option<String>,
 }
 
 fn parse_sync(s: &str) -> Result<SyncMode, String> {
@@ -60,12 +79,8 @@ fn parse_sync(s: &str) -> Result<SyncMode, String> {
     }
 }
 
-async fn serve(args: Serve) -> Result<(), String> {
-    let mut cfg = BrokerConfig::new(args.listen, args.data_dir);
-    cfg.sync = args.sync;
-    cfg.max_packet_size = args.max_packet_size;
-    cfg.max_queued_messages = args.max_queued_messages;
-    let broker = Broker::start(cfg).await.map_err(|e| e.to_string())?;
+async fn serve(cfg: config::Config) -> Result<(), String> {
+    let broker = Broker::start(cfg.broker()).await.map_err(|e| e.to_string())?;
     println!("promptmq listening on {}", broker.local_addr());
     wait_for_signal().await;
     tracing::info!("shutting down (a second signal exits at once)");
@@ -101,17 +116,52 @@ async fn wait_for_signal() {
     }
 }
 
+fn init_logging(cfg: &config::Config) {
+    let filter = tracing_subscriber::EnvFilter::try_new(format!("fjall=warn,lsm_tree=warn,{}", cfg.logging.level))
+        .unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match cfg.logging.format {
+        config::LogFormat::Json => builder.json().init(),
+        config::LogFormat::Text => builder.init(),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
+        Cmd::Config(ConfigCmd::Check { file }) => match config::load(Some(&file), &config::Overrides::default()) {
+            Ok(_) => {
+                println!("{}: OK", file.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{}: {e}", file.display());
+                ExitCode::from(1)
+            }
+        },
+        Cmd::Config(ConfigCmd::Print { config }) => {
+            match config::load(config.as_deref(), &config::Overrides::default()) {
+                Ok(c) => {
+                    println!("{}", serde_json::to_string_pretty(&c).unwrap_or_default());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("promptmq: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Cmd::Serve(args) => {
-            tracing_subscriber::fmt()
-                .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_new(format!("fjall=warn,lsm_tree=warn,{}", args.log))
-                        .unwrap_or_else(|_| "info".into()),
-                )
-                .with_writer(std::io::stderr)
-                .init();
+            let flags =
+                config::Overrides { listen: args.listen, data_dir: args.data_dir, sync: args.sync, log: args.log };
+            let cfg = match config::load(args.config.as_deref(), &flags) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("promptmq: invalid configuration: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            init_logging(&cfg);
             let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
                 Ok(rt) => rt,
                 Err(e) => {
@@ -119,7 +169,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
-            match rt.block_on(serve(args)) {
+            match rt.block_on(serve(cfg)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("promptmq: {e}");

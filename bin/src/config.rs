@@ -1,0 +1,303 @@
+//! The operator's configuration: embedded defaults ← config file (YAML, TOML or JSON, chosen
+//! by extension) ← environment `PROMPTMQ_*` (nested keys joined with `__`, e.g.
+//! `PROMPTMQ_LIMITS__MAX_PACKET_SIZE=65536`) ← command-line flags. Unknown keys and bad values
+//! are errors that name the key. Maps onto the broker's `BrokerConfig`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Json, Serialized, Toml, Yaml};
+use figment::Figment;
+use promptmq_broker::BrokerConfig;
+use promptmq_wal::SyncMode;
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where clients connect.
+    pub listeners: Listeners,
+    /// The log.
+    pub storage: Storage,
+    /// Per-client limits.
+    pub limits: Limits,
+    /// Log output.
+    pub logging: Logging,
+}
+
+/// Listeners.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Listeners {
+    /// Plain MQTT over TCP.
+    pub tcp: Tcp,
+}
+
+/// The TCP listener.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tcp {
+    /// Address and port to listen on.
+    pub bind: SocketAddr,
+    /// Most simultaneous connections; further ones wait to be accepted.
+    pub max_connections: usize,
+}
+
+/// Durability of the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Sync {
+    /// fdatasync before acknowledging (nothing acknowledged is lost, even on power loss).
+    Always,
+    /// Acknowledge after write; sync every `sync_interval_ms` (power loss loses at most that).
+    Interval,
+    /// Never sync explicitly (power loss loses what the OS had not written).
+    None,
+}
+
+/// Storage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Storage {
+    /// Data directory (the log lives in `<dir>/log`).
+    pub dir: PathBuf,
+    /// When QoS 1/2 messages are acknowledged: always | interval | none.
+    pub sync: Sync,
+    /// Sync interval for `sync: interval`, milliseconds (> 0).
+    pub sync_interval_ms: u64,
+    /// Also write QoS 0 messages to the log.
+    pub persist_qos0: bool,
+}
+
+/// Limits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest packet accepted, bytes (larger ones disconnect the client with 0x95).
+    pub max_packet_size: usize,
+    /// Messages queued per client before new ones are dropped.
+    pub max_queued_messages: usize,
+    /// Receive maximum announced to clients: their unacknowledged QoS 1/2 PUBLISHes.
+    pub receive_maximum: u16,
+    /// Highest keep alive accepted, seconds; longer ones are replaced.
+    pub max_keep_alive: u16,
+    /// Highest session expiry interval honoured, seconds.
+    pub max_session_expiry: u32,
+    /// Topic aliases a client may use towards the broker.
+    pub topic_alias_maximum: u16,
+}
+
+/// Logging.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Logging {
+    /// Filter in RUST_LOG syntax, e.g. `info` or `promptmq_broker=debug`.
+    pub level: String,
+    /// Output format.
+    pub format: LogFormat,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let b = BrokerConfig::default();
+        Config {
+            listeners: Listeners::default(),
+            storage: Storage { dir: b.data_dir, sync: Sync::Always, sync_interval_ms: 5, persist_qos0: b.persist_qos0 },
+            limits: Limits {
+                max_packet_size: b.max_packet_size,
+                max_queued_messages: b.max_queued_messages,
+                receive_maximum: b.receive_maximum,
+                max_keep_alive: b.max_keep_alive,
+                max_session_expiry: b.max_session_expiry,
+                topic_alias_maximum: b.topic_alias_maximum,
+            },
+            logging: Logging::default(),
+        }
+    }
+}
+
+impl Default for Tcp {
+    fn default() -> Self {
+        let b = BrokerConfig::default();
+        Tcp { bind: b.listen, max_connections: b.max_connections }
+    }
+}
+
+impl Default for Storage {
+    fn default() -> Self {
+        Config::default().storage
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Config::default().limits
+    }
+}
+
+impl Default for Logging {
+    fn default() -> Self {
+        Logging { level: "info".into(), format: LogFormat::Text }
+    }
+}
+
+/// Command-line overrides (only the flags given).
+#[derive(Debug, Default)]
+pub struct Overrides {
+    /// `--listen`.
+    pub listen: Option<SocketAddr>,
+    /// `--data-dir`.
+    pub data_dir: Option<PathBuf>,
+    /// `--sync always|none|interval:MS`.
+    pub sync: Option<SyncMode>,
+    /// `--log`.
+    pub log: Option<String>,
+}
+
+/// Builds the effective configuration from all layers.
+pub fn load(file: Option<&Path>, flags: &Overrides) -> Result<Config, String> {
+    let mut fig = Figment::from(Serialized::defaults(Config::default()));
+    if let Some(f) = file {
+        if !f.is_file() {
+            return Err(format!("config file {} does not exist", f.display()));
+        }
+        fig = match f.extension().and_then(|e| e.to_str()) {
+            Some("yaml" | "yml") => fig.merge(Yaml::file(f)),
+            Some("toml") => fig.merge(Toml::file(f)),
+            Some("json") => fig.merge(Json::file(f)),
+            _ => return Err(format!("config file {}: use a .yaml, .yml, .toml or .json extension", f.display())),
+        };
+    }
+    fig = fig.merge(Env::prefixed("PROMPTMQ_").split("__"));
+    if let Some(l) = flags.listen {
+        fig = fig.merge(Serialized::default("listeners.tcp.bind", l));
+    }
+    if let Some(d) = &flags.data_dir {
+        fig = fig.merge(Serialized::default("storage.dir", d));
+    }
+    if let Some(l) = &flags.log {
+        fig = fig.merge(Serialized::default("logging.level", l));
+    }
+    if let Some(s) = flags.sync {
+        let (mode, ms) = match s {
+            SyncMode::Always => (Sync::Always, None),
+            SyncMode::None => (Sync::None, None),
+            SyncMode::Interval(d) => (Sync::Interval, Some(d.as_millis() as u64)),
+        };
+        fig = fig.merge(Serialized::default("storage.sync", mode));
+        if let Some(ms) = ms {
+            fig = fig.merge(Serialized::default("storage.sync_interval_ms", ms));
+        }
+    }
+    let cfg: Config = fig.extract().map_err(|e| {
+        e.into_iter()
+            .map(|e| {
+                let key = if e.path.is_empty() { String::new() } else { format!("{}: ", e.path.join(".")) };
+                format!("{key}{}", e.kind)
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    })?;
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+impl Config {
+    fn validate(&self) -> Result<(), String> {
+        if self.storage.sync == Sync::Interval && self.storage.sync_interval_ms == 0 {
+            return Err("storage.sync_interval_ms: must be > 0 with sync: interval".into());
+        }
+        if self.limits.max_packet_size < 16 {
+            return Err("limits.max_packet_size: must be at least 16 bytes".into());
+        }
+        if self.limits.receive_maximum == 0 {
+            return Err("limits.receive_maximum: must be 1..=65535".into());
+        }
+        if self.listeners.tcp.max_connections == 0 {
+            return Err("listeners.tcp.max_connections: must be > 0".into());
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.logging.level).map_err(|e| format!("logging.level: {e}"))?;
+        Ok(())
+    }
+
+    /// The broker settings.
+    pub fn broker(&self) -> BrokerConfig {
+        let mut b = BrokerConfig::new(self.listeners.tcp.bind, self.storage.dir.clone());
+        b.max_connections = self.listeners.tcp.max_connections;
+        b.sync = match self.storage.sync {
+            Sync::Always => SyncMode::Always,
+            Sync::None => SyncMode::None,
+            Sync::Interval => SyncMode::Interval(Duration::from_millis(self.storage.sync_interval_ms)),
+        };
+        b.persist_qos0 = self.storage.persist_qos0;
+        b.max_packet_size = self.limits.max_packet_size;
+        b.max_queued_messages = self.limits.max_queued_messages;
+        b.receive_maximum = self.limits.receive_maximum;
+        b.max_keep_alive = self.limits.max_keep_alive;
+        b.max_session_expiry = self.limits.max_session_expiry;
+        b.topic_alias_maximum = self.limits.topic_alias_maximum;
+        b
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(name: &str, body: &str) -> (tempfile::TempDir, PathBuf) {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join(name);
+        std::fs::write(&p, body).unwrap();
+        (d, p)
+    }
+
+    #[test]
+    fn defaults_are_the_embedded_ones() {
+        let c = load(None, &Overrides::default()).unwrap();
+        assert_eq!(c.listeners.tcp.bind, "127.0.0.1:1883".parse().unwrap());
+        assert_eq!(c.storage.dir, PathBuf::from("./data"));
+        assert_eq!(c.storage.sync, Sync::Always);
+    }
+
+    #[test]
+    fn each_format_and_the_layers() {
+        let (_d, y) =
+            write("c.yaml", "limits:\n  max_packet_size: 4096\nstorage:\n  sync: interval\n  sync_interval_ms: 20\n");
+        let c = load(Some(&y), &Overrides::default()).unwrap();
+        assert_eq!(c.limits.max_packet_size, 4096);
+        assert_eq!(c.broker().sync, SyncMode::Interval(Duration::from_millis(20)));
+        let (_d, t) = write("c.toml", "[limits]\nmax_queued_messages = 7\n");
+        assert_eq!(load(Some(&t), &Overrides::default()).unwrap().limits.max_queued_messages, 7);
+        let (_d, j) = write("c.json", r#"{"logging": {"format": "json"}}"#);
+        assert_eq!(load(Some(&j), &Overrides::default()).unwrap().logging.format, LogFormat::Json);
+        // Flags win over the file.
+        let flags = Overrides { data_dir: Some("/tmp/x".into()), ..Overrides::default() };
+        assert_eq!(load(Some(&y), &flags).unwrap().storage.dir, PathBuf::from("/tmp/x"));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_the_key() {
+        let (_d, y) = write("c.yaml", "limits:\n  max_pakcet_size: 1\n");
+        let e = load(Some(&y), &Overrides::default()).unwrap_err();
+        assert!(e.contains("max_pakcet_size") && e.contains("max_packet_size"), "{e}");
+        let (_d, y) = write("c.yaml", "storage:\n  sync: sometimes\n");
+        let e = load(Some(&y), &Overrides::default()).unwrap_err();
+        assert!(e.contains("storage.sync") && e.contains("always"), "{e}");
+        let (_d, y) = write("c.yaml", "listeners:\n  tcp:\n    bind: not-an-address\n");
+        assert!(load(Some(&y), &Overrides::default()).unwrap_err().contains("listeners.tcp.bind"));
+        let (_d, x) = write("c.ini", "");
+        assert!(load(Some(&x), &Overrides::default()).unwrap_err().contains("extension"));
+    }
+}
