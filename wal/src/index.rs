@@ -230,6 +230,14 @@ fn encode_positions(positions: &[Pos]) -> Vec<u8> {
     v
 }
 
+fn encode_checkpoint(cp: &Checkpoint) -> Vec<u8> {
+    let mut v = Vec::with_capacity(24);
+    v.extend_from_slice(&cp.pos.segment.to_le_bytes());
+    v.extend_from_slice(&cp.pos.at.to_le_bytes());
+    v.extend_from_slice(&cp.next_lsn.to_le_bytes());
+    v
+}
+
 fn segment_key(shard: u32, first_lsn: u64) -> [u8; 12] {
     let mut k = [0u8; 12];
     k[..4].copy_from_slice(&shard.to_be_bytes());
@@ -297,9 +305,38 @@ impl Index {
         Ok(())
     }
 
-    pub(crate) fn put_stream(&self, meta: &StreamMeta) -> Result<()> {
-        self.streams.insert(meta_key(meta.id), meta.encode())?;
+    /// Stores a stream's settings (first offset, retention). The stored `next_offset` is
+    /// kept: it belongs to the shard's checkpoint and changes only together with it
+    /// ([`Index::commit_checkpoint`]), or recovery from that checkpoint would be inconsistent.
+    pub(crate) fn put_stream_settings(&self, meta: &StreamMeta) -> Result<()> {
+        let stored = self.streams.get(meta_key(meta.id))?.map(|v| StreamMeta::decode(&v)).transpose()?;
+        let next_offset = stored.map_or(0, |m| m.next_offset);
+        self.streams.insert(meta_key(meta.id), StreamMeta { next_offset, ..meta.clone() }.encode())?;
         Ok(())
+    }
+
+    /// Atomically stores a shard's checkpoint together with the state it describes: each
+    /// stream's catalogue entry (with its next offset) and its open index block. One fjall
+    /// batch, so a crash leaves either the old checkpoint with the old state or the new
+    /// with the new — never a mix.
+    pub(crate) fn commit_checkpoint(
+        &self,
+        shard: u32,
+        cp: Option<&Checkpoint>,
+        streams: &[(StreamMeta, Option<(u64, Vec<Pos>)>)],
+    ) -> Result<()> {
+        let mut b = self.db.batch();
+        for (meta, block) in streams {
+            b.insert(&self.streams, meta_key(meta.id), meta.encode());
+            if let Some((first, positions)) = block {
+                b.insert(&self.blocks, block_key(meta.id, *first).to_vec(), encode_positions(positions));
+            }
+        }
+        if let Some(cp) = cp {
+            b.insert(&self.meta, checkpoint_key(shard), encode_checkpoint(cp));
+        }
+        b.commit()?;
+        self.persist()
     }
 
     pub(crate) fn put_block(&self, stream: u64, first: u64, positions: &[Pos]) -> Result<()> {
@@ -395,15 +432,6 @@ impl Index {
                 next_lsn: read_u64(&v, 16)?,
             })),
         }
-    }
-
-    pub(crate) fn put_checkpoint(&self, shard: u32, cp: &Checkpoint) -> Result<()> {
-        let mut v = Vec::with_capacity(24);
-        v.extend_from_slice(&cp.pos.segment.to_le_bytes());
-        v.extend_from_slice(&cp.pos.at.to_le_bytes());
-        v.extend_from_slice(&cp.next_lsn.to_le_bytes());
-        self.meta.insert(checkpoint_key(shard), v)?;
-        Ok(())
     }
 
     pub(crate) fn cursor(&self, stream: u64, consumer: &str) -> Result<Option<u64>> {

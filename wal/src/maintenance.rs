@@ -131,7 +131,7 @@ impl Wal {
             let new = self.retention_point(s, &r, now)?;
             if new > old {
                 s.first_offset.store(new, Ordering::Release);
-                self.index().put_stream(&s.meta())?;
+                self.index().put_stream_settings(&s.meta())?;
                 self.index().delete_blocks_below(s.id, new)?;
                 report.records_expired += new - old;
             }

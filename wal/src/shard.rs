@@ -329,18 +329,10 @@ impl ShardWriter {
         if self.file.is_none() || self.synced_len != self.seg_len {
             return;
         }
-        let res = (|| -> Result<()> {
-            for s in self.touched.values() {
-                s.flush_open_block(&self.index)?;
-                self.index.put_stream(&s.meta())?;
-            }
-            let cp = Checkpoint {
-                pos: Pos { segment: self.seg_first, at: self.synced_len, len: 0 },
-                next_lsn: self.next_lsn,
-            };
-            self.index.put_checkpoint(self.shared.id, &cp)?;
-            self.index.persist()
-        })();
+        let cp =
+            Checkpoint { pos: Pos { segment: self.seg_first, at: self.synced_len, len: 0 }, next_lsn: self.next_lsn };
+        let states: Vec<_> = self.touched.values().map(|s| s.checkpoint_state()).collect();
+        let res = self.index.commit_checkpoint(self.shared.id, Some(&cp), &states);
         match res {
             Ok(()) => {
                 self.touched.clear();

@@ -138,13 +138,13 @@ impl StreamState {
         }
     }
 
-    /// Writes the open (partial) block to the index, for a checkpoint.
-    pub(crate) fn flush_open_block(&self, index: &Index) -> crate::Result<()> {
-        let b = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        if !b.positions.is_empty() {
-            index.put_block(self.id, b.first, &b.positions)?;
-        }
-        Ok(())
+    /// The catalogue entry and the open (partial) index block, for a checkpoint.
+    pub(crate) fn checkpoint_state(&self) -> (StreamMeta, Option<(u64, Vec<Pos>)>) {
+        let block = {
+            let b = self.open.lock().unwrap_or_else(|p| p.into_inner());
+            (!b.positions.is_empty()).then(|| (b.first, b.positions.clone()))
+        };
+        (self.meta(), block)
     }
 
     /// The position of `offset`, from memory or from the index (`cache` holds the last

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use crate::commit::Completion;
 use crate::error::{Error, Result};
 use crate::format::{self, Decoded, FRAME_LEN};
-use crate::index::{Index, StreamMeta};
+use crate::index::{Checkpoint, Index, Pos, StreamMeta};
 use crate::io::Backend;
 use crate::options::{Options, Retention};
 use crate::recovery::{self, RecoveryReport};
@@ -316,11 +316,16 @@ impl Wal {
         recovery::finish_streams(&by_id);
         let shared_list: Vec<_> = shards.iter().map(|(s, _)| s.clone()).collect();
         crate::maintenance::finish_interrupted(&shared_list, &index, &by_id)?;
-        for s in by_id.values() {
-            s.flush_open_block(&index)?;
-            index.put_stream(&s.meta())?;
+        // Checkpoint what recovery established, atomically per shard: the streams' offsets
+        // now include the re-indexed tail, so the checkpoint must move to the tail's end too.
+        for (shared, start) in &shards {
+            let states: Vec<_> =
+                by_id.values().filter(|s| s.shard == shared.id).map(|s| s.checkpoint_state()).collect();
+            let cp = start
+                .active
+                .map(|(segment, at)| Checkpoint { pos: Pos { segment, at, len: 0 }, next_lsn: start.next_lsn });
+            index.commit_checkpoint(shared.id, cp.as_ref(), &states)?;
         }
-        index.persist()?;
         let mut started_shards = Vec::with_capacity(shards.len());
         for (shared, start) in shards {
             started_shards.push(Shard::start(
@@ -759,7 +764,7 @@ impl Wal {
     /// Changes a stream's retention policy (applied by [`Wal::apply_retention`]).
     pub fn set_retention(&self, stream: &Stream, retention: Retention) -> Result<()> {
         *stream.state.retention.lock().unwrap_or_else(|p| p.into_inner()) = retention;
-        self.inner.index.put_stream(&stream.state.meta())?;
+        self.inner.index.put_stream_settings(&stream.state.meta())?;
         self.inner.index.persist()
     }
 
