@@ -114,6 +114,10 @@ pub(crate) struct StreamMeta {
     pub(crate) compacted: bool,
 }
 
+/// What a checkpoint stores of one stream: its catalogue entry and its open index block
+/// (first offset, positions).
+pub(crate) type StreamCheckpoint = (StreamMeta, Option<(u64, Vec<Pos>)>);
+
 /// A shard's checkpoint: every record before `pos` is in the index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Checkpoint {
@@ -323,7 +327,7 @@ impl Index {
         &self,
         shard: u32,
         cp: Option<&Checkpoint>,
-        streams: &[(StreamMeta, Option<(u64, Vec<Pos>)>)],
+        streams: &[StreamCheckpoint],
     ) -> Result<()> {
         let mut b = self.db.batch();
         for (meta, block) in streams {

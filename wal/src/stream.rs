@@ -139,7 +139,7 @@ impl StreamState {
     }
 
     /// The catalogue entry and the open (partial) index block, for a checkpoint.
-    pub(crate) fn checkpoint_state(&self) -> (StreamMeta, Option<(u64, Vec<Pos>)>) {
+    pub(crate) fn checkpoint_state(&self) -> crate::index::StreamCheckpoint {
         let block = {
             let b = self.open.lock().unwrap_or_else(|p| p.into_inner());
             (!b.positions.is_empty()).then(|| (b.first, b.positions.clone()))
