@@ -102,10 +102,8 @@ pub(crate) async fn serve(
             return;
         }
     };
-    let Some(mut conn) = accept(shared.clone(), rd, wr, rbuf, peer, *connect).await else { return };
+    let Some((mut conn, mut kick_rx)) = accept(shared.clone(), rd, wr, rbuf, peer, *connect).await else { return };
     shared.stats.clients_connected.fetch_add(1, Ordering::Relaxed);
-    let (kick_tx, mut kick_rx) = oneshot::channel();
-    lock(&conn.session).kick = Some(kick_tx);
     let end = conn.run(&mut kick_rx, &mut shutdown).await;
     shared.stats.clients_connected.fetch_sub(1, Ordering::Relaxed);
     conn.finish(end).await;
@@ -126,7 +124,7 @@ async fn accept(
     rbuf: BytesMut,
     peer: SocketAddr,
     c: Connect,
-) -> Option<Conn> {
+) -> Option<(Conn, oneshot::Receiver<ReasonCode>)> {
     let v5 = c.protocol.is_v5();
     let cfg = &shared.cfg;
     let refuse = |code: ReasonCode| {
@@ -162,7 +160,7 @@ async fn accept(
     };
 
     // Take over or resume the session.
-    let (session, session_present, generation) = {
+    let (session, session_present, generation, kick_rx) = {
         let mut sessions = lock(&shared.sessions);
         let existing = sessions.get(client_id.as_ref()).cloned();
         let reuse = existing.filter(|_| !c.clean_start);
@@ -182,15 +180,19 @@ async fn accept(
         }
         let present = reuse.is_some();
         let session = reuse.unwrap_or_else(|| Arc::new(Mutex::new(Session::new())));
+        // The kick channel is installed under the sessions lock, before CONNACK: a takeover
+        // that races with this CONNECT always finds a connection it can close.
+        let (kick_tx, kick_rx) = oneshot::channel();
         let generation = {
             let mut s = lock(&session);
             s.generation += 1;
             s.connected = true;
             s.expiry = expiry;
+            s.kick = Some(kick_tx);
             s.generation
         };
         sessions.insert(client_id.to_string(), session.clone());
-        (session, present, generation)
+        (session, present, generation, kick_rx)
     };
     shared.save_session(&client_id, &lock(&session));
 
@@ -215,29 +217,41 @@ async fn accept(
     }
     let ack = Packet::ConnAck(ConnAck { session_present, code: ReasonCode::Success, v3_code: None, properties: props });
     if encode(&ack, c.protocol, &mut out).is_err() || wr.write_all(&out).await.is_err() {
+        // The client went away before its CONNACK: the session is not connected after all.
+        {
+            let mut s = lock(&session);
+            if s.generation == generation {
+                s.connected = false;
+                s.kick = None;
+            }
+        }
+        end_session_later(shared.clone(), client_id, session, generation, expiry);
         return None;
     }
     tracing::info!(client = %client_id, %peer, version = ?c.protocol, clean = c.clean_start, session_present, "client connected");
     let wake = lock(&session).wake.clone();
-    Some(Conn {
-        shared: shared.clone(),
-        rd,
-        wr,
-        rbuf,
-        wbuf: BytesMut::new(),
-        version: c.protocol,
-        client_id,
-        peer,
-        session,
-        wake,
-        generation,
-        keep_alive: (keep_alive > 0).then(|| Duration::from_millis(keep_alive as u64 * 1500)),
-        client_receive_max: c.properties.receive_maximum.unwrap_or(u16::MAX) as usize,
-        client_max_packet: c.properties.maximum_packet_size.map_or(usize::MAX, |m| m as usize),
-        aliases: HashMap::new(),
-        pending: VecDeque::new(),
-        will: c.will,
-    })
+    Some((
+        Conn {
+            shared: shared.clone(),
+            rd,
+            wr,
+            rbuf,
+            wbuf: BytesMut::new(),
+            version: c.protocol,
+            client_id,
+            peer,
+            session,
+            wake,
+            generation,
+            keep_alive: (keep_alive > 0).then(|| Duration::from_millis(keep_alive as u64 * 1500)),
+            client_receive_max: c.properties.receive_maximum.unwrap_or(u16::MAX) as usize,
+            client_max_packet: c.properties.maximum_packet_size.map_or(usize::MAX, |m| m as usize),
+            aliases: HashMap::new(),
+            pending: VecDeque::new(),
+            will: c.will,
+        },
+        kick_rx,
+    ))
 }
 
 impl Conn {
