@@ -83,9 +83,7 @@ fn persistent_subscriptions_survive_sigkill() {
     let mut gone = Client::connect(b.addr, "transient", ProtocolVersion::V5);
     gone.subscribe("alerts/#", QoS::AtLeastOnce);
     drop(gone);
-    // The session record is written without waiting (issue 5 notes it); give the group
-    // commit ample time on a loaded CI machine.
-    std::thread::sleep(Duration::from_millis(1000));
+    // No sleep: SUBACK came only once the session record was durable.
     b.kill9();
 
     let b = start(dir.path());

@@ -37,11 +37,18 @@ enum End {
     Refused(ReasonCode, String),
 }
 
-/// A QoS 1/2 PUBLISH waiting for the log before it is routed and acknowledged.
+/// Work waiting for the log: answered, in arrival order, once its appends are durable.
 struct PendingAck {
     done: Vec<Completion<u64>>,
-    msg: Arc<Message>,
-    packet_id: u16,
+    then: AfterDurable,
+}
+
+enum AfterDurable {
+    /// A QoS 1/2 PUBLISH: route it, then PUBACK / PUBREC.
+    Publish { msg: Arc<Message>, packet_id: u16 },
+    /// A SUBSCRIBE or UNSUBSCRIBE of a persistent session: its acknowledgement, and the
+    /// retained messages to send after it.
+    Reply { packet: Box<Packet>, retained: Vec<Delivery> },
 }
 
 struct Conn {
@@ -194,7 +201,8 @@ async fn accept(
         sessions.insert(client_id.to_string(), session.clone());
         (session, present, generation, kick_rx)
     };
-    shared.save_session(&client_id, &lock(&session));
+    // Not awaited: until the client subscribes, the record only holds the expiry.
+    drop(shared.save_session(&client_id, &lock(&session)));
 
     let mut keep_alive = c.keep_alive;
     let mut props = Properties::default();
@@ -373,7 +381,7 @@ impl Conn {
                             ));
                         }
                         s.expiry = e.min(self.shared.cfg.max_session_expiry);
-                        self.shared.save_session(&self.client_id, &s);
+                        drop(self.shared.save_session(&self.client_id, &s));
                     }
                 }
                 Err(End::Graceful(d.code))
@@ -442,7 +450,7 @@ impl Conn {
                 if retain {
                     done.push(self.shared.store.set_retained(&msg));
                 }
-                self.pending.push_back(PendingAck { done, msg, packet_id: id });
+                self.pending.push_back(PendingAck { done, then: AfterDurable::Publish { msg, packet_id: id } });
                 Ok(())
             }
             (_, None) => Err(End::Refused(ReasonCode::ProtocolError, "QoS > 0 without packet id".into())),
@@ -452,14 +460,24 @@ impl Conn {
     /// The head of the pending queue is durable (or failed): route it and acknowledge.
     fn complete_head(&mut self, res: Result<(), promptmq_wal::Error>) -> Result<(), End> {
         let Some(head) = self.pending.pop_front() else { return Ok(()) };
+        let (msg, packet_id) = match head.then {
+            AfterDurable::Publish { msg, packet_id } => (msg, packet_id),
+            AfterDurable::Reply { packet, retained } => {
+                if let Err(e) = res {
+                    // The subscription works now but may not survive a restart: say so.
+                    tracing::warn!(client = %self.client_id, error = %e, "session record not stored");
+                }
+                return self.reply_then_retained(&packet, retained);
+            }
+        };
         let code = match res {
             Ok(()) => {
-                if head.msg.retain {
-                    self.shared.set_retained(&head.msg);
+                if msg.retain {
+                    self.shared.set_retained(&msg);
                 }
-                self.shared.route(&head.msg);
-                if head.msg.qos == QoS::ExactlyOnce {
-                    lock(&self.session).inbound_qos2.insert(head.packet_id);
+                self.shared.route(&msg);
+                if msg.qos == QoS::ExactlyOnce {
+                    lock(&self.session).inbound_qos2.insert(packet_id);
                 }
                 ReasonCode::Success
             }
@@ -476,8 +494,39 @@ impl Conn {
                 }
             }
         };
-        let resp = PubResp { packet_id: head.packet_id, code, properties: Properties::default() };
-        self.queue_packet(&if head.msg.qos == QoS::ExactlyOnce { Packet::PubRec(resp) } else { Packet::PubAck(resp) })
+        let resp = PubResp { packet_id, code, properties: Properties::default() };
+        self.queue_packet(&if msg.qos == QoS::ExactlyOnce { Packet::PubRec(resp) } else { Packet::PubAck(resp) })
+    }
+
+    /// Sends a (UN)SUBACK, then queues the retained messages the subscription brings.
+    fn reply_then_retained(&mut self, packet: &Packet, retained: Vec<Delivery>) -> Result<(), End> {
+        self.queue_packet(packet)?;
+        let mut sess = lock(&self.session);
+        for d in retained {
+            if !sess.enqueue(d, self.shared.cfg.max_queued_messages) {
+                self.shared.stats.messages_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    }
+
+    /// Answers with `packet` once the session record is durable (persistent sessions), or
+    /// at once; in arrival order behind any PUBLISH still waiting for the log.
+    fn reply_when_durable(&mut self, packet: Packet, retained: Vec<Delivery>) -> Result<(), End> {
+        let saved = self.shared.save_session(&self.client_id, &lock(&self.session));
+        match saved {
+            Some(c) => {
+                let packet = Box::new(packet);
+                self.pending.push_back(PendingAck { done: vec![c], then: AfterDurable::Reply { packet, retained } });
+                Ok(())
+            }
+            None if self.pending.is_empty() => self.reply_then_retained(&packet, retained),
+            None => {
+                let packet = Box::new(packet);
+                self.pending.push_back(PendingAck { done: Vec::new(), then: AfterDurable::Reply { packet, retained } });
+                Ok(())
+            }
+        }
     }
 
     fn ack_publish(&mut self, p: &Publish, code: ReasonCode) -> Result<(), End> {
@@ -519,19 +568,8 @@ impl Conn {
                 }
             }
         }
-        self.queue_packet(&Packet::SubAck(SubAck {
-            packet_id: s.packet_id,
-            properties: Properties::default(),
-            codes,
-        }))?;
-        let mut sess = lock(&self.session);
-        self.shared.save_session(&self.client_id, &sess);
-        for d in retained {
-            if !sess.enqueue(d, self.shared.cfg.max_queued_messages) {
-                self.shared.stats.messages_dropped.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        Ok(())
+        let suback = Packet::SubAck(SubAck { packet_id: s.packet_id, properties: Properties::default(), codes });
+        self.reply_when_durable(suback, retained)
     }
 
     fn on_unsubscribe(&mut self, u: Unsubscribe) -> Result<(), End> {
@@ -541,12 +579,8 @@ impl Conn {
             lock(&self.session).subs.remove(f);
             codes.push(if existed { ReasonCode::Success } else { ReasonCode::NoSubscriptionExisted });
         }
-        self.shared.save_session(&self.client_id, &lock(&self.session));
-        self.queue_packet(&Packet::UnsubAck(UnsubAck {
-            packet_id: u.packet_id,
-            properties: Properties::default(),
-            codes,
-        }))
+        let unsuback = Packet::UnsubAck(UnsubAck { packet_id: u.packet_id, properties: Properties::default(), codes });
+        self.reply_when_durable(unsuback, Vec::new())
     }
 
     /// Encodes one delivery, or `None` if it expired or is larger than the client accepts.
@@ -751,7 +785,7 @@ pub(crate) fn end_session_later(
         drop(s);
         sessions.remove(client.as_ref());
         drop(sessions);
-        shared.forget_session(&client);
+        drop(shared.forget_session(&client));
         {
             let mut router = lock(&shared.router);
             for f in subs {

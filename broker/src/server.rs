@@ -97,24 +97,21 @@ impl Shared {
     }
 
     /// Writes (or, for a session that no longer outlives its connection, clears) the log
-    /// record of a session's subscriptions. Not awaited: it is durable with the next group
-    /// commit, so a crash within that window loses the latest subscription change.
-    pub(crate) fn save_session(&self, client: &str, s: &Session) {
+    /// record of a session's subscriptions; returns the append to wait for, if any.
+    pub(crate) fn save_session(&self, client: &str, s: &Session) -> Option<promptmq_wal::Completion<u64>> {
         if s.expiry > 0 {
             let record =
                 SessionRecord { expiry: s.expiry, subs: s.subs.iter().map(|(f, o)| (f.clone(), *o)).collect() };
-            drop(self.store.save_session(client, Some(record.encode())));
             lock(&self.persisted).insert(client.to_string());
+            Some(self.store.save_session(client, Some(record.encode())))
         } else {
-            self.forget_session(client);
+            self.forget_session(client)
         }
     }
 
     /// Clears the log record of a session, if it has one.
-    pub(crate) fn forget_session(&self, client: &str) {
-        if lock(&self.persisted).remove(client) {
-            drop(self.store.save_session(client, None));
-        }
+    pub(crate) fn forget_session(&self, client: &str) -> Option<promptmq_wal::Completion<u64>> {
+        lock(&self.persisted).remove(client).then(|| self.store.save_session(client, None))
     }
 
     /// Hands the unacknowledged deliveries a leaving shared-subscription member had to other
