@@ -27,6 +27,8 @@ struct Slot<T> {
 struct SlotState<T> {
     value: Option<Result<T>>,
     waker: Option<Waker>,
+    /// The result was handed out; polling again is a caller bug (see `poll`).
+    taken: bool,
 }
 
 /// The appender's side: resolves to the result of its append. Usable both as a `Future`
@@ -42,7 +44,10 @@ pub(crate) struct Completer<T> {
 }
 
 pub(crate) fn completion_pair<T>() -> (Completer<T>, Completion<T>) {
-    let slot = Arc::new(Slot { state: Mutex::new(SlotState { value: None, waker: None }), cond: Condvar::new() });
+    let slot = Arc::new(Slot {
+        state: Mutex::new(SlotState { value: None, waker: None, taken: false }),
+        cond: Condvar::new(),
+    });
     (Completer { slot: Some(slot.clone()) }, Completion { slot })
 }
 
@@ -113,13 +118,20 @@ impl<T> Completion<T> {
     }
 }
 
+/// Like every future, a `Completion` must not be polled again after it returned `Ready`
+/// (in a `select!` loop, drop or replace it once it has resolved): the result is handed out
+/// once, and a second poll would wait forever. Debug builds panic on it instead.
 impl<T> Future for Completion<T> {
     type Output = Result<T>;
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<T>> {
         let mut st = lock(&self.slot.state);
         match st.value.take() {
-            Some(v) => Poll::Ready(v),
+            Some(v) => {
+                st.taken = true;
+                Poll::Ready(v)
+            }
             None => {
+                debug_assert!(!st.taken, "a Completion was polled after it returned Ready");
                 st.waker = Some(cx.waker().clone());
                 Poll::Pending
             }
