@@ -479,3 +479,28 @@ fn pipelined_retained_qos1_publishes_are_all_acknowledged_in_order() {
     }
     assert_eq!(acks, (1..=300).collect::<Vec<u16>>(), "in the order the PUBLISHes arrived");
 }
+
+#[test]
+fn slowloris_connect_is_cut_off_and_others_are_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = TestBroker::start_with(dir.path(), |c| c.connect_timeout = Duration::from_secs(1));
+    // A CONNECT dribbled out one byte every 300 ms never completes in time.
+    let mut slow = std::net::TcpStream::connect(b.addr).unwrap();
+    let connect = [0x10u8, 0x0d, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x02, 0x00, 0x0a, 0x00, 0x01, b'a'];
+    let started = std::time::Instant::now();
+    let mut cut = false;
+    for byte in connect {
+        std::thread::sleep(Duration::from_millis(300));
+        if std::io::Write::write_all(&mut slow, &[byte]).is_err() {
+            cut = true;
+            break;
+        }
+    }
+    let mut rest = Vec::new();
+    slow.set_read_timeout(Some(T)).unwrap();
+    let _ = std::io::Read::read_to_end(&mut slow, &mut rest);
+    assert!(cut || rest.is_empty(), "no CONNACK for an incomplete CONNECT: {rest:02x?}");
+    assert!(started.elapsed() < Duration::from_secs(8), "closed about 1 s after the connection opened");
+    let mut ok = Client::connect(b.addr, "normal", V5);
+    ok.subscribe("x", QoS::AtMostOnce);
+}

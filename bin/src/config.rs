@@ -87,6 +87,8 @@ pub struct Limits {
     pub max_session_expiry: u32,
     /// Topic aliases a client may use towards the broker.
     pub topic_alias_maximum: u16,
+    /// Seconds a new connection has to send a complete CONNECT (slowloris guard, > 0).
+    pub connect_timeout_secs: u64,
 }
 
 /// Logging.
@@ -122,6 +124,7 @@ impl Default for Config {
                 max_keep_alive: b.max_keep_alive,
                 max_session_expiry: b.max_session_expiry,
                 topic_alias_maximum: b.topic_alias_maximum,
+                connect_timeout_secs: b.connect_timeout.as_secs(),
             },
             logging: Logging::default(),
         }
@@ -225,6 +228,9 @@ impl Config {
         if self.limits.receive_maximum == 0 {
             return Err("limits.receive_maximum: must be 1..=65535".into());
         }
+        if self.limits.connect_timeout_secs == 0 {
+            return Err("limits.connect_timeout_secs: must be > 0".into());
+        }
         if self.listeners.tcp.max_connections == 0 {
             return Err("listeners.tcp.max_connections: must be > 0".into());
         }
@@ -248,6 +254,7 @@ impl Config {
         b.max_keep_alive = self.limits.max_keep_alive;
         b.max_session_expiry = self.limits.max_session_expiry;
         b.topic_alias_maximum = self.limits.topic_alias_maximum;
+        b.connect_timeout = Duration::from_secs(self.limits.connect_timeout_secs);
         b
     }
 }

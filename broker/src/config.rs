@@ -36,6 +36,8 @@ pub struct BrokerConfig {
     pub sys_interval: Duration,
     /// Largest number of simultaneous connections.
     pub max_connections: usize,
+    /// How long a new connection may take to send a complete CONNECT (slowloris guard).
+    pub connect_timeout: Duration,
 }
 
 impl BrokerConfig {
@@ -54,6 +56,7 @@ impl BrokerConfig {
             persist_qos0: false,
             sys_interval: Duration::from_secs(10),
             max_connections: 100_000,
+            connect_timeout: Duration::from_secs(10),
         }
     }
 }

@@ -21,8 +21,6 @@ use crate::router::SubOptions;
 use crate::server::{lock, Shared};
 use crate::session::{Delivery, Outbound, Session};
 
-/// How long a new connection may take to send CONNECT.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bytes gathered before a write to the socket.
 const WRITE_BATCH: usize = 64 << 10;
 
@@ -80,7 +78,8 @@ pub(crate) async fn serve(
     let (mut rd, mut wr) = stream.into_split();
     let mut rbuf = BytesMut::new();
     let max = shared.cfg.max_packet_size;
-    let first = tokio::time::timeout(CONNECT_TIMEOUT, async {
+    let connect_timeout = shared.cfg.connect_timeout;
+    let first = tokio::time::timeout(connect_timeout, async {
         loop {
             match decode(&mut rbuf, None, max) {
                 Ok(Some(p)) => return Ok(Some(p)),
@@ -105,7 +104,7 @@ pub(crate) async fn serve(
             return;
         }
         Err(_) => {
-            tracing::info!(%peer, "no CONNECT within {CONNECT_TIMEOUT:?}; closing");
+            tracing::info!(%peer, "no complete CONNECT within {connect_timeout:?}; closing");
             return;
         }
     };
