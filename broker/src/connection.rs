@@ -494,7 +494,7 @@ impl Conn {
             }
         };
         let resp = PubResp { packet_id, code, properties: Properties::default() };
-        self.queue_packet(&if msg.qos == QoS::ExactlyOnce { Packet::PubRec(resp) } else { Packet::PubAck(resp) })
+        self.queue_packet(&publish_ack(msg.qos, resp))
     }
 
     /// Sends a (UN)SUBACK, then queues the retained messages the subscription brings.
@@ -532,7 +532,7 @@ impl Conn {
         let Some(id) = p.packet_id else { return Ok(()) };
         let code = if self.v5() { code } else { ReasonCode::Success };
         let resp = PubResp { packet_id: id, code, properties: Properties::default() };
-        self.queue_packet(&if p.qos == QoS::ExactlyOnce { Packet::PubRec(resp) } else { Packet::PubAck(resp) })
+        self.queue_packet(&publish_ack(p.qos, resp))
     }
 
     fn on_subscribe(&mut self, s: Subscribe) -> Result<(), End> {
@@ -684,6 +684,15 @@ impl Conn {
 /// Reads what the socket has. An idle connection holds no read buffer while it waits: the
 /// buffer is released when empty and reserved only once the socket is readable, which is
 /// most of the memory 10 000 idle clients would otherwise pin.
+/// The acknowledgement of a received PUBLISH: PUBREC for QoS 2, PUBACK for QoS 1.
+fn publish_ack(qos: QoS, resp: PubResp) -> Packet {
+    if qos == QoS::ExactlyOnce {
+        Packet::PubRec(resp)
+    } else {
+        Packet::PubAck(resp)
+    }
+}
+
 async fn read_some(rd: &mut OwnedReadHalf, buf: &mut BytesMut, keep_alive: Option<Duration>) -> Result<usize, End> {
     if buf.is_empty() && buf.capacity() > 0 {
         *buf = BytesMut::new();
