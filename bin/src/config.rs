@@ -77,7 +77,8 @@ pub struct Storage {
 pub struct Limits {
     /// Largest packet accepted, bytes (larger ones disconnect the client with 0x95).
     pub max_packet_size: usize,
-    /// Messages queued per client before new ones are dropped.
+    /// Messages held in memory per client; beyond it, QoS 1/2 messages wait in the log and
+    /// QoS 0 ones are dropped.
     pub max_queued_messages: usize,
     /// Receive maximum announced to clients: their unacknowledged QoS 1/2 PUBLISHes.
     pub receive_maximum: u16,
@@ -89,6 +90,8 @@ pub struct Limits {
     pub topic_alias_maximum: u16,
     /// Seconds a new connection has to send a complete CONNECT (slowloris guard, > 0).
     pub connect_timeout_secs: u64,
+    /// Seconds a write to a client may stall before it is disconnected as too slow (> 0).
+    pub write_timeout_secs: u64,
 }
 
 /// Logging.
@@ -125,6 +128,7 @@ impl Default for Config {
                 max_session_expiry: b.max_session_expiry,
                 topic_alias_maximum: b.topic_alias_maximum,
                 connect_timeout_secs: b.connect_timeout.as_secs(),
+                write_timeout_secs: b.write_timeout.as_secs(),
             },
             logging: Logging::default(),
         }
@@ -231,6 +235,9 @@ impl Config {
         if self.limits.connect_timeout_secs == 0 {
             return Err("limits.connect_timeout_secs: must be > 0".into());
         }
+        if self.limits.write_timeout_secs == 0 {
+            return Err("limits.write_timeout_secs: must be > 0".into());
+        }
         if self.listeners.tcp.max_connections == 0 {
             return Err("listeners.tcp.max_connections: must be > 0".into());
         }
@@ -255,6 +262,7 @@ impl Config {
         b.max_session_expiry = self.limits.max_session_expiry;
         b.topic_alias_maximum = self.limits.topic_alias_maximum;
         b.connect_timeout = Duration::from_secs(self.limits.connect_timeout_secs);
+        b.write_timeout = Duration::from_secs(self.limits.write_timeout_secs);
         b
     }
 }

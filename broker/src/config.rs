@@ -20,8 +20,9 @@ pub struct BrokerConfig {
     pub max_packet_size: usize,
     /// Receive maximum the broker announces: unacknowledged QoS 1/2 PUBLISHes a client may send.
     pub receive_maximum: u16,
-    /// Largest number of messages queued for one client (online or offline) before new
-    /// ones are dropped and counted.
+    /// Messages held in memory for one client. Beyond it a message that is in the log
+    /// waits there (read back when the client catches up); others (QoS 0) are dropped and
+    /// counted.
     pub max_queued_messages: usize,
     /// Highest keep alive accepted; a longer one is replaced (v5: Server Keep Alive).
     pub max_keep_alive: u16,
@@ -38,6 +39,9 @@ pub struct BrokerConfig {
     pub max_connections: usize,
     /// How long a new connection may take to send a complete CONNECT (slowloris guard).
     pub connect_timeout: Duration,
+    /// How long a write to a client may stall before the client is disconnected as too
+    /// slow (its messages stay in the log for a persistent session).
+    pub write_timeout: Duration,
 }
 
 impl BrokerConfig {
@@ -57,6 +61,7 @@ impl BrokerConfig {
             sys_interval: Duration::from_secs(10),
             max_connections: 100_000,
             connect_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(30),
         }
     }
 }

@@ -6,7 +6,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
 use promptmq_wal::Completion;
@@ -17,12 +17,17 @@ use tokio::sync::{oneshot, watch, Notify};
 
 use crate::codec::*;
 use crate::message::Message;
+use crate::replay::{self, Batch};
 use crate::router::SubOptions;
 use crate::server::{lock, Shared};
 use crate::session::{Delivery, Outbound, Session};
 
 /// Bytes gathered before a write to the socket.
 const WRITE_BATCH: usize = 64 << 10;
+/// Most messages read from the log at once for a session catching up.
+const REPLAY_BATCH: usize = 512;
+/// Most streams read at once (merged in publish order) for a session catching up.
+const REPLAY_STREAMS: usize = 32;
 
 /// Why a connection ended.
 #[derive(Debug)]
@@ -37,6 +42,10 @@ enum End {
 
 /// Work waiting for the log: answered, in arrival order, once its appends are durable.
 struct PendingAck {
+    /// The message's own append: its offset is the message's place in its topic's stream.
+    message: Option<Completion<u64>>,
+    offset: Option<u64>,
+    /// Other appends it waits for (retained copy, session records).
     done: Vec<Completion<u64>>,
     then: AfterDurable,
 }
@@ -195,13 +204,14 @@ async fn accept(
             s.connected = true;
             s.expiry = expiry;
             s.kick = Some(kick_tx);
+            s.client_id = Some(client_id.clone());
             s.generation
         };
         sessions.insert(client_id.to_string(), session.clone());
         (session, present, generation, kick_rx)
     };
     // Not awaited: until the client subscribes, the record only holds the expiry.
-    drop(shared.save_session(&client_id, &lock(&session)));
+    drop(shared.save_session(&client_id, &mut lock(&session)));
 
     let mut keep_alive = c.keep_alive;
     let mut props = Properties::default();
@@ -276,9 +286,17 @@ impl Conn {
             return Ok(());
         }
         self.shared.stats.bytes_sent.fetch_add(self.wbuf.len() as u64, Ordering::Relaxed);
-        let r = self.wr.write_all(&self.wbuf).await;
+        let limit = self.shared.cfg.write_timeout;
+        let r = tokio::time::timeout(limit, self.wr.write_all(&self.wbuf)).await;
         self.wbuf.clear();
-        r.map_err(|e| End::Closed(e.to_string()))
+        match r {
+            Ok(r) => r.map_err(|e| End::Closed(e.to_string())),
+            // Its messages stay in the log (persistent sessions keep their positions).
+            Err(_) => Err(End::Refused(
+                ReasonCode::QuotaExceeded,
+                format!("slow client: it read nothing for {limit:?} (limits.write_timeout_secs)"),
+            )),
+        }
     }
 
     async fn run(&mut self, kick: &mut oneshot::Receiver<ReasonCode>, shutdown: &mut watch::Receiver<bool>) -> End {
@@ -287,6 +305,10 @@ impl Conn {
             return e;
         }
         loop {
+            let more_in_log = match self.replay_step().await {
+                Ok(more) => more,
+                Err(e) => return e,
+            };
             if let Err(e) = self.fill_from_queue() {
                 return e;
             }
@@ -320,6 +342,8 @@ impl Conn {
                         Err(e) => return e,
                     }
                 }
+                // Catching up from the log: go round again at once, after anything ready above.
+                _ = std::future::ready(()), if more_in_log => {}
             }
         }
     }
@@ -340,24 +364,42 @@ impl Conn {
         match p {
             Packet::Publish(p) => self.on_publish(p),
             Packet::PubAck(r) => {
-                lock(&self.session).take_inflight(r.packet_id);
+                let mut s = lock(&self.session);
+                if let Some(Outbound::Publish(d)) = s.take_inflight(r.packet_id) {
+                    s.done(d.logged());
+                }
                 Ok(())
             }
             Packet::PubRec(r) => {
                 let mut s = lock(&self.session);
-                if s.take_inflight(r.packet_id).is_some() && (r.code as u8) < 0x80 {
-                    s.inflight.push_back((r.packet_id, Outbound::Released));
-                    drop(s);
-                    self.queue_packet(&Packet::PubRel(PubResp::ok(r.packet_id)))?;
+                match s.take_inflight(r.packet_id) {
+                    Some(Outbound::Publish(d)) if (r.code as u8) < 0x80 => {
+                        let logged = d.logged().map(|(t, o)| (Arc::from(t), o));
+                        s.inflight.push_back((r.packet_id, Outbound::Released(logged)));
+                        drop(s);
+                        self.queue_packet(&Packet::PubRel(PubResp::ok(r.packet_id)))?;
+                    }
+                    // The client refused it: the exchange is over.
+                    Some(Outbound::Publish(d)) => s.done(d.logged()),
+                    Some(other) => s.inflight.push_front((r.packet_id, other)),
+                    None => {}
                 }
                 Ok(())
             }
             Packet::PubComp(r) => {
-                lock(&self.session).take_inflight(r.packet_id);
+                let mut s = lock(&self.session);
+                match s.take_inflight(r.packet_id) {
+                    Some(Outbound::Released(logged)) => s.done(logged.as_ref().map(|(t, o)| (t.as_ref(), *o))),
+                    Some(other) => s.inflight.push_front((r.packet_id, other)),
+                    None => {}
+                }
                 Ok(())
             }
             Packet::PubRel(r) => {
                 let known = lock(&self.session).inbound_qos2.remove(&r.packet_id);
+                if known {
+                    self.save_inbound();
+                }
                 let code = if known || !self.v5() { ReasonCode::Success } else { ReasonCode::PacketIdentifierNotFound };
                 self.queue_packet(&Packet::PubComp(PubResp {
                     packet_id: r.packet_id,
@@ -380,7 +422,7 @@ impl Conn {
                             ));
                         }
                         s.expiry = e.min(self.shared.cfg.max_session_expiry);
-                        drop(self.shared.save_session(&self.client_id, &s));
+                        drop(self.shared.save_session(&self.client_id, &mut s));
                     }
                 }
                 Err(End::Graceful(d.code))
@@ -433,7 +475,7 @@ impl Conn {
                 if self.shared.cfg.persist_qos0 {
                     drop(self.shared.store.append(&msg));
                 }
-                self.shared.route(&msg);
+                self.shared.route(&msg, None);
                 Ok(())
             }
             (_, Some(id)) => {
@@ -445,11 +487,23 @@ impl Conn {
                 if in_flight >= self.shared.cfg.receive_maximum as usize {
                     return Err(End::Refused(ReasonCode::ReceiveMaximumExceeded, "receive maximum exceeded".into()));
                 }
-                let mut done = vec![self.shared.store.append(&msg)];
+                let message = Some(self.shared.store.append(&msg));
+                let mut done = Vec::new();
                 if retain {
                     done.push(self.shared.store.set_retained(&msg));
                 }
-                self.pending.push_back(PendingAck { done, then: AfterDurable::Publish { msg, packet_id: id } });
+                if qos == QoS::ExactlyOnce {
+                    // The id is stored with the message, so that after a restart a resent
+                    // PUBLISH is recognised (acknowledged, not delivered twice).
+                    let s = lock(&self.session);
+                    if s.persistent() {
+                        let mut ids: Vec<u16> = s.inbound_qos2.iter().copied().collect();
+                        ids.push(id);
+                        done.push(self.shared.store.save_inbound(&self.client_id, &ids));
+                    }
+                }
+                let then = AfterDurable::Publish { msg, packet_id: id };
+                self.pending.push_back(PendingAck { message, offset: None, done, then });
                 Ok(())
             }
             (_, None) => Err(End::Refused(ReasonCode::ProtocolError, "QoS > 0 without packet id".into())),
@@ -459,6 +513,7 @@ impl Conn {
     /// The head of the pending queue is durable (or failed): route it and acknowledge.
     fn complete_head(&mut self, res: Result<(), promptmq_wal::Error>) -> Result<(), End> {
         let Some(head) = self.pending.pop_front() else { return Ok(()) };
+        let offset = head.offset;
         let (msg, packet_id) = match head.then {
             AfterDurable::Publish { msg, packet_id } => (msg, packet_id),
             AfterDurable::Reply { packet, retained } => {
@@ -474,13 +529,18 @@ impl Conn {
                 if msg.retain {
                     self.shared.set_retained(&msg);
                 }
-                self.shared.route(&msg);
+                self.shared.route(&msg, offset);
                 if msg.qos == QoS::ExactlyOnce {
                     lock(&self.session).inbound_qos2.insert(packet_id);
                 }
                 ReasonCode::Success
             }
             Err(e) => {
+                if msg.qos == QoS::ExactlyOnce {
+                    // The id may have been stored with the failed message: store the set
+                    // without it, or a new message reusing the id would be taken for a resend.
+                    self.save_inbound();
+                }
                 tracing::warn!(client = %self.client_id, error = %e, "message not stored; refusing it");
                 if !self.v5() {
                     // 3.1.1 has no way to say "not stored": close so the client resends.
@@ -512,20 +572,117 @@ impl Conn {
     /// Answers with `packet` once the session record is durable (persistent sessions), or
     /// at once; in arrival order behind any PUBLISH still waiting for the log.
     fn reply_when_durable(&mut self, packet: Packet, retained: Vec<Delivery>) -> Result<(), End> {
-        let saved = self.shared.save_session(&self.client_id, &lock(&self.session));
+        let saved = self.shared.save_session(&self.client_id, &mut lock(&self.session));
         match saved {
             Some(c) => {
                 let packet = Box::new(packet);
-                self.pending.push_back(PendingAck { done: vec![c], then: AfterDurable::Reply { packet, retained } });
+                self.pending.push_back(PendingAck {
+                    message: None,
+                    offset: None,
+                    done: vec![c],
+                    then: AfterDurable::Reply { packet, retained },
+                });
                 Ok(())
             }
             None if self.pending.is_empty() => self.reply_then_retained(&packet, retained),
             None => {
                 let packet = Box::new(packet);
-                self.pending.push_back(PendingAck { done: Vec::new(), then: AfterDurable::Reply { packet, retained } });
+                self.pending.push_back(PendingAck {
+                    message: None,
+                    offset: None,
+                    done: Vec::new(),
+                    then: AfterDurable::Reply { packet, retained },
+                });
                 Ok(())
             }
         }
+    }
+
+    /// Stores the inbound QoS 2 ids awaiting PUBREL of a persistent session (not waited for:
+    /// an id stored late only matters if the broker stops before, and then the client's
+    /// PUBREL is answered all the same).
+    fn save_inbound(&self) {
+        let s = lock(&self.session);
+        if s.persistent() {
+            let ids: Vec<u16> = s.inbound_qos2.iter().copied().collect();
+            drop(self.shared.store.save_inbound(&self.client_id, &ids));
+        }
+    }
+
+    /// Reads the next part of the session's backlog from the log into its queue: the streams
+    /// it is behind in, merged in publish order (see `positions` and `replay`). Returns
+    /// whether more is left to read.
+    async fn replay_step(&mut self) -> Result<bool, End> {
+        let max = self.shared.cfg.max_queued_messages;
+        let (wanted, room) = {
+            let s = lock(&self.session);
+            // Leave room for what the client is sent live meanwhile.
+            if s.queue.len() >= max / 2 {
+                return Ok(false);
+            }
+            let w: Vec<(String, u64)> =
+                s.positions.replays(REPLAY_STREAMS).into_iter().map(|(t, f)| (t.to_owned(), f)).collect();
+            if w.is_empty() {
+                return Ok(false);
+            }
+            (w, (max - s.queue.len()).min(REPLAY_BATCH))
+        };
+        let per_stream = (room / wanted.len()).max(16);
+        let store = self.shared.store.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            wanted
+                .into_iter()
+                .map(|(topic, from)| {
+                    let (records, read_to) = store.read_topic(&topic, from, per_stream)?;
+                    let complete = records.len() < per_stream;
+                    Ok(Batch { topic, from, records, read_to, complete })
+                })
+                .collect::<Result<Vec<Batch>, crate::store::StoreError>>()
+        })
+        .await;
+        let batches = match read {
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) => {
+                // The session keeps its positions: a later connection tries again.
+                tracing::error!(client = %self.client_id, error = %e, "cannot read the log for a session");
+                return Err(End::Refused(ReasonCode::UnspecifiedError, format!("cannot read the log: {e}")));
+            }
+            Err(e) => return Err(End::Refused(ReasonCode::UnspecifiedError, format!("log read task failed: {e}"))),
+        };
+        let streams: Vec<(String, u64)> = batches.iter().map(|b| (b.topic.clone(), b.from)).collect();
+        // Stamps are nanoseconds; records of the first format fall back to the log's time.
+        let order = |r: &promptmq_wal::Record| {
+            Message::record_stamp(&r.payload).unwrap_or(r.timestamp_ms.saturating_mul(1_000_000))
+        };
+        let (records, reached) = replay::merge(batches, order);
+        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        let mut s = lock(&self.session);
+        let mut taken: Vec<Vec<u64>> = vec![Vec::new(); streams.len()];
+        for (i, r) in records {
+            let topic = streams[i].0.as_str();
+            if s.positions.handed(topic, r.offset) {
+                continue;
+            }
+            let age = Duration::from_millis(now_ms.saturating_sub(r.timestamp_ms));
+            // Expired (or unreadable, which the log's checksum makes a bug, not damage).
+            let Some(msg) = Message::from_record(r.payload, age) else { continue };
+            let Some((qos, retain_as_published, ids)) = s.delivery_options(topic, &msg.publisher) else { continue };
+            taken[i].push(r.offset);
+            s.queue.push_back(Delivery {
+                qos: msg.qos.min(qos),
+                retain: msg.retain && retain_as_published,
+                ids,
+                shared: None,
+                pos: Some(r.offset),
+                msg: Arc::new(msg),
+            });
+        }
+        for (i, (topic, from)) in streams.iter().enumerate() {
+            // Taken under the session lock: a message routed after this is offered live.
+            let end = self.shared.store.topic_end(topic);
+            s.positions.replayed(topic, *from, &taken[i], reached[i], end);
+        }
+        Ok(s.positions.replaying())
     }
 
     fn ack_publish(&mut self, p: &Publish, code: ReasonCode) -> Result<(), End> {
@@ -543,7 +700,11 @@ impl Conn {
             let opts =
                 SubOptions { qos: sub.qos, no_local: sub.no_local, retain_as_published: sub.retain_as_published, id };
             let existed = lock(&self.shared.router).subscribe(&self.client_id, &sub.filter, opts);
-            lock(&self.session).subs.insert(sub.filter.clone(), opts);
+            {
+                let mut s = lock(&self.session);
+                s.subs.insert(sub.filter.clone(), opts);
+                self.shared.follow_new_subscription(&mut s, &sub.filter);
+            }
             codes.push(match sub.qos {
                 QoS::AtMostOnce => ReasonCode::Success,
                 QoS::AtLeastOnce => ReasonCode::GrantedQoS1,
@@ -563,6 +724,7 @@ impl Conn {
                         retain: true,
                         ids: id.into_iter().collect(),
                         shared: None,
+                        pos: None,
                     });
                 }
             }
@@ -575,7 +737,13 @@ impl Conn {
         let mut codes = Vec::with_capacity(u.filters.len());
         for f in &u.filters {
             let existed = lock(&self.shared.router).unsubscribe(&self.client_id, f);
-            lock(&self.session).subs.remove(f);
+            {
+                let mut s = lock(&self.session);
+                s.subs.remove(f);
+                let filters: Vec<String> =
+                    s.subs.keys().filter(|f| topic::parse_shared(f).is_none()).cloned().collect();
+                s.positions.retain(|t| filters.iter().any(|f| topic::matches(f, t)));
+            }
             codes.push(if existed { ReasonCode::Success } else { ReasonCode::NoSubscriptionExisted });
         }
         let unsuback = Packet::UnsubAck(UnsubAck { packet_id: u.packet_id, properties: Properties::default(), codes });
@@ -605,7 +773,7 @@ impl Conn {
                         self.queue_packet(&p)?;
                     }
                 }
-                Outbound::Released => self.queue_packet(&Packet::PubRel(PubResp::ok(pid)))?,
+                Outbound::Released(_) => self.queue_packet(&Packet::PubRel(PubResp::ok(pid)))?,
             }
         }
         Ok(())
@@ -626,9 +794,14 @@ impl Conn {
                 s.queue.push_front(d);
                 break;
             }
-            let Some(p) = self.publish_packet(&d, pid, false) else { continue };
-            if let Some(id) = pid {
-                s.inflight.push_back((id, Outbound::Publish(d)));
+            let Some(p) = self.publish_packet(&d, pid, false) else {
+                // Expired, or too large for the client: it will never be sent.
+                s.done(d.logged());
+                continue;
+            };
+            match pid {
+                Some(id) => s.inflight.push_back((id, Outbound::Publish(d))),
+                None => s.done(d.logged()),
             }
             encode(&p, self.version, &mut self.wbuf)
                 .map_err(|e| End::Refused(ReasonCode::ImplementationSpecificError, e.to_string()))?;
@@ -716,6 +889,11 @@ async fn read_some(rd: &mut OwnedReadHalf, buf: &mut BytesMut, keep_alive: Optio
 /// removed the moment it resolves: a resolved completion must never be polled again.
 async fn wait_head(pending: &mut VecDeque<PendingAck>) -> Result<(), promptmq_wal::Error> {
     let Some(head) = pending.front_mut() else { return Ok(()) };
+    if let Some(c) = head.message.as_mut() {
+        let r = c.await;
+        head.message = None;
+        head.offset = Some(r?);
+    }
     while let Some(c) = head.done.first_mut() {
         let r = c.await;
         head.done.remove(0);
@@ -753,15 +931,16 @@ fn publish_will(
                 return;
             }
         }
+        let mut offset = None;
         if msg.qos != QoS::AtMostOnce {
-            let _ = shared.store.append(&msg).await;
+            offset = shared.store.append(&msg).await.ok();
         }
         if msg.retain {
             let _ = shared.store.set_retained(&msg).await;
             shared.set_retained(&msg);
         }
         tracing::info!(client = %client, topic = %msg.topic, "will published");
-        shared.route(&msg);
+        shared.route(&msg, offset);
     });
 }
 
@@ -786,7 +965,7 @@ pub(crate) fn end_session_later(
             .drain(..)
             .filter_map(|(_, o)| match o {
                 Outbound::Publish(d) => Some(d),
-                Outbound::Released => None,
+                Outbound::Released(_) => None,
             })
             .collect();
         pending.extend(s.queue.drain(..));

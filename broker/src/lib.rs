@@ -11,6 +11,8 @@ pub mod codec;
 mod config;
 mod connection;
 mod message;
+mod positions;
+mod replay;
 pub mod router;
 mod server;
 mod session;

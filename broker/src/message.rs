@@ -1,13 +1,37 @@
 //! An application message as the broker holds it: shared (`Arc`) between every subscriber
 //! queue, its payload a slice of the publisher's packet buffer, and stored in the log as a
 //! v5 PUBLISH packet so that every property survives a restart unchanged.
+//!
+//! Record layout: `0x00`; a stamp (u64, big endian: nanoseconds since the Unix epoch, made
+//! strictly increasing within a process, so a session catching up on several topics gets them
+//! in the order they were published); publisher client id length (u16, big endian), the id;
+//! then the v5 PUBLISH. (A record that starts with a PUBLISH's first byte, `0x3_`, is the first format,
+//! which had no publisher; it is still read.)
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::codec::{self, ByteStr, Packet, Properties, ProtocolVersion, Publish, QoS};
+
+/// First byte of a record in the current format.
+const RECORD_V2: u8 = 0x00;
+
+/// Nanoseconds since the Unix epoch, never the same or lower twice in this process.
+fn next_stamp() -> u64 {
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    let mut prev = LAST.load(Ordering::Relaxed);
+    loop {
+        let next = now.max(prev + 1);
+        match LAST.compare_exchange_weak(prev, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return next,
+            Err(p) => prev = p,
+        }
+    }
+}
 
 /// A published message.
 #[derive(Debug, Clone)]
@@ -77,7 +101,7 @@ impl Message {
         })
     }
 
-    /// The bytes stored in the log: the message as a v5 QoS 0 PUBLISH.
+    /// The bytes stored in the log: the publisher, then the message as a v5 PUBLISH.
     pub fn to_record(&self, now: Instant) -> Bytes {
         let mut p = match self.to_publish(QoS::AtMostOnce, None, self.retain, &[], now) {
             Some(p) => p,
@@ -97,16 +121,37 @@ impl Message {
             p.qos = self.qos;
             p.packet_id = Some(1);
         }
-        let mut out = BytesMut::with_capacity(self.payload.len() + self.topic.len() + 32);
+        let publisher = &self.publisher.as_bytes()[..self.publisher.len().min(u16::MAX as usize)];
+        let mut out = BytesMut::with_capacity(self.payload.len() + self.topic.len() + publisher.len() + 40);
+        out.put_u8(RECORD_V2);
+        out.put_u64(next_stamp());
+        out.put_u16(publisher.len() as u16);
+        out.put_slice(publisher);
         // Encoding a message we built ourselves cannot fail short of a >256 MiB payload,
         // which the maximum packet size already refused.
         let _ = codec::encode(&Packet::Publish(p), ProtocolVersion::V5, &mut out);
         out.freeze()
     }
 
+    /// The stamp of a stored message (`None` for the first format, which has none).
+    pub fn record_stamp(b: &[u8]) -> Option<u64> {
+        match b.first() {
+            Some(&RECORD_V2) => Some(u64::from_be_bytes(b.get(1..9)?.try_into().ok()?)),
+            _ => None,
+        }
+    }
+
     /// Decodes a stored message; `age` is how long ago it was stored (to age its expiry).
     pub fn from_record(b: Bytes, age: Duration) -> Option<Message> {
-        let mut buf = BytesMut::from(&b[..]);
+        let (publisher, body): (Arc<str>, &[u8]) = match b.first() {
+            Some(&RECORD_V2) => {
+                let len = u16::from_be_bytes([*b.get(9)?, *b.get(10)?]) as usize;
+                let id = std::str::from_utf8(b.get(11..11 + len)?).ok()?;
+                (Arc::from(id), &b[11 + len..])
+            }
+            _ => (Arc::from(""), &b[..]),
+        };
+        let mut buf = BytesMut::from(body);
         let Ok(Some(Packet::Publish(p))) = codec::decode(&mut buf, Some(ProtocolVersion::V5), usize::MAX) else {
             return None;
         };
@@ -116,8 +161,48 @@ impl Message {
             None => None,
         };
         let topic = p.topic.clone();
-        let mut m = Message::from_publish(p, topic, Arc::from(""));
+        let mut m = Message::from_publish(p, topic, publisher);
         m.expires_at = expires_at;
         Some(m)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(publisher: &str) -> Message {
+        Message {
+            topic: "a/b".into(),
+            payload: Bytes::from_static(b"hello"),
+            qos: QoS::ExactlyOnce,
+            retain: true,
+            properties: Properties { content_type: Some("text/plain".into()), ..Default::default() },
+            publisher: Arc::from(publisher),
+            expires_at: None,
+        }
+    }
+
+    #[test]
+    fn records_keep_the_message_its_publisher_and_an_increasing_stamp() {
+        let now = Instant::now();
+        let (r1, r2) = (msg("alice").to_record(now), msg("").to_record(now));
+        let m = Message::from_record(r1.clone(), Duration::ZERO).expect("decodes");
+        assert_eq!((m.topic.as_str(), &m.payload[..], m.qos, m.retain), ("a/b", &b"hello"[..], QoS::ExactlyOnce, true));
+        assert_eq!(&*m.publisher, "alice");
+        assert_eq!(m.properties.content_type.as_deref(), Some("text/plain"));
+        assert!(Message::record_stamp(&r1) < Message::record_stamp(&r2));
+        assert_eq!(&*Message::from_record(r2, Duration::ZERO).expect("decodes").publisher, "");
+    }
+
+    #[test]
+    fn first_format_records_still_load_and_damaged_ones_are_refused() {
+        let r = msg("bob").to_record(Instant::now());
+        let body = r.slice(11 + 3..);
+        let m = Message::from_record(body.clone(), Duration::ZERO).expect("a bare PUBLISH loads");
+        assert_eq!((&*m.publisher, Message::record_stamp(&body)), ("", None));
+        for cut in [1, 5, 10, 12] {
+            assert!(Message::from_record(r.slice(..cut), Duration::ZERO).is_none(), "cut at {cut}");
+        }
     }
 }

@@ -14,8 +14,9 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use crate::codec::{topic, QoS};
 use crate::config::BrokerConfig;
 use crate::message::Message;
+use crate::positions::Positions;
 use crate::router::Router;
-use crate::session::{Delivery, Session};
+use crate::session::{Delivery, Queued, Session};
 use crate::session_store::{self, SessionRecord};
 use crate::store::{Store, StoreError};
 
@@ -73,8 +74,10 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Shared {
-    /// Delivers a message to every matching subscription (never waits: a full queue drops).
-    pub(crate) fn route(&self, msg: &Arc<Message>) {
+    /// Delivers a message to every matching subscription. Never waits: a message that is in
+    /// the log (`offset` is its place in its topic's stream) is left there for a session that
+    /// is offline or whose queue is full, and read back later; any other is dropped then.
+    pub(crate) fn route(&self, msg: &Arc<Message>, offset: Option<u64>) {
         let targets = lock(&self.router).route(msg.topic.as_str(), &msg.publisher);
         if targets.is_empty() {
             return;
@@ -82,14 +85,18 @@ impl Shared {
         let sessions = lock(&self.sessions);
         for t in targets {
             let Some(s) = sessions.get(&t.client) else { continue };
+            // Shared subscriptions hand each message to one member, so a member's view of a
+            // stream has gaps: they are not followed by position.
+            let pos = if t.shared.is_none() { offset } else { None };
             let d = Delivery {
                 msg: msg.clone(),
                 qos: msg.qos.min(t.qos),
                 retain: msg.retain && t.retain_as_published,
                 ids: t.ids,
                 shared: t.shared,
+                pos,
             };
-            if !lock(s).enqueue(d, self.cfg.max_queued_messages) {
+            if lock(s).offer(d, self.cfg.max_queued_messages) == Queued::Dropped {
                 self.stats.messages_dropped.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(client = %t.client, topic = %msg.topic, "queue full; message dropped");
             }
@@ -97,11 +104,17 @@ impl Shared {
     }
 
     /// Writes (or, for a session that no longer outlives its connection, clears) the log
-    /// record of a session's subscriptions; returns the append to wait for, if any.
-    pub(crate) fn save_session(&self, client: &str, s: &Session) -> Option<promptmq_wal::Completion<u64>> {
-        if s.expiry > 0 {
-            let record =
-                SessionRecord { expiry: s.expiry, subs: s.subs.iter().map(|(f, o)| (f.clone(), *o)).collect() };
+    /// record of a session's subscriptions and positions; returns the append to wait for,
+    /// if any.
+    pub(crate) fn save_session(&self, client: &str, s: &mut Session) -> Option<promptmq_wal::Completion<u64>> {
+        if s.persistent() {
+            s.positions.dirty = false;
+            let record = SessionRecord {
+                expiry: s.expiry,
+                subs: s.subs.iter().map(|(f, o)| (f.clone(), *o)).collect(),
+                positions: s.positions.cursors(),
+                inbound: Vec::new(),
+            };
             lock(&self.persisted).insert(client.to_string());
             Some(self.store.save_session(client, Some(record.encode())))
         } else {
@@ -111,7 +124,36 @@ impl Shared {
 
     /// Clears the log record of a session, if it has one.
     pub(crate) fn forget_session(&self, client: &str) -> Option<promptmq_wal::Completion<u64>> {
-        lock(&self.persisted).remove(client).then(|| self.store.save_session(client, None))
+        lock(&self.persisted).remove(client).then(|| {
+            drop(self.store.save_inbound(client, &[]));
+            self.store.save_session(client, None)
+        })
+    }
+
+    /// Saves the positions of persistent sessions that moved since they were last saved
+    /// (not waited for: a position saved late only means more is delivered again).
+    fn save_moved_positions(&self) {
+        let sessions: Vec<(String, Arc<Mutex<Session>>)> =
+            lock(&self.sessions).iter().map(|(c, s)| (c.clone(), s.clone())).collect();
+        for (client, s) in sessions {
+            let mut s = lock(&s);
+            if s.persistent() && s.positions.dirty {
+                drop(self.save_session(&client, &mut s));
+            }
+        }
+    }
+
+    /// Starts following, at their current end, the topic streams a new subscription of a
+    /// persistent session matches (what was published before it is not the session's).
+    pub(crate) fn follow_new_subscription(&self, s: &mut Session, filter: &str) {
+        if !s.persistent() || topic::parse_shared(filter).is_some() {
+            return;
+        }
+        for (t, end) in self.store.topics() {
+            if topic::matches(filter, &t) {
+                s.positions.start_at_end(&t, end);
+            }
+        }
     }
 
     /// Hands the unacknowledged deliveries a leaving shared-subscription member had to other
@@ -125,7 +167,7 @@ impl Shared {
             let Some((client, opts)) = lock(&self.router).pick_shared(&filter, leaving) else { continue };
             let sessions = lock(&self.sessions);
             let Some(s) = sessions.get(&client) else { continue };
-            let d = Delivery { qos: d.msg.qos.min(opts.qos), ..d };
+            let d = Delivery { qos: d.msg.qos.min(opts.qos), pos: None, ..d };
             if !lock(s).enqueue(d, self.cfg.max_queued_messages) {
                 self.stats.messages_dropped.fetch_add(1, Ordering::Relaxed);
             }
@@ -164,7 +206,7 @@ impl Shared {
             expires_at: None,
         });
         self.set_retained(&msg);
-        self.route(&msg);
+        self.route(&msg, None);
     }
 
     fn publish_sys_all(&self) {
@@ -256,7 +298,11 @@ impl Broker {
         // Every connection task holds a sender; recv returns None once all have ended.
         let _ = tokio::time::timeout(Duration::from_secs(10), self.done.recv()).await;
         let shared = self.shared.clone();
-        let _ = tokio::task::spawn_blocking(move || shared.store.close()).await;
+        let _ = tokio::task::spawn_blocking(move || {
+            shared.save_moved_positions();
+            shared.store.close()
+        })
+        .await;
         tracing::info!("broker stopped");
     }
 }
@@ -268,9 +314,21 @@ fn restore_sessions(shared: &Arc<Shared>, saved: HashMap<String, SessionRecord>)
         return;
     }
     tracing::info!(sessions = saved.len(), "restoring persistent sessions");
+    let topics = shared.store.topics();
     for (client, record) in saved {
         let mut s = Session::new();
         s.expiry = record.expiry;
+        s.client_id = Some(Arc::from(client.as_str()));
+        s.inbound_qos2 = record.inbound.iter().copied().collect();
+        s.positions = Positions::restored(record.positions);
+        // Streams the record does not name did not exist when it was written: all they hold
+        // arrived since, so the session reads them from the start.
+        for (t, _) in &topics {
+            let followed = record.subs.iter().any(|(f, _)| topic::parse_shared(f).is_none() && topic::matches(f, t));
+            if followed {
+                s.positions.replay(t, 0);
+            }
+        }
         {
             let mut router = lock(&shared.router);
             for (filter, opts) in record.subs {
@@ -321,14 +379,20 @@ async fn accept_loop(
     }
 }
 
+/// How often persistent sessions' moved positions are saved. After a crash, a session gets
+/// again what it acknowledged in the last interval (QoS 1 allows it).
+const POSITIONS_SAVE_INTERVAL: Duration = Duration::from_secs(1);
+
 async fn periodic(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
     let mut sys = tokio::time::interval(shared.cfg.sys_interval);
     let mut maintain = tokio::time::interval(promptmq_wal::SUGGESTED_MAINTENANCE_INTERVAL);
+    let mut positions = tokio::time::interval(POSITIONS_SAVE_INTERVAL);
     maintain.tick().await;
     loop {
         tokio::select! {
             _ = shutdown.changed() => return,
             _ = sys.tick() => shared.publish_sys_all(),
+            _ = positions.tick() => shared.save_moved_positions(),
             _ = maintain.tick() => {
                 let s = shared.clone();
                 let _ = tokio::task::spawn_blocking(move || s.store.maintain()).await;

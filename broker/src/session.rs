@@ -1,15 +1,19 @@
 //! Sessions: what the broker keeps for a client between its connections — subscriptions,
-//! the queue of messages waiting for it, unacknowledged outbound QoS 1/2 messages, and
-//! received QoS 2 packet ids awaiting PUBREL. Bounded: the queue holds at most
-//! `max_queued_messages`; beyond that new messages are dropped and counted.
+//! the queue of messages waiting for it, unacknowledged outbound QoS 1/2 messages, received
+//! QoS 2 packet ids awaiting PUBREL, and its positions in the log. Bounded: the queue holds
+//! at most `max_queued_messages`. Beyond that a message that is in the log is left there and
+//! read back when the queue has room (see [`crate::positions`]); one that is not (QoS 0) is
+//! dropped and counted.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use tokio::sync::{oneshot, Notify};
 
+use crate::codec::topic;
 use crate::codec::{QoS, ReasonCode};
 use crate::message::Message;
+use crate::positions::{Offer, Positions};
 use crate::router::SubOptions;
 
 /// A message on its way to one client.
@@ -21,6 +25,27 @@ pub(crate) struct Delivery {
     pub(crate) ids: Vec<u32>,
     /// The shared subscription it came through, if any (for redelivery to another member).
     pub(crate) shared: Option<Arc<str>>,
+    /// The message's offset in its topic's stream, when the session tracks it (a logged
+    /// message on a plain subscription).
+    pub(crate) pos: Option<u64>,
+}
+
+impl Delivery {
+    /// (topic, offset) when this delivery moves the session's position in the log.
+    pub(crate) fn logged(&self) -> Option<(&str, u64)> {
+        self.pos.map(|o| (self.msg.topic.as_str(), o))
+    }
+}
+
+/// What became of a delivery offered to a session.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Queued {
+    /// Queued for the client.
+    Yes,
+    /// Left in the log, to be read from there.
+    InLog,
+    /// Dropped: the queue is full and the message is not in the log.
+    Dropped,
 }
 
 /// State of an unacknowledged outbound message.
@@ -28,8 +53,8 @@ pub(crate) struct Delivery {
 pub(crate) enum Outbound {
     /// PUBLISH sent; awaiting PUBACK (QoS 1) or PUBREC (QoS 2).
     Publish(Delivery),
-    /// PUBREL sent; awaiting PUBCOMP.
-    Released,
+    /// PUBREL sent; awaiting PUBCOMP. Keeps the (topic, offset) the message had in the log.
+    Released(Option<(Arc<str>, u64)>),
 }
 
 #[derive(Debug)]
@@ -50,6 +75,9 @@ pub(crate) struct Session {
     /// Seconds the session outlives its connection (`u32::MAX`: forever).
     pub(crate) expiry: u32,
     pub(crate) dropped: u64,
+    /// The client id (for no-local when reading back from the log).
+    pub(crate) client_id: Option<Arc<str>>,
+    pub(crate) positions: Positions,
 }
 
 impl Session {
@@ -66,7 +94,75 @@ impl Session {
             kick: None,
             expiry: 0,
             dropped: 0,
+            client_id: None,
+            positions: Positions::default(),
         }
+    }
+
+    /// Whether the session outlives its connection (and so is saved in the log).
+    pub(crate) fn persistent(&self) -> bool {
+        self.expiry > 0
+    }
+
+    /// Offers a routed delivery: logged ones go through the session's positions (left in
+    /// the log while the session is offline or its queue is full), others are queued or,
+    /// with the queue full, dropped.
+    pub(crate) fn offer(&mut self, d: Delivery, max: usize) -> Queued {
+        if let Some((topic, offset)) = d.logged() {
+            let room = self.connected && self.queue.len() < max;
+            return match self.positions.offer(topic, offset, room) {
+                Offer::Take => {
+                    self.queue.push_back(d);
+                    self.wake.notify_one();
+                    Queued::Yes
+                }
+                Offer::Skip => {
+                    if !room && self.connected {
+                        // Let the connection notice it has the log to read.
+                        self.wake.notify_one();
+                    }
+                    Queued::InLog
+                }
+            };
+        }
+        if self.enqueue(d, max) {
+            Queued::Yes
+        } else {
+            Queued::Dropped
+        }
+    }
+
+    /// The delivery is finished with (acknowledged, or never to be sent): its log position
+    /// is no longer outstanding.
+    pub(crate) fn done(&mut self, logged: Option<(&str, u64)>) {
+        if let Some((topic, offset)) = logged {
+            self.positions.done(topic, offset);
+        }
+    }
+
+    /// How a message on `topic` read back from the log is delivered to this session: the
+    /// combined options of its matching plain subscriptions (MQTT 5 section 3.3.4), or
+    /// `None` if none matches any more. No-local is applied by the caller, which knows the
+    /// publisher.
+    pub(crate) fn delivery_options(&self, topic_name: &str, publisher: &str) -> Option<(QoS, bool, Vec<u32>)> {
+        let mut found: Option<(QoS, bool, Vec<u32>)> = None;
+        for (filter, o) in &self.subs {
+            if topic::parse_shared(filter).is_some() || !topic::matches(filter, topic_name) {
+                continue;
+            }
+            if o.no_local && !publisher.is_empty() && self.client_is(publisher) {
+                continue;
+            }
+            let f = found.get_or_insert((o.qos, false, Vec::new()));
+            f.0 = f.0.max(o.qos);
+            f.1 |= o.retain_as_published;
+            f.2.extend(o.id);
+        }
+        found
+    }
+
+    fn client_is(&self, publisher: &str) -> bool {
+        self.client_id.as_deref() == Some(publisher)
     }
 
     /// Queues a delivery; `false` if the queue is full and the message was dropped.
@@ -115,7 +211,7 @@ mod tests {
             publisher: Arc::from("p"),
             expires_at: None,
         };
-        Delivery { msg: Arc::new(m), qos: QoS::AtMostOnce, retain: false, ids: vec![], shared: None }
+        Delivery { msg: Arc::new(m), qos: QoS::AtMostOnce, retain: false, ids: vec![], shared: None, pos: None }
     }
 
     #[test]
@@ -132,8 +228,8 @@ mod tests {
         let mut s = Session::new();
         s.next_pid = u16::MAX;
         assert_eq!(s.alloc_pid(), Some(u16::MAX));
-        s.inflight.push_back((u16::MAX, Outbound::Released));
-        s.inflight.push_back((1, Outbound::Released));
+        s.inflight.push_back((u16::MAX, Outbound::Released(None)));
+        s.inflight.push_back((1, Outbound::Released(None)));
         assert_eq!(s.alloc_pid(), Some(2), "wraps past 0 and skips 1, which is in flight");
         assert!(s.take_inflight(1).is_some());
         assert!(s.take_inflight(1).is_none());

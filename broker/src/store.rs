@@ -15,6 +15,9 @@ use crate::message::Message;
 const RETAINED: &str = "$retained";
 /// Stream holding persistent sessions' subscriptions, keyed by client id.
 const SESSIONS: &str = "$sessions";
+/// Suffix of the key under which a client's unreleased inbound QoS 2 packet ids are kept.
+/// MQTT strings never contain U+0000 [MQTT-1.5.4-2], so no client id ends this way.
+pub(crate) const INBOUND_SUFFIX: &str = "\0in";
 /// Prefix of per-topic message streams.
 const TOPIC_PREFIX: &str = "t/";
 
@@ -98,6 +101,63 @@ impl Store {
             Ok(s) => self.wal.append_keyed(&s, Bytes::copy_from_slice(client.as_bytes()), record.unwrap_or_default()),
             Err(e) => failed(e),
         }
+    }
+
+    /// Stores the QoS 2 packet ids a client has sent and not yet released (PUBREL), so a
+    /// PUBLISH it resends after a restart is recognised and not delivered twice.
+    pub fn save_inbound(&self, client: &str, pids: &[u16]) -> Completion<u64> {
+        let mut key = Vec::with_capacity(client.len() + 3);
+        key.extend_from_slice(client.as_bytes());
+        key.extend_from_slice(INBOUND_SUFFIX.as_bytes());
+        let value: Bytes = if pids.is_empty() {
+            Bytes::new()
+        } else {
+            let mut v = Vec::with_capacity(1 + pids.len() * 2);
+            v.push(1u8);
+            for p in pids {
+                v.extend_from_slice(&p.to_be_bytes());
+            }
+            v.into()
+        };
+        match self.wal.stream_with(SESSIONS, StreamOptions { compacted: true, ..Default::default() }) {
+            Ok(s) => self.wal.append_keyed(&s, key, value),
+            Err(e) => failed(e),
+        }
+    }
+
+    /// Every topic that has a stream, with the offset its next message will get.
+    pub fn topics(&self) -> Vec<(String, u64)> {
+        self.wal
+            .streams()
+            .into_iter()
+            .filter_map(|i| Some((i.name.strip_prefix(TOPIC_PREFIX)?.to_owned(), i.next_offset)))
+            .collect()
+    }
+
+    /// The offset the next message on `topic` will get (0 if it has none yet).
+    pub fn topic_end(&self, topic: &str) -> u64 {
+        self.wal.lookup(&format!("{TOPIC_PREFIX}{topic}")).map_or(0, |s| s.next_offset())
+    }
+
+    /// Reads up to `max` messages of `topic` from offset `from`: (offset, timestamp ms,
+    /// stored bytes) in order, and the offset the read got up to.
+    pub fn read_topic(
+        &self,
+        topic: &str,
+        from: u64,
+        max: usize,
+    ) -> Result<(Vec<promptmq_wal::Record>, u64), StoreError> {
+        let Some(s) = self.wal.lookup(&format!("{TOPIC_PREFIX}{topic}")) else { return Ok((Vec::new(), from)) };
+        // Sampled before the read, which sees at least this much.
+        let end = s.next_offset();
+        let recs = self.wal.read(&s, from, max)?;
+        let read_to = match recs.last() {
+            Some(r) => r.offset + 1,
+            // Nothing readable: offsets were removed by retention (below the first offset)
+            // or skipped by tolerant recovery; either way there is nothing to wait for there.
+            None => from.max(s.first_offset()).max(end.min(from.saturating_add(max as u64))),
+        };
+        Ok((recs, read_to))
     }
 
     /// Every record of the sessions stream, oldest first: (client id, payload).

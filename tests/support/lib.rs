@@ -34,6 +34,11 @@ impl TestBroker {
         TestBroker { rt, broker: Some(broker), addr }
     }
 
+    /// The running broker (for its counters).
+    pub fn broker(&self) -> &Broker {
+        self.broker.as_ref().expect("running until stopped")
+    }
+
     /// Graceful shutdown.
     pub fn stop(mut self) {
         if let Some(b) = self.broker.take() {
@@ -57,6 +62,8 @@ pub struct Client {
     /// Protocol version in use.
     pub version: ProtocolVersion,
     next_id: u16,
+    /// Packets received while waiting for another one (a QoS 2 PUBREL), handed out first.
+    held: std::collections::VecDeque<Packet>,
 }
 
 /// Options for [`Client::connect_with`].
@@ -90,7 +97,7 @@ impl Client {
     ) -> (Client, ConnAck) {
         let stream = TcpStream::connect(addr).expect("connect");
         stream.set_nodelay(true).ok();
-        let mut c = Client { stream, buf: BytesMut::new(), version, next_id: 1 };
+        let mut c = Client { stream, buf: BytesMut::new(), version, next_id: 1, held: Default::default() };
         c.send(&Packet::Connect(Box::new(Connect {
             protocol: version,
             clean_start: o.clean,
@@ -122,6 +129,9 @@ impl Client {
     /// The next packet within `timeout`; `None` on timeout or when the broker closed the
     /// connection.
     pub fn recv(&mut self, timeout: Duration) -> Option<Packet> {
+        if let Some(p) = self.held.pop_front() {
+            return Some(p);
+        }
         let deadline = Instant::now() + timeout;
         loop {
             let v = Some(self.version);
@@ -251,17 +261,20 @@ impl Client {
                         (QoS::AtLeastOnce, Some(id)) => self.send(&Packet::PubAck(PubResp::ok(id))),
                         (QoS::ExactlyOnce, Some(id)) => {
                             self.send(&Packet::PubRec(PubResp::ok(id)));
-                            // Wait for PUBREL and complete, so the flow is exactly once.
+                            // Wait for PUBREL and complete, so the flow is exactly once;
+                            // what arrives meanwhile (more PUBLISHes) is kept for later.
+                            let mut meanwhile = std::mem::take(&mut self.held);
                             loop {
                                 match self.recv(Duration::from_secs(5)) {
                                     Some(Packet::PubRel(r)) if r.packet_id == id => {
                                         self.send(&Packet::PubComp(PubResp::ok(id)));
                                         break;
                                     }
-                                    Some(_) => continue,
+                                    Some(other) => meanwhile.push_back(other),
                                     None => panic!("no PUBREL for {id}"),
                                 }
                             }
+                            self.held = meanwhile;
                         }
                         _ => {}
                     }

@@ -1,0 +1,255 @@
+//! A session's positions in the log (design promise 2: subscribers hold positions, not
+//! copies). For every topic stream a session has a subscription to, it knows how far it has
+//! got: which offsets are handed to the client but not yet acknowledged, and whether it is
+//! reading the stream from the log (offline, or its in-memory queue overflowed) instead of
+//! taking live deliveries.
+//!
+//! The persisted *cursor* of a stream is the lowest offset not yet known to be acknowledged.
+//! Everything from the cursor on is delivered again after a restart, so QoS 1 is at least
+//! once. Streams created after a session's positions were last saved are read from their
+//! start (they did not exist when the record was written, so all they hold is new to it).
+//!
+//! Live deliveries normally arrive in offset order; two publishers racing on one topic can
+//! swap two neighbours. Reading from the log then may hand an offset over twice (a QoS 1
+//! duplicate, which QoS 1 allows); nothing is ever skipped.
+
+use std::collections::{BTreeSet, HashMap};
+
+/// Where one session stands in one topic stream.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct StreamPos {
+    /// Live deliveries below this offset are ignored: the log read already covered them, or
+    /// they were published before the subscription.
+    live_from: u64,
+    /// `Some(x)`: the stream is being read from the log from `x`; live deliveries are
+    /// dropped meanwhile (the log has them).
+    replay_from: Option<u64>,
+    /// Offsets handed over (queued or in flight) and not yet acknowledged.
+    outstanding: BTreeSet<u64>,
+    /// One past the highest offset handed over.
+    next: u64,
+}
+
+impl StreamPos {
+    /// Lowest offset not known to be acknowledged: where a restart resumes.
+    fn cursor(&self) -> u64 {
+        let mut c = self.next.max(self.live_from);
+        if let Some(&o) = self.outstanding.first() {
+            c = c.min(o);
+        }
+        if let Some(r) = self.replay_from {
+            c = c.min(r);
+        }
+        c
+    }
+}
+
+/// What to do with a live delivery.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Offer {
+    /// Queue it (it is now outstanding).
+    Take,
+    /// Drop it: the log read covers it, or did already.
+    Skip,
+}
+
+/// All streams of one session, keyed by topic name.
+#[derive(Debug, Default)]
+pub(crate) struct Positions {
+    streams: HashMap<String, StreamPos>,
+    /// Changed since last saved.
+    pub(crate) dirty: bool,
+}
+
+impl Positions {
+    /// Positions restored from a saved record: every stream is read from its cursor.
+    pub(crate) fn restored(saved: impl IntoIterator<Item = (String, u64)>) -> Positions {
+        let streams = saved
+            .into_iter()
+            .map(|(t, c)| (t, StreamPos { live_from: 0, replay_from: Some(c), outstanding: BTreeSet::new(), next: c }))
+            .collect();
+        Positions { streams, dirty: false }
+    }
+
+    /// A subscription began while `topic`'s stream ends at `end`: only what comes after
+    /// belongs to the session. A stream already followed keeps its position.
+    pub(crate) fn start_at_end(&mut self, topic: &str, end: u64) {
+        if !self.streams.contains_key(topic) {
+            self.streams.insert(topic.to_owned(), StreamPos { live_from: end, next: end, ..Default::default() });
+            self.dirty = true;
+        }
+    }
+
+    /// A stream the session should read from `from` on (restart: created after the save).
+    pub(crate) fn replay(&mut self, topic: &str, from: u64) {
+        if !self.streams.contains_key(topic) {
+            self.streams.insert(
+                topic.to_owned(),
+                StreamPos { live_from: 0, replay_from: Some(from), outstanding: BTreeSet::new(), next: from },
+            );
+            self.dirty = true;
+        }
+    }
+
+    /// Stops following streams for which `keep` is false (after an unsubscribe).
+    pub(crate) fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
+        let before = self.streams.len();
+        self.streams.retain(|t, _| keep(t));
+        self.dirty |= self.streams.len() != before;
+    }
+
+    /// A live delivery of `topic`@`offset`. `room` says whether the session can take it now
+    /// (connected, queue not full); if not, the stream switches to reading from the log.
+    pub(crate) fn offer(&mut self, topic: &str, offset: u64, room: bool) -> Offer {
+        let p = match self.streams.get_mut(topic) {
+            Some(p) => p,
+            None => self.streams.entry(topic.to_owned()).or_insert(StreamPos {
+                live_from: offset,
+                next: offset,
+                ..Default::default()
+            }),
+        };
+        if offset < p.live_from {
+            return Offer::Skip;
+        }
+        if let Some(r) = p.replay_from.as_mut() {
+            *r = (*r).min(offset);
+            return Offer::Skip;
+        }
+        if !room {
+            p.replay_from = Some(offset);
+            self.dirty = true;
+            return Offer::Skip;
+        }
+        p.outstanding.insert(offset);
+        p.next = p.next.max(offset + 1);
+        Offer::Take
+    }
+
+    /// The client acknowledged (or will never get) `topic`@`offset`.
+    pub(crate) fn done(&mut self, topic: &str, offset: u64) {
+        if let Some(p) = self.streams.get_mut(topic) {
+            if p.outstanding.remove(&offset) {
+                self.dirty = true;
+            }
+        }
+    }
+
+    /// Up to `max` streams waiting to be read from the log, and where from.
+    pub(crate) fn replays(&self, max: usize) -> Vec<(&str, u64)> {
+        self.streams.iter().filter_map(|(t, p)| p.replay_from.map(|r| (t.as_str(), r))).take(max).collect()
+    }
+
+    /// Records that were read from the log: `offsets` are handed over, and the log read
+    /// got up to `read_to`. If the stream ended there (`end == read_to`) live delivery
+    /// resumes from it. The caller holds the session lock across this and the
+    /// `end` it passes, so no routed message can fall between the two.
+    pub(crate) fn replayed(&mut self, topic: &str, read_from: u64, offsets: &[u64], read_to: u64, end: u64) {
+        let Some(p) = self.streams.get_mut(topic) else { return };
+        let Some(from) = p.replay_from else { return };
+        for &o in offsets {
+            p.outstanding.insert(o);
+            p.next = p.next.max(o + 1);
+        }
+        if from < read_from {
+            // A live delivery below what was read arrived meanwhile (two publishers racing):
+            // read again from there.
+            self.dirty = true;
+            return;
+        }
+        p.next = p.next.max(read_to);
+        if read_to >= end {
+            p.replay_from = None;
+            p.live_from = p.live_from.max(read_to);
+        } else {
+            p.replay_from = Some(read_to.max(from));
+        }
+        self.dirty = true;
+    }
+
+    /// (topic, cursor) of every stream, for the session record.
+    pub(crate) fn cursors(&self) -> Vec<(String, u64)> {
+        let mut v: Vec<_> = self.streams.iter().map(|(t, p)| (t.clone(), p.cursor())).collect();
+        v.sort();
+        v
+    }
+
+    /// Whether `topic`@`offset` is handed over and not yet acknowledged.
+    pub(crate) fn handed(&self, topic: &str, offset: u64) -> bool {
+        self.streams.get(topic).is_some_and(|p| p.outstanding.contains(&offset))
+    }
+
+    /// Whether any stream is being read from the log.
+    pub(crate) fn replaying(&self) -> bool {
+        self.streams.values().any(|p| p.replay_from.is_some())
+    }
+
+    /// Whether the session follows `topic`.
+    #[cfg(test)]
+    pub(crate) fn follows(&self, topic: &str) -> bool {
+        self.streams.contains_key(topic)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn live_deliveries_move_the_cursor_as_they_are_acknowledged() {
+        let mut p = Positions::default();
+        p.start_at_end("a", 10);
+        assert_eq!(p.offer("a", 9, true), Offer::Skip, "published before the subscription");
+        assert_eq!(p.offer("a", 10, true), Offer::Take);
+        assert_eq!(p.offer("a", 11, true), Offer::Take);
+        assert_eq!(p.cursors(), vec![("a".into(), 10)]);
+        p.done("a", 11);
+        assert_eq!(p.cursors(), vec![("a".into(), 10)], "10 is still unacknowledged");
+        p.done("a", 10);
+        assert_eq!(p.cursors(), vec![("a".into(), 12)]);
+    }
+
+    #[test]
+    fn a_full_queue_switches_the_stream_to_the_log_and_back() {
+        let mut p = Positions::default();
+        p.start_at_end("a", 0);
+        assert_eq!(p.offer("a", 0, true), Offer::Take);
+        assert_eq!(p.offer("a", 1, false), Offer::Skip);
+        assert_eq!(p.offer("a", 2, true), Offer::Skip, "the log read covers it; order is kept");
+        assert_eq!(p.replays(1).first().copied(), Some(("a", 1)));
+        // Read 1..2 while the stream had grown to 3: keep reading.
+        p.replayed("a", 1, &[1], 2, 3);
+        assert_eq!(p.replays(1).first().copied(), Some(("a", 2)));
+        p.replayed("a", 2, &[2], 3, 3);
+        assert_eq!(p.replays(1).first().copied(), None);
+        assert_eq!(p.offer("a", 2, true), Offer::Skip, "a late live copy of a replayed offset");
+        assert_eq!(p.offer("a", 3, true), Offer::Take);
+        for o in 0..4 {
+            p.done("a", o);
+        }
+        assert_eq!(p.cursors(), vec![("a".into(), 4)]);
+    }
+
+    #[test]
+    fn restored_sessions_read_from_their_cursor_and_new_streams_from_the_start() {
+        let mut p = Positions::restored([("a".to_string(), 5)]);
+        p.replay("b", 0);
+        p.replay("a", 0);
+        let mut r: Vec<_> = p.streams.iter().map(|(t, s)| (t.clone(), s.replay_from)).collect();
+        r.sort();
+        assert_eq!(r, vec![("a".into(), Some(5)), ("b".into(), Some(0))]);
+        assert!(p.replaying());
+        assert_eq!(p.offer("a", 9, true), Offer::Skip, "still reading the log");
+        assert_eq!(p.cursors(), vec![("a".into(), 5), ("b".into(), 0)]);
+    }
+
+    #[test]
+    fn unsubscribed_streams_are_forgotten() {
+        let mut p = Positions::default();
+        p.start_at_end("a", 1);
+        p.start_at_end("b", 1);
+        p.dirty = false;
+        p.retain(|t| t == "b");
+        assert!(p.dirty && !p.follows("a") && p.follows("b"));
+    }
+}
