@@ -229,3 +229,58 @@ fn persistent_subscriptions_survive_sigkill() {
     assert!(!t.1.session_present);
     assert!(t.0.next_publish(Duration::from_millis(300)).is_none());
 }
+
+/// Outbound QoS 2 across a kill -9 at each step of the exchange: a PUBLISH the client never
+/// acknowledged comes again with the same packet id and DUP set; after PUBREC only PUBREL
+/// comes again; after PUBCOMP nothing does. So the client (which keys on the packet id)
+/// sees each message exactly once.
+#[test]
+fn outbound_qos2_state_survives_sigkill_at_every_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let persistent = ConnectOptions {
+        clean: false,
+        properties: Properties { session_expiry_interval: Some(600), ..Default::default() },
+        ..Default::default()
+    };
+    let v5 = ProtocolVersion::V5;
+    let b = start(dir.path());
+    let (mut c, _) = Client::connect_with(b.addr, "q2", v5, persistent.clone());
+    c.subscribe("q2/#", QoS::ExactlyOnce);
+    let mut publ = Client::connect(b.addr, "pub", v5);
+    publ.publish("q2/a", "unacked", QoS::ExactlyOnce, false);
+    let first = match c.recv(Duration::from_secs(5)) {
+        Some(Packet::Publish(p)) => p,
+        other => panic!("{other:?}"),
+    };
+    // Step 1: killed before the client's PUBREC.
+    b.kill9();
+    let b = start(dir.path());
+    let (mut c, ack) = Client::connect_with(b.addr, "q2", v5, persistent.clone());
+    assert!(ack.session_present);
+    let again = match c.recv(Duration::from_secs(5)) {
+        Some(Packet::Publish(p)) => p,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!((again.packet_id, again.dup, &again.payload[..]), (first.packet_id, true, &b"unacked"[..]));
+    let pid = again.packet_id.unwrap();
+    // Step 2: PUBREC sent, PUBREL received, killed before PUBCOMP.
+    c.send(&Packet::PubRec(PubResp::ok(pid)));
+    match c.recv(Duration::from_secs(5)) {
+        Some(Packet::PubRel(r)) => assert_eq!(r.packet_id, pid),
+        other => panic!("{other:?}"),
+    }
+    b.kill9();
+    let b = start(dir.path());
+    let (mut c, _) = Client::connect_with(b.addr, "q2", v5, persistent.clone());
+    match c.recv(Duration::from_secs(5)) {
+        Some(Packet::PubRel(r)) => assert_eq!(r.packet_id, pid, "only the PUBREL comes again"),
+        other => panic!("expected PUBREL, got {other:?}"),
+    }
+    // Step 3: completed, then killed at once (before positions are saved).
+    c.send(&Packet::PubComp(PubResp::ok(pid)));
+    std::thread::sleep(Duration::from_millis(100));
+    b.kill9();
+    let b = start(dir.path());
+    let (mut c, _) = Client::connect_with(b.addr, "q2", v5, persistent);
+    assert!(c.recv(Duration::from_millis(700)).is_none(), "a completed QoS 2 message is never sent again");
+}

@@ -75,6 +75,8 @@ struct Conn {
     client_max_packet: usize,
     aliases: HashMap<u16, ByteStr>,
     pending: VecDeque<PendingAck>,
+    /// Packets to send, in order, each once the log record it waits for (if any) is durable.
+    outbox: VecDeque<(Option<Completion<u64>>, Packet)>,
     will: Option<Will>,
 }
 
@@ -265,6 +267,7 @@ async fn accept(
             client_max_packet: c.properties.maximum_packet_size.map_or(usize::MAX, |m| m as usize),
             aliases: HashMap::new(),
             pending: VecDeque::new(),
+            outbox: VecDeque::new(),
             will: c.will,
         },
         kick_rx,
@@ -312,11 +315,15 @@ impl Conn {
             if let Err(e) = self.fill_from_queue() {
                 return e;
             }
+            if let Err(e) = self.flush_outbox() {
+                return e;
+            }
             if let Err(e) = self.write_out().await {
                 return e;
             }
             let keep_alive = self.keep_alive;
             let has_pending = !self.pending.is_empty();
+            let outbox_waits = self.outbox.front().is_some_and(|(c, _)| c.is_some());
             tokio::select! {
                 biased;
                 r = &mut *kick => {
@@ -327,6 +334,13 @@ impl Conn {
                 res = wait_head(&mut self.pending), if has_pending => {
                     if let Err(e) = self.complete_head(res) {
                         return e;
+                    }
+                }
+                failed = wait_outbox(&mut self.outbox), if outbox_waits => {
+                    if let Some(e) = failed {
+                        // Sent all the same: delivery matters more; only a crash before the
+                        // next record could then repeat this QoS 2 message.
+                        tracing::warn!(client = %self.client_id, error = %e, "QoS 2 delivery state not stored");
                     }
                 }
                 _ = self.wake.notified() => {}
@@ -375,12 +389,26 @@ impl Conn {
                 match s.take_inflight(r.packet_id) {
                     Some(Outbound::Publish(d)) if (r.code as u8) < 0x80 => {
                         let logged = d.logged().map(|(t, o)| (Arc::from(t), o));
+                        // PUBREL goes out only once "released" is durable: after a restart
+                        // the broker then never sends this PUBLISH again.
+                        let stored = match (&logged, s.persistent()) {
+                            (Some((t, o)), true) => {
+                                Some(self.shared.store.save_outbound(&self.client_id, t, *o, Some((r.packet_id, 2))))
+                            }
+                            _ => None,
+                        };
                         s.inflight.push_back((r.packet_id, Outbound::Released(logged)));
                         drop(s);
-                        self.queue_packet(&Packet::PubRel(PubResp::ok(r.packet_id)))?;
+                        self.send_after(stored, Packet::PubRel(PubResp::ok(r.packet_id)))?;
                     }
                     // The client refused it: the exchange is over.
-                    Some(Outbound::Publish(d)) => s.done(d.logged()),
+                    Some(Outbound::Publish(d)) => {
+                        if let (Some((t, o)), true) = (d.logged(), s.persistent()) {
+                            s.positions.complete_qos2(t, o);
+                            drop(self.shared.store.save_outbound(&self.client_id, t, o, Some((r.packet_id, 3))));
+                        }
+                        s.done(d.logged())
+                    }
                     Some(other) => s.inflight.push_front((r.packet_id, other)),
                     None => {}
                 }
@@ -389,7 +417,15 @@ impl Conn {
             Packet::PubComp(r) => {
                 let mut s = lock(&self.session);
                 match s.take_inflight(r.packet_id) {
-                    Some(Outbound::Released(logged)) => s.done(logged.as_ref().map(|(t, o)| (t.as_ref(), *o))),
+                    Some(Outbound::Released(logged)) => {
+                        if let (Some((t, o)), true) = (&logged, s.persistent()) {
+                            // Not waited for: if lost, the restarted broker resends PUBREL,
+                            // which the client answers whether it remembers the id or not.
+                            s.positions.complete_qos2(t, *o);
+                            drop(self.shared.store.save_outbound(&self.client_id, t, *o, Some((r.packet_id, 3))));
+                        }
+                        s.done(logged.as_ref().map(|(t, o)| (t.as_ref(), *o)))
+                    }
                     Some(other) => s.inflight.push_front((r.packet_id, other)),
                     None => {}
                 }
@@ -799,13 +835,42 @@ impl Conn {
                 s.done(d.logged());
                 continue;
             };
+            // A QoS 2 PUBLISH of a persistent session goes out once its packet id is stored
+            // with the message's position: a restarted broker resends it with that id (the
+            // client then knows it), never as a new message.
+            let mut stored = None;
+            match (pid, d.logged()) {
+                (Some(id), Some((t, o))) if d.qos == QoS::ExactlyOnce && s.persistent() => {
+                    stored = Some(self.shared.store.save_outbound(&self.client_id, t, o, Some((id, 1))));
+                }
+                _ => {}
+            }
             match pid {
                 Some(id) => s.inflight.push_back((id, Outbound::Publish(d))),
                 None => s.done(d.logged()),
             }
-            encode(&p, self.version, &mut self.wbuf)
-                .map_err(|e| End::Refused(ReasonCode::ImplementationSpecificError, e.to_string()))?;
+            self.send_after(stored, p)?;
             self.shared.stats.messages_sent.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Sends `p` once `stored` (if any) is durable, after everything already waiting.
+    fn send_after(&mut self, stored: Option<Completion<u64>>, p: Packet) -> Result<(), End> {
+        if stored.is_none() && self.outbox.is_empty() {
+            self.queue_packet(&p)
+        } else {
+            self.outbox.push_back((stored, p));
+            Ok(())
+        }
+    }
+
+    /// Moves the packets at the head of the outbox that wait for nothing into the write buffer.
+    fn flush_outbox(&mut self) -> Result<(), End> {
+        while self.outbox.front().is_some_and(|(c, _)| c.is_none()) {
+            if let Some((_, p)) = self.outbox.pop_front() {
+                self.queue_packet(&p)?;
+            }
         }
         Ok(())
     }
@@ -900,6 +965,16 @@ async fn wait_head(pending: &mut VecDeque<PendingAck>) -> Result<(), promptmq_wa
         r?;
     }
     Ok(())
+}
+
+/// Waits until the record the outbox's head waits for is durable; returns its error, if any.
+/// Like `wait_head`, the completion is cleared the moment it resolves.
+async fn wait_outbox(outbox: &mut VecDeque<(Option<Completion<u64>>, Packet)>) -> Option<promptmq_wal::Error> {
+    let (slot, _) = outbox.front_mut()?;
+    let c = slot.as_mut()?;
+    let r = c.await;
+    *slot = None;
+    r.err()
 }
 
 fn publish_will(

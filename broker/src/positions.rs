@@ -28,6 +28,8 @@ pub(crate) struct StreamPos {
     outstanding: BTreeSet<u64>,
     /// One past the highest offset handed over.
     next: u64,
+    /// QoS 2 exchanges completed at or above the cursor: never to be sent again.
+    complete: BTreeSet<u64>,
 }
 
 impl StreamPos {
@@ -66,7 +68,7 @@ impl Positions {
     pub(crate) fn restored(saved: impl IntoIterator<Item = (String, u64)>) -> Positions {
         let streams = saved
             .into_iter()
-            .map(|(t, c)| (t, StreamPos { live_from: 0, replay_from: Some(c), outstanding: BTreeSet::new(), next: c }))
+            .map(|(t, c)| (t, StreamPos { live_from: 0, replay_from: Some(c), next: c, ..Default::default() }))
             .collect();
         Positions { streams, dirty: false }
     }
@@ -85,7 +87,7 @@ impl Positions {
         if !self.streams.contains_key(topic) {
             self.streams.insert(
                 topic.to_owned(),
-                StreamPos { live_from: 0, replay_from: Some(from), outstanding: BTreeSet::new(), next: from },
+                StreamPos { live_from: 0, replay_from: Some(from), next: from, ..Default::default() },
             );
             self.dirty = true;
         }
@@ -174,9 +176,40 @@ impl Positions {
         v
     }
 
-    /// Whether `topic`@`offset` is handed over and not yet acknowledged.
+    /// Whether `topic`@`offset` is handed over (and not yet acknowledged, or a completed
+    /// QoS 2 exchange): reading the log must not hand it over again.
     pub(crate) fn handed(&self, topic: &str, offset: u64) -> bool {
-        self.streams.get(topic).is_some_and(|p| p.outstanding.contains(&offset))
+        self.streams.get(topic).is_some_and(|p| p.outstanding.contains(&offset) || p.complete.contains(&offset))
+    }
+
+    /// A QoS 2 exchange for `topic`@`offset` was restored in flight (after a restart).
+    pub(crate) fn restore_handed(&mut self, topic: &str, offset: u64) {
+        if let Some(p) = self.streams.get_mut(topic) {
+            p.outstanding.insert(offset);
+        }
+    }
+
+    /// The QoS 2 exchange for `topic`@`offset` completed: even if the saved cursor is still
+    /// below it, it is never sent again.
+    pub(crate) fn complete_qos2(&mut self, topic: &str, offset: u64) {
+        if let Some(p) = self.streams.get_mut(topic) {
+            p.complete.insert(offset);
+            p.outstanding.remove(&offset);
+            self.dirty = true;
+        }
+    }
+
+    /// Completed QoS 2 exchanges the cursor has passed (their records can go), removed.
+    pub(crate) fn take_passed(&mut self) -> Vec<(String, u64)> {
+        let mut out = Vec::new();
+        for (t, p) in self.streams.iter_mut() {
+            let c = p.cursor();
+            while let Some(&o) = p.complete.first().filter(|&&o| o < c) {
+                p.complete.remove(&o);
+                out.push((t.clone(), o));
+            }
+        }
+        out
     }
 
     /// Whether any stream is being read from the log.
@@ -241,6 +274,21 @@ mod tests {
         assert!(p.replaying());
         assert_eq!(p.offer("a", 9, true), Offer::Skip, "still reading the log");
         assert_eq!(p.cursors(), vec![("a".into(), 5), ("b".into(), 0)]);
+    }
+
+    #[test]
+    fn completed_qos2_exchanges_are_never_read_again_until_the_cursor_passes() {
+        let mut p = Positions::restored([("a".to_string(), 3)]);
+        p.restore_handed("a", 3);
+        p.complete_qos2("a", 4);
+        assert!(p.handed("a", 3) && p.handed("a", 4) && !p.handed("a", 5));
+        assert_eq!(p.take_passed(), vec![], "the cursor is still at 3");
+        p.replayed("a", 3, &[5], 6, 6);
+        p.done("a", 3);
+        p.done("a", 5);
+        assert_eq!(p.cursors(), vec![("a".into(), 6)]);
+        assert_eq!(p.take_passed(), vec![("a".into(), 4)]);
+        assert!(!p.handed("a", 4));
     }
 
     #[test]

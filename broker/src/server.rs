@@ -16,8 +16,8 @@ use crate::config::BrokerConfig;
 use crate::message::Message;
 use crate::positions::Positions;
 use crate::router::Router;
-use crate::session::{Delivery, Queued, Session};
-use crate::session_store::{self, SessionRecord};
+use crate::session::{Delivery, Outbound, Queued, Session};
+use crate::session_store::{self, OutboundQos2, Qos2State, SessionRecord};
 use crate::store::{Store, StoreError};
 
 /// Why the broker could not start.
@@ -114,7 +114,11 @@ impl Shared {
                 subs: s.subs.iter().map(|(f, o)| (f.clone(), *o)).collect(),
                 positions: s.positions.cursors(),
                 inbound: Vec::new(),
+                outbound: Vec::new(),
             };
+            for (topic, offset) in s.positions.take_passed() {
+                drop(self.store.save_outbound(client, &topic, offset, None));
+            }
             lock(&self.persisted).insert(client.to_string());
             Some(self.store.save_session(client, Some(record.encode())))
         } else {
@@ -336,10 +340,52 @@ fn restore_sessions(shared: &Arc<Shared>, saved: HashMap<String, SessionRecord>)
                 s.subs.insert(filter, opts);
             }
         }
+        // After the streams and subscriptions: it marks positions and needs the options.
+        restore_outbound_qos2(shared, &mut s, &record.outbound);
         let session = Arc::new(Mutex::new(s));
         lock(&shared.sessions).insert(client.clone(), session.clone());
         // The expiry clock restarts at start-up: the time of the last disconnect is not stored.
         crate::connection::end_session_later(shared.clone(), Arc::from(client.as_str()), session, 0, record.expiry);
+    }
+}
+
+/// Puts a restored session's outbound QoS 2 exchanges back in flight (resent with the same
+/// packet ids when the client reconnects), and marks completed ones as never to send again.
+fn restore_outbound_qos2(shared: &Shared, s: &mut Session, exchanges: &[OutboundQos2]) {
+    let now_ms =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    for x in exchanges {
+        match x.state {
+            Qos2State::Complete => s.positions.complete_qos2(&x.topic, x.offset),
+            Qos2State::Released => {
+                s.positions.restore_handed(&x.topic, x.offset);
+                s.inflight.push_back((x.pid, Outbound::Released(Some((Arc::from(x.topic.as_str()), x.offset)))));
+            }
+            Qos2State::Published => {
+                let rec = match shared.store.read_topic(&x.topic, x.offset, 1) {
+                    Ok((recs, _)) => recs.into_iter().find(|r| r.offset == x.offset),
+                    Err(e) => {
+                        tracing::warn!(topic = %x.topic, offset = x.offset, error = %e, "in-flight QoS 2 message unreadable");
+                        None
+                    }
+                };
+                let age = |ts: u64| Duration::from_millis(now_ms.saturating_sub(ts));
+                let msg = rec.and_then(|r| Message::from_record(r.payload, age(r.timestamp_ms)));
+                let Some(msg) = msg else { continue }; // expired, or removed by retention
+                let (retain_as_published, ids) =
+                    s.delivery_options(&x.topic, "").map(|(_, rap, ids)| (rap, ids)).unwrap_or_default();
+                s.positions.restore_handed(&x.topic, x.offset);
+                let d = Delivery {
+                    qos: QoS::ExactlyOnce,
+                    retain: msg.retain && retain_as_published,
+                    ids,
+                    shared: None,
+                    pos: Some(x.offset),
+                    msg: Arc::new(msg),
+                };
+                s.inflight.push_back((x.pid, Outbound::Publish(d)));
+            }
+        }
     }
 }
 

@@ -23,6 +23,60 @@ pub(crate) struct SessionRecord {
     pub(crate) positions: Vec<(String, u64)>,
     /// Inbound QoS 2 packet ids awaiting PUBREL (stored under their own key).
     pub(crate) inbound: Vec<u16>,
+    /// Outbound QoS 2 exchanges (each stored under its own key).
+    pub(crate) outbound: Vec<OutboundQos2>,
+}
+
+/// Where an outbound QoS 2 exchange of a persistent session stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Qos2State {
+    /// PUBLISH sent with this packet id; awaiting PUBREC.
+    Published = 1,
+    /// PUBREL sent; awaiting PUBCOMP.
+    Released = 2,
+    /// Complete: the message must not be sent again (kept until the cursor passes it).
+    Complete = 3,
+}
+
+/// One outbound QoS 2 exchange: the message's place in the log and the packet id used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct OutboundQos2 {
+    pub(crate) topic: String,
+    pub(crate) offset: u64,
+    pub(crate) pid: u16,
+    pub(crate) state: Qos2State,
+}
+
+/// Marks the keys of outbound QoS 2 exchanges: `<client>\0out\0<offset>\0<topic>`.
+const OUTBOUND_MARK: &str = "\0out\0";
+
+/// The key of the outbound QoS 2 exchange for `topic`@`offset` of `client`.
+pub(crate) fn outbound_key(client: &str, topic: &str, offset: u64) -> Vec<u8> {
+    format!("{client}{OUTBOUND_MARK}{offset}\0{topic}").into_bytes()
+}
+
+/// A stored outbound key and value: client, topic, offset, and (packet id, state), or
+/// `None` for a forgotten exchange.
+type OutboundEntry = (String, String, u64, Option<(u16, Qos2State)>);
+
+/// Decodes an outbound exchange's key and value (`None`: not such a key).
+fn decode_outbound(key: &str, value: &[u8]) -> Option<OutboundEntry> {
+    let (client, rest) = key.split_once(OUTBOUND_MARK)?;
+    let (offset, topic) = rest.split_once('\0')?;
+    let offset: u64 = offset.parse().ok()?;
+    let state = match value {
+        [1, a, b, st] => Some((
+            u16::from_be_bytes([*a, *b]),
+            match st {
+                1 => Qos2State::Published,
+                2 => Qos2State::Released,
+                3 => Qos2State::Complete,
+                _ => return None,
+            },
+        )),
+        _ => None,
+    };
+    Some((client.to_owned(), topic.to_owned(), offset, state))
 }
 
 /// The first version had no positions.
@@ -106,7 +160,7 @@ impl SessionRecord {
                 positions.push((topic, b.get_u64()));
             }
         }
-        Some(SessionRecord { expiry, subs, positions, inbound: Vec::new() })
+        Some(SessionRecord { expiry, subs, positions, inbound: Vec::new(), outbound: Vec::new() })
     }
 }
 
@@ -122,7 +176,15 @@ fn decode_inbound(b: &[u8]) -> Vec<u16> {
 pub(crate) fn fold(records: impl IntoIterator<Item = (String, Bytes)>) -> HashMap<String, SessionRecord> {
     let mut out = HashMap::new();
     let mut inbound = HashMap::new();
+    let mut outbound: HashMap<(String, String, u64), (u16, Qos2State)> = HashMap::new();
     for (key, payload) in records {
+        if let Some((client, topic, offset, state)) = decode_outbound(&key, &payload) {
+            match state {
+                Some(st) => outbound.insert((client, topic, offset), st),
+                None => outbound.remove(&(client, topic, offset)),
+            };
+            continue;
+        }
         if let Some(client) = key.strip_suffix(INBOUND_SUFFIX) {
             inbound.insert(client.to_owned(), decode_inbound(&payload));
             continue;
@@ -141,6 +203,15 @@ pub(crate) fn fold(records: impl IntoIterator<Item = (String, Bytes)>) -> HashMa
         if let Some(r) = out.get_mut(&client) {
             r.inbound = ids;
         }
+    }
+    for ((client, topic, offset), (pid, state)) in outbound {
+        if let Some(r) = out.get_mut(&client) {
+            r.outbound.push(OutboundQos2 { topic, offset, pid, state });
+        }
+    }
+    for r in out.values_mut() {
+        // Resent in the order they were first sent.
+        r.outbound.sort_by(|a, b| (&a.topic, a.offset).cmp(&(&b.topic, b.offset)));
     }
     out
 }
@@ -165,6 +236,7 @@ mod tests {
             ],
             positions: vec![("a/x".into(), 7), ("a/y".into(), 0)],
             inbound: Vec::new(),
+            outbound: Vec::new(),
         };
         assert_eq!(SessionRecord::decode(&r.encode()), Some(r.clone()));
         let live =
@@ -193,5 +265,23 @@ mod tests {
         ]);
         assert_eq!(live["c"].inbound, vec![7, 256]);
         assert_eq!(live.len(), 1, "ids of a session without a record are ignored");
+    }
+
+    #[test]
+    fn outbound_exchanges_fold_to_their_latest_state() {
+        let r = SessionRecord { expiry: 1, ..Default::default() };
+        let key = |t: &str, o: u64| String::from_utf8(outbound_key("c", t, o)).unwrap();
+        let live = fold([
+            ("c".to_string(), r.encode()),
+            (key("a/b", 7), Bytes::from_static(&[1, 0, 5, 1])),
+            (key("a/b", 7), Bytes::from_static(&[1, 0, 5, 2])),
+            (key("x", 1), Bytes::from_static(&[1, 0, 6, 1])),
+            (key("x", 1), Bytes::new()),
+            (key("x", 2), Bytes::from_static(&[1, 0, 6, 9])),
+        ]);
+        assert_eq!(
+            live["c"].outbound,
+            vec![OutboundQos2 { topic: "a/b".into(), offset: 7, pid: 5, state: Qos2State::Released }]
+        );
     }
 }

@@ -125,6 +125,24 @@ impl Store {
         }
     }
 
+    /// Stores the state of an outbound QoS 2 exchange of a persistent session for the
+    /// message at `topic`@`offset` (`None`: forget it). Sent before the PUBLISH / PUBREL it
+    /// describes, so after a restart the broker resends the same packet id, or nothing.
+    pub fn save_outbound(&self, client: &str, topic: &str, offset: u64, state: Option<(u16, u8)>) -> Completion<u64> {
+        let key = crate::session_store::outbound_key(client, topic, offset);
+        let value: Bytes = match state {
+            Some((pid, st)) => {
+                let p = pid.to_be_bytes();
+                Bytes::from(vec![1, p[0], p[1], st])
+            }
+            None => Bytes::new(),
+        };
+        match self.wal.stream_with(SESSIONS, StreamOptions { compacted: true, ..Default::default() }) {
+            Ok(s) => self.wal.append_keyed(&s, key, value),
+            Err(e) => failed(e),
+        }
+    }
+
     /// Every topic that has a stream, with the offset its next message will get.
     pub fn topics(&self) -> Vec<(String, u64)> {
         self.wal
