@@ -1,56 +1,15 @@
 //! Restart tests: the broker as a separate process, stopped with SIGKILL and started again
 //! on the same data directory.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use promptmq_broker::codec::*;
-use promptmq_tests::{drain, Client, ConnectOptions};
+use promptmq_tests::{drain, BrokerProcess, Client, ConnectOptions};
 
-struct Proc {
-    child: Child,
-    addr: std::net::SocketAddr,
-}
+type Proc = BrokerProcess;
 
 fn start(dir: &std::path::Path) -> Proc {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_broker-under-test"))
-        .arg(dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn broker");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).expect("read port");
-    let port: u16 = line
-        .trim()
-        .strip_prefix("LISTENING ")
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("bad line {line:?}"));
-    Proc { child, addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)) }
-}
-
-impl Proc {
-    fn kill9(mut self) {
-        self.child.kill().expect("SIGKILL");
-        self.child.wait().expect("reap");
-    }
-
-    /// SIGINT: the broker drains, saves and syncs, then exits.
-    fn stop_gracefully(mut self) {
-        let pid = self.child.id().to_string();
-        let ok = Command::new("kill").args(["-INT", &pid]).status().map(|s| s.success()).unwrap_or(false);
-        assert!(ok, "kill -INT {pid}");
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while std::time::Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                assert!(status.success(), "graceful stop exits 0, got {status}");
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("broker did not stop within 20 s of SIGINT");
-    }
+    BrokerProcess::start(env!("CARGO_BIN_EXE_broker-under-test"), dir)
 }
 
 /// How the broker is stopped between the two halves of a restart test.
@@ -162,13 +121,6 @@ fn online_subscriber_resumes_from_its_position_after_sigkill() {
     assert!(start_at <= 40, "nothing acknowledged-but-unread is skipped: resumed at {start_at}");
     assert!(start_at >= 30, "resumed near its position, not from the start: {start_at}");
     assert_eq!(rest, (start_at..100).collect::<Vec<_>>());
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[test]

@@ -69,6 +69,9 @@ pub struct Storage {
     pub sync_interval_ms: u64,
     /// Also write QoS 0 messages to the log.
     pub persist_qos0: bool,
+    /// How soon a persistent session's acknowledged position is saved, milliseconds (> 0);
+    /// after a crash a client receives again (QoS 1) what it acknowledged within it.
+    pub positions_save_interval_ms: u64,
 }
 
 /// Limits.
@@ -119,7 +122,13 @@ impl Default for Config {
         let b = BrokerConfig::default();
         Config {
             listeners: Listeners::default(),
-            storage: Storage { dir: b.data_dir, sync: Sync::Always, sync_interval_ms: 5, persist_qos0: b.persist_qos0 },
+            storage: Storage {
+                dir: b.data_dir,
+                sync: Sync::Always,
+                sync_interval_ms: 5,
+                persist_qos0: b.persist_qos0,
+                positions_save_interval_ms: b.positions_save_interval.as_millis() as u64,
+            },
             limits: Limits {
                 max_packet_size: b.max_packet_size,
                 max_queued_messages: b.max_queued_messages,
@@ -226,6 +235,9 @@ impl Config {
         if self.storage.sync == Sync::Interval && self.storage.sync_interval_ms == 0 {
             return Err("storage.sync_interval_ms: must be > 0 with sync: interval".into());
         }
+        if self.storage.positions_save_interval_ms == 0 {
+            return Err("storage.positions_save_interval_ms: must be > 0".into());
+        }
         if self.limits.max_packet_size < 16 {
             return Err("limits.max_packet_size: must be at least 16 bytes".into());
         }
@@ -255,6 +267,7 @@ impl Config {
             Sync::Interval => SyncMode::Interval(Duration::from_millis(self.storage.sync_interval_ms)),
         };
         b.persist_qos0 = self.storage.persist_qos0;
+        b.positions_save_interval = Duration::from_millis(self.storage.positions_save_interval_ms);
         b.max_packet_size = self.limits.max_packet_size;
         b.max_queued_messages = self.limits.max_queued_messages;
         b.receive_maximum = self.limits.receive_maximum;

@@ -42,6 +42,9 @@ pub struct BrokerConfig {
     /// How long a write to a client may stall before the client is disconnected as too
     /// slow (its messages stay in the log for a persistent session).
     pub write_timeout: Duration,
+    /// How soon a connected persistent session's acknowledged position is saved. After a
+    /// crash the client receives again (QoS 1) what it acknowledged within this interval.
+    pub positions_save_interval: Duration,
 }
 
 impl BrokerConfig {
@@ -62,6 +65,7 @@ impl BrokerConfig {
             max_connections: 100_000,
             connect_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(30),
+            positions_save_interval: Duration::from_millis(100),
         }
     }
 }

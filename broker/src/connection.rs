@@ -852,6 +852,11 @@ impl Conn {
             self.send_after(stored, p)?;
             self.shared.stats.messages_sent.fetch_add(1, Ordering::Relaxed);
         }
+        if s.persistent() && s.positions.dirty {
+            // Acknowledgements moved the position: saved within `positions_save_interval`,
+            // which bounds what a crash makes the client receive again.
+            self.shared.queue_position_save(&self.client_id, &session, &mut s);
+        }
         Ok(())
     }
 

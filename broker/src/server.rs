@@ -56,6 +56,9 @@ pub struct Stats {
     pub messages_dropped: AtomicU64,
 }
 
+/// A session, shared between the sessions map and its connection.
+pub(crate) type SessionRef = Arc<Mutex<Session>>;
+
 pub(crate) struct Shared {
     pub(crate) cfg: BrokerConfig,
     pub(crate) store: Store,
@@ -65,6 +68,8 @@ pub(crate) struct Shared {
     pub(crate) stats: Stats,
     /// Client ids that have a session record in the log.
     persisted: Mutex<std::collections::HashSet<String>>,
+    /// Sessions whose positions moved, to save at the next tick.
+    to_save: Mutex<Vec<(Arc<str>, SessionRef)>>,
     started: Instant,
     pub(crate) next_client: AtomicU64,
 }
@@ -132,6 +137,27 @@ impl Shared {
             drop(self.store.save_inbound(client, &[]));
             self.store.save_session(client, None)
         })
+    }
+
+    /// Queues a connected persistent session whose acknowledged position moved, for the next
+    /// `save_queued_positions`.
+    pub(crate) fn queue_position_save(&self, client: &Arc<str>, session: &Arc<Mutex<Session>>, s: &mut Session) {
+        if !s.save_queued {
+            s.save_queued = true;
+            lock(&self.to_save).push((client.clone(), session.clone()));
+        }
+    }
+
+    /// Saves the positions of the sessions queued by `queue_position_save`.
+    fn save_queued_positions(&self) {
+        let queued = std::mem::take(&mut *lock(&self.to_save));
+        for (client, session) in queued {
+            let mut s = lock(&session);
+            s.save_queued = false;
+            if s.persistent() && s.positions.dirty {
+                drop(self.save_session(&client, &mut s));
+            }
+        }
     }
 
     /// Saves the positions of persistent sessions that moved since they were last saved
@@ -273,6 +299,7 @@ impl Broker {
             retained: Mutex::new(retained),
             stats: Stats::default(),
             persisted: Mutex::new(saved.keys().cloned().collect()),
+            to_save: Mutex::new(Vec::new()),
             started: Instant::now(),
             next_client: AtomicU64::new(1),
         });
@@ -425,20 +452,22 @@ async fn accept_loop(
     }
 }
 
-/// How often persistent sessions' moved positions are saved. After a crash, a session gets
-/// again what it acknowledged in the last interval (QoS 1 allows it).
-const POSITIONS_SAVE_INTERVAL: Duration = Duration::from_secs(1);
+/// How often all persistent sessions are checked for positions to save (offline ones move
+/// when messages wait for them; connected ones are saved sooner, see `positions_save_interval`).
+const POSITIONS_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
 async fn periodic(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
     let mut sys = tokio::time::interval(shared.cfg.sys_interval);
     let mut maintain = tokio::time::interval(promptmq_wal::SUGGESTED_MAINTENANCE_INTERVAL);
-    let mut positions = tokio::time::interval(POSITIONS_SAVE_INTERVAL);
+    let mut positions = tokio::time::interval(POSITIONS_SWEEP_INTERVAL);
+    let mut acked = tokio::time::interval(shared.cfg.positions_save_interval);
     maintain.tick().await;
     loop {
         tokio::select! {
             _ = shutdown.changed() => return,
             _ = sys.tick() => shared.publish_sys_all(),
             _ = positions.tick() => shared.save_moved_positions(),
+            _ = acked.tick() => shared.save_queued_positions(),
             _ = maintain.tick() => {
                 let s = shared.clone();
                 let _ = tokio::task::spawn_blocking(move || s.store.maintain()).await;

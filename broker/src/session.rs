@@ -78,6 +78,8 @@ pub(crate) struct Session {
     /// The client id (for no-local when reading back from the log).
     pub(crate) client_id: Option<Arc<str>>,
     pub(crate) positions: Positions,
+    /// Queued for a save of its positions.
+    pub(crate) save_queued: bool,
 }
 
 impl Session {
@@ -96,6 +98,7 @@ impl Session {
             dropped: 0,
             client_id: None,
             positions: Positions::default(),
+            save_queued: false,
         }
     }
 

@@ -95,10 +95,23 @@ impl Client {
         version: ProtocolVersion,
         o: ConnectOptions,
     ) -> (Client, ConnAck) {
-        let stream = TcpStream::connect(addr).expect("connect");
+        match Self::try_connect_with(addr, client_id, version, o) {
+            Some(c) => c,
+            None => panic!("no CONNACK from {addr}"),
+        }
+    }
+
+    /// [`Client::connect_with`], `None` if the broker cannot be reached or does not answer.
+    pub fn try_connect_with(
+        addr: SocketAddr,
+        client_id: &str,
+        version: ProtocolVersion,
+        o: ConnectOptions,
+    ) -> Option<(Client, ConnAck)> {
+        let stream = TcpStream::connect(addr).ok()?;
         stream.set_nodelay(true).ok();
         let mut c = Client { stream, buf: BytesMut::new(), version, next_id: 1, held: Default::default() };
-        c.send(&Packet::Connect(Box::new(Connect {
+        c.try_send(&Packet::Connect(Box::new(Connect {
             protocol: version,
             clean_start: o.clean,
             keep_alive: o.keep_alive,
@@ -107,18 +120,24 @@ impl Client {
             will: o.will,
             username: None,
             password: None,
-        })));
+        })))
+        .then_some(())?;
         match c.recv(Duration::from_secs(5)) {
-            Some(Packet::ConnAck(a)) => (c, a),
-            other => panic!("expected CONNACK, got {other:?}"),
+            Some(Packet::ConnAck(a)) => Some((c, a)),
+            _ => None,
         }
     }
 
     /// Sends one packet.
     pub fn send(&mut self, p: &Packet) {
+        assert!(self.try_send(p), "write to the broker failed");
+    }
+
+    /// Sends one packet; `false` if the connection is gone.
+    pub fn try_send(&mut self, p: &Packet) -> bool {
         let mut out = BytesMut::new();
         encode(p, self.version, &mut out).expect("encode");
-        self.stream.write_all(&out).expect("write");
+        self.stream.write_all(&out).is_ok()
     }
 
     /// Sends raw bytes (for malformed-input tests).
@@ -223,8 +242,24 @@ impl Client {
         retain: bool,
         properties: Properties,
     ) -> ReasonCode {
+        match self.try_publish_with(topic, payload, qos, retain, properties) {
+            Some(code) => code,
+            None => panic!("no acknowledgement for a QoS {qos:?} PUBLISH to {topic}"),
+        }
+    }
+
+    /// [`Client::publish_with`]; `None` if the connection failed before the flow completed
+    /// (the message may or may not have been stored).
+    pub fn try_publish_with(
+        &mut self,
+        topic: &str,
+        payload: impl Into<Bytes>,
+        qos: QoS,
+        retain: bool,
+        properties: Properties,
+    ) -> Option<ReasonCode> {
         let packet_id = (qos != QoS::AtMostOnce).then(|| self.id());
-        self.send(&Packet::Publish(Publish {
+        let sent = self.try_send(&Packet::Publish(Publish {
             dup: false,
             qos,
             retain,
@@ -233,19 +268,23 @@ impl Client {
             properties,
             payload: payload.into(),
         }));
-        let Some(id) = packet_id else { return ReasonCode::Success };
+        if !sent {
+            return None;
+        }
+        let Some(id) = packet_id else { return Some(ReasonCode::Success) };
         loop {
-            match self.recv(Duration::from_secs(10)) {
-                Some(Packet::PubAck(a)) if a.packet_id == id => return a.code,
-                Some(Packet::PubRec(r)) if r.packet_id == id => {
+            match self.recv(Duration::from_secs(10))? {
+                Packet::PubAck(a) if a.packet_id == id => return Some(a.code),
+                Packet::PubRec(r) if r.packet_id == id => {
                     if (r.code as u8) >= 0x80 {
-                        return r.code;
+                        return Some(r.code);
                     }
-                    self.send(&Packet::PubRel(PubResp::ok(id)));
+                    if !self.try_send(&Packet::PubRel(PubResp::ok(id))) {
+                        return None;
+                    }
                 }
-                Some(Packet::PubComp(c)) if c.packet_id == id => return ReasonCode::Success,
-                Some(_) => continue,
-                None => panic!("no acknowledgement for packet {id}"),
+                Packet::PubComp(c) if c.packet_id == id => return Some(ReasonCode::Success),
+                _ => continue,
             }
         }
     }
@@ -298,4 +337,63 @@ pub fn drain(c: &mut Client, timeout: Duration) -> Vec<Publish> {
         out.push(p);
     }
     out
+}
+
+/// The broker as a child process (the `broker-under-test` binary), for tests that kill it.
+pub struct BrokerProcess {
+    child: std::process::Child,
+    /// Address it listens on (127.0.0.1, a free port).
+    pub addr: SocketAddr,
+}
+
+impl BrokerProcess {
+    /// Starts `exe` (pass `env!("CARGO_BIN_EXE_broker-under-test")`) on `dir` and waits
+    /// until it listens.
+    pub fn start(exe: &str, dir: &std::path::Path) -> BrokerProcess {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(exe)
+            .arg(dir)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("spawn broker");
+        let mut line = String::new();
+        let out = child.stdout.take().expect("stdout is piped");
+        std::io::BufReader::new(out).read_line(&mut line).expect("read port");
+        let port: u16 = line
+            .trim()
+            .strip_prefix("LISTENING ")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("bad line {line:?}"));
+        BrokerProcess { child, addr: SocketAddr::from(([127, 0, 0, 1], port)) }
+    }
+
+    /// SIGKILL, and wait for the process to be gone.
+    pub fn kill9(mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reap");
+    }
+
+    /// SIGINT: the broker drains, saves and syncs, then exits 0.
+    pub fn stop_gracefully(mut self) {
+        let pid = self.child.id().to_string();
+        let ok = std::process::Command::new("kill").args(["-INT", &pid]).status().map(|s| s.success()).unwrap_or(false);
+        assert!(ok, "kill -INT {pid}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                assert!(status.success(), "graceful stop exits 0, got {status}");
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("broker did not stop within 20 s of SIGINT");
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
