@@ -22,13 +22,23 @@ scenarios=(
 )
 
 run_target() { # name, port
-  local name=$1 port=$2
+  local name=$1 port=$2 qos1_rate=0
   for s in "${scenarios[@]}"; do
     local label=${s%%|*} args=${s#*|}
     local out
     out=$($bench --port "$port" --duration "$secs" $args 2>&1 | tail -1)
     echo "$name|$label|$out"
+    if [ "$label" = "qos1 fan-in" ]; then
+      qos1_rate=$(python3 -c 'import json,sys; print(int(json.loads(sys.argv[1])["receive_rate"]))' "$out" 2>/dev/null || echo 0)
+    fi
   done
+  # Latency at half of this broker's own measured QoS 1 fan-in maximum (4 publishers).
+  if [ "$qos1_rate" -gt 0 ]; then
+    local per_pub=$(( qos1_rate / 2 / 4 ))
+    local out
+    out=$($bench --port "$port" --duration "$secs" --publishers 4 --subscribers 1 --qos 1 --rate "$per_pub" 2>&1 | tail -1)
+    echo "$name|qos1 fan-in at 50% ($(( per_pub * 4 )) msg/s)|$out"
+  fi
 }
 
 results=()

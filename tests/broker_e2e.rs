@@ -410,6 +410,39 @@ fn a_slow_online_subscriber_overflows_into_the_log_without_loss() {
     assert_eq!(b.broker().stats().messages_dropped.load(std::sync::atomic::Ordering::Relaxed), 0);
 }
 
+/// The broker assigns topic aliases to a v5 client that accepts them: the topic is sent once
+/// with its alias, then the alias alone; with all aliases taken one is remapped.
+#[test]
+fn outbound_topic_aliases_within_the_clients_maximum() {
+    let (_d, b) = broker();
+    let props = Properties { topic_alias_maximum: Some(1), ..Default::default() };
+    let (mut sub, _) = Client::connect_with(
+        b.addr,
+        "aliased",
+        V5,
+        ConnectOptions { clean: true, properties: props, ..Default::default() },
+    );
+    sub.subscribe("al/#", QoS::AtLeastOnce);
+    let mut publ = Client::connect(b.addr, "pub", V5);
+    for t in ["al/a", "al/a", "al/b", "al/b"] {
+        publ.publish(t, t, QoS::AtLeastOnce, false);
+    }
+    let got: Vec<(String, Option<u16>, String)> = drain(&mut sub, QUIET)
+        .into_iter()
+        .map(|p| (p.topic.to_string(), p.properties.topic_alias, String::from_utf8(p.payload.to_vec()).unwrap()))
+        .collect();
+    let want = [("al/a", "al/a"), ("", "al/a"), ("al/b", "al/b"), ("", "al/b")]
+        .map(|(t, p)| (t.to_string(), Some(1), p.to_string()))
+        .to_vec();
+    assert_eq!(got, want);
+    // A 3.1.1 client and a v5 client that did not ask get full topics.
+    let mut plain = Client::connect(b.addr, "plain", V5);
+    plain.subscribe("al/#", QoS::AtMostOnce);
+    publ.publish("al/a", "x", QoS::AtLeastOnce, false);
+    let p = plain.next_publish(T).expect("delivered");
+    assert_eq!((p.topic.as_str(), p.properties.topic_alias), ("al/a", None));
+}
+
 #[test]
 fn shared_member_leaving_with_unacknowledged_messages_hands_them_to_another() {
     let (_d, b) = broker();

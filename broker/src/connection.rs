@@ -21,6 +21,7 @@ use crate::replay::{self, Batch};
 use crate::router::SubOptions;
 use crate::server::{lock, Shared};
 use crate::session::{Delivery, Outbound, Session};
+use crate::topic_alias::OutboundAliases;
 
 /// Bytes gathered before a write to the socket.
 const WRITE_BATCH: usize = 64 << 10;
@@ -74,6 +75,7 @@ struct Conn {
     client_receive_max: usize,
     client_max_packet: usize,
     aliases: HashMap<u16, ByteStr>,
+    out_aliases: OutboundAliases,
     pending: VecDeque<PendingAck>,
     /// Packets to send, in order, each once the log record it waits for (if any) is durable.
     outbox: VecDeque<(Option<Completion<u64>>, Packet)>,
@@ -266,6 +268,7 @@ async fn accept(
             client_receive_max: c.properties.receive_maximum.unwrap_or(u16::MAX) as usize,
             client_max_packet: c.properties.maximum_packet_size.map_or(usize::MAX, |m| m as usize),
             aliases: HashMap::new(),
+            out_aliases: OutboundAliases::new(if v5 { c.properties.topic_alias_maximum.unwrap_or(0) } else { 0 }),
             pending: VecDeque::new(),
             outbox: VecDeque::new(),
             will: c.will,
@@ -787,7 +790,7 @@ impl Conn {
     }
 
     /// Encodes one delivery, or `None` if it expired or is larger than the client accepts.
-    fn publish_packet(&self, d: &Delivery, packet_id: Option<u16>, dup: bool) -> Option<Packet> {
+    fn publish_packet(&mut self, d: &Delivery, packet_id: Option<u16>, dup: bool) -> Option<Packet> {
         let mut p = d.msg.to_publish(d.qos, packet_id, d.retain, &d.ids, Instant::now())?;
         p.dup = dup;
         if !self.v5() {
@@ -797,6 +800,9 @@ impl Conn {
             // [MQTT-3.1.2-25]: never send a packet above the client's maximum; drop it.
             return None;
         }
+        // Packets are made in the order they go on the wire, so alias assignments made
+        // here reach the client in order.
+        self.out_aliases.apply(&mut p);
         Some(Packet::Publish(p))
     }
 

@@ -18,6 +18,7 @@ mod server;
 mod session;
 mod session_store;
 mod store;
+mod topic_alias;
 
 pub use config::BrokerConfig;
 pub use message::Message;
