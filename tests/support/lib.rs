@@ -228,6 +228,23 @@ impl Client {
         }
     }
 
+    /// Unsubscribes and returns the UNSUBACK codes (empty in 3.1.1).
+    pub fn unsubscribe(&mut self, filters: &[&str]) -> Vec<ReasonCode> {
+        let id = self.id();
+        self.send(&Packet::Unsubscribe(Unsubscribe {
+            packet_id: id,
+            properties: Properties::default(),
+            filters: filters.iter().map(|f| f.to_string()).collect(),
+        }));
+        loop {
+            match self.recv(Duration::from_secs(5)) {
+                Some(Packet::UnsubAck(a)) if a.packet_id == id => return a.codes,
+                Some(_) => continue,
+                None => panic!("no UNSUBACK"),
+            }
+        }
+    }
+
     /// Publishes and completes the QoS flow; returns the reason code of the PUBACK/PUBREC.
     pub fn publish(&mut self, topic: &str, payload: impl Into<Bytes>, qos: QoS, retain: bool) -> ReasonCode {
         self.publish_with(topic, payload, qos, retain, Properties::default())

@@ -1,0 +1,226 @@
+//! Flow control and connection limits end to end: receive maximum both ways, the client's
+//! maximum packet size, server keep alive, session expiry, will delay, inbound topic aliases,
+//! unsubscribe.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use promptmq_broker::codec::*;
+use promptmq_tests::{drain, Client, ConnectOptions, TestBroker};
+
+const V5: ProtocolVersion = ProtocolVersion::V5;
+const T: Duration = Duration::from_secs(5);
+const QUIET: Duration = Duration::from_millis(300);
+
+fn v5_with(props: Properties) -> ConnectOptions {
+    ConnectOptions { clean: true, properties: props, ..Default::default() }
+}
+
+/// PUBLISH packets that arrive within `quiet`, not acknowledged.
+fn publishes_unacked(c: &mut Client, quiet: Duration) -> Vec<Publish> {
+    let mut out = Vec::new();
+    while let Some(p) = c.recv(quiet) {
+        if let Packet::Publish(p) = p {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn the_broker_keeps_within_the_clients_receive_maximum() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = TestBroker::start(dir.path());
+    let (mut sub, _) = Client::connect_with(
+        b.addr,
+        "narrow",
+        V5,
+        v5_with(Properties { receive_maximum: Some(2), ..Default::default() }),
+    );
+    sub.subscribe("rm", QoS::AtLeastOnce);
+    let mut publ = Client::connect(b.addr, "pub", V5);
+    for i in 0..5 {
+        publ.publish("rm", format!("{i}"), QoS::AtLeastOnce, false);
+    }
+    let first = publishes_unacked(&mut sub, QUIET);
+    assert_eq!(first.len(), 2, "only 2 unacknowledged QoS 1 messages at a time");
+    sub.send(&Packet::PubAck(PubResp::ok(first[0].packet_id.unwrap())));
+    let next = publishes_unacked(&mut sub, QUIET);
+    assert_eq!(next.len(), 1, "one acknowledgement frees one slot");
+    assert_eq!(&next[0].payload[..], b"2");
+}
+
+#[test]
+fn a_client_above_the_brokers_receive_maximum_is_disconnected() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = TestBroker::start_with(dir.path(), |c| c.receive_maximum = 2);
+    let (mut c, ack) = Client::connect_with(b.addr, "greedy", V5, v5_with(Properties::default()));
+    assert_eq!(ack.properties.receive_maximum, Some(2));
+    // QoS 2 PUBLISHes never released stay in flight.
+    for id in 1..=3u16 {
+        c.send(&Packet::Publish(Publish {
+            dup: false,
+            qos: QoS::ExactlyOnce,
+            retain: false,
+            topic: "rm".into(),
+            packet_id: Some(id),
+            properties: Properties::default(),
+            payload: Bytes::from_static(b"x"),
+        }));
+        if id < 3 {
+            // Let it be stored and acknowledged (PUBREC) before the next one.
+            match c.recv(T) {
+                Some(Packet::PubRec(r)) => assert_eq!(r.packet_id, id),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+    let (closed, packets) = c.closed_within(T);
+    assert!(closed);
+    assert!(
+        packets.iter().any(|p| matches!(p, Packet::Disconnect(d) if d.code == ReasonCode::ReceiveMaximumExceeded)),
+        "{packets:?}"
+    );
+}
+
+#[test]
+fn nothing_larger_than_the_clients_maximum_packet_size_is_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = TestBroker::start(dir.path());
+    let (mut sub, _) = Client::connect_with(
+        b.addr,
+        "small",
+        V5,
+        v5_with(Properties { maximum_packet_size: Some(100), ..Default::default() }),
+    );
+    sub.subscribe("size/#", QoS::AtLeastOnce);
+    let mut publ = Client::connect(b.addr, "pub", V5);
+    publ.publish("size/big", vec![b'x'; 500], QoS::AtLeastOnce, false);
+    publ.publish("size/small", "fits", QoS::AtLeastOnce, false);
+    let got: Vec<String> = drain(&mut sub, QUIET).into_iter().map(|p| p.topic.to_string()).collect();
+    assert_eq!(got, vec!["size/small"], "the oversized one is dropped for this client [MQTT-3.1.2-25]");
+}
+
+#[test]
+fn server_keep_alive_caps_what_the_client_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = TestBroker::start_with(dir.path(), |c| c.max_keep_alive = 10);
+    let (_c, ack) =
+        Client::connect_with(b.addr, "ka", V5, ConnectOptions { clean: true, keep_alive: 100, ..Default::default() });
+    assert_eq!(ack.properties.server_keep_alive, Some(10));
+    let (_c, ack) =
+        Client::connect_with(b.addr, "ka2", V5, ConnectOptions { clean: true, keep_alive: 5, ..Default::default() });
+    assert_eq!(ack.properties.server_keep_alive, None, "a keep alive within the limit stands");
+}
+
+#[test]
+fn a_session_ends_when_its_expiry_interval_passes() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = TestBroker::start(dir.path());
+    let opts = |clean| ConnectOptions {
+        clean,
+        properties: Properties { session_expiry_interval: Some(1), ..Default::default() },
+        ..Default::default()
+    };
+    let (mut c, _) = Client::connect_with(b.addr, "brief", V5, opts(true));
+    c.subscribe("exp", QoS::AtLeastOnce);
+    c.disconnect();
+    // Within the interval the session is there ...
+    std::thread::sleep(Duration::from_millis(200));
+    let (c, ack) = Client::connect_with(b.addr, "brief", V5, opts(false));
+    assert!(ack.session_present);
+    c.disconnect();
+    // ... after it, gone.
+    std::thread::sleep(Duration::from_millis(2000));
+    let (_c, ack) = Client::connect_with(b.addr, "brief", V5, opts(false));
+    assert!(!ack.session_present, "expired after 1 s");
+}
+
+#[test]
+fn a_will_waits_for_its_delay_and_a_reconnect_cancels_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = TestBroker::start(dir.path());
+    let mut watcher = Client::connect(b.addr, "watcher", V5);
+    watcher.subscribe("will/#", QoS::AtLeastOnce);
+    let will = |topic: &str| Will {
+        topic: topic.into(),
+        payload: Bytes::from_static(b"gone"),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        properties: Properties { will_delay_interval: Some(1), ..Default::default() },
+    };
+    let opts = |topic: &str| ConnectOptions {
+        clean: true,
+        will: Some(will(topic)),
+        properties: Properties { session_expiry_interval: Some(60), ..Default::default() },
+        ..Default::default()
+    };
+    let (dying, _) = Client::connect_with(b.addr, "dying", V5, opts("will/dying"));
+    let (flaky, _) = Client::connect_with(b.addr, "flaky", V5, opts("will/flaky"));
+    let dropped_at = Instant::now();
+    drop(dying);
+    drop(flaky);
+    // flaky comes back within the delay: its will is cancelled.
+    std::thread::sleep(Duration::from_millis(300));
+    let _back = Client::connect_with(
+        b.addr,
+        "flaky",
+        V5,
+        ConnectOptions {
+            clean: false,
+            properties: Properties { session_expiry_interval: Some(60), ..Default::default() },
+            ..Default::default()
+        },
+    );
+    let p = watcher.next_publish(T).expect("dying's will");
+    assert_eq!(p.topic.as_str(), "will/dying");
+    assert!(dropped_at.elapsed() >= Duration::from_millis(900), "not before its 1 s delay");
+    assert!(watcher.next_publish(Duration::from_millis(1500)).is_none(), "flaky's will was cancelled");
+}
+
+#[test]
+fn inbound_topic_aliases_are_resolved() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = TestBroker::start(dir.path());
+    let mut sub = Client::connect(b.addr, "sub", V5);
+    sub.subscribe("alias/#", QoS::AtLeastOnce);
+    let mut publ = Client::connect(b.addr, "pub", V5);
+    let with_alias = |a| Properties { topic_alias: Some(a), ..Default::default() };
+    publ.publish_with("alias/long/topic/name", "one", QoS::AtLeastOnce, false, with_alias(3));
+    publ.publish_with("", "two", QoS::AtLeastOnce, false, with_alias(3));
+    let got: Vec<(String, String)> = drain(&mut sub, QUIET)
+        .into_iter()
+        .map(|p| (p.topic.to_string(), String::from_utf8(p.payload.to_vec()).unwrap()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![("alias/long/topic/name".into(), "one".into()), ("alias/long/topic/name".into(), "two".into())]
+    );
+    // An alias never set is a protocol error.
+    publ.send(&Packet::Publish(Publish {
+        dup: false,
+        qos: QoS::AtMostOnce,
+        retain: false,
+        topic: "".into(),
+        packet_id: None,
+        properties: with_alias(9),
+        payload: Bytes::new(),
+    }));
+    let (closed, packets) = publ.closed_within(T);
+    assert!(closed, "{packets:?}");
+}
+
+#[test]
+fn unsubscribe_stops_delivery_and_reports_unknown_filters() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = TestBroker::start(dir.path());
+    let mut c = Client::connect(b.addr, "unsub", V5);
+    c.subscribe("u/#", QoS::AtLeastOnce);
+    assert_eq!(
+        c.unsubscribe(&["u/#", "never/subscribed"]),
+        vec![ReasonCode::Success, ReasonCode::NoSubscriptionExisted]
+    );
+    let mut publ = Client::connect(b.addr, "pub", V5);
+    publ.publish("u/x", "after", QoS::AtLeastOnce, false);
+    assert!(c.next_publish(QUIET).is_none());
+}
