@@ -1,7 +1,8 @@
-//! The broker killed with SIGKILL at random moments while a publisher sends QoS 1 and QoS 2
-//! messages and a persistent subscriber receives them. At the end the subscriber must have
-//! every message the publisher got an acknowledgement for — QoS 2 exactly once, QoS 1 at
-//! least once — and each topic's messages in the order they were published.
+//! The broker killed with SIGKILL at random moments while a persistent publisher sends QoS 1
+//! and QoS 2 messages (resending what was in flight after each restart, as the spec asks)
+//! and a persistent subscriber receives them. At the end the subscriber must have every
+//! message the publisher got an acknowledgement for — QoS 2 exactly once on both hops, QoS 1
+//! at least once — and each topic's messages in the order they were published.
 //!
 //! CI runs 10 cycles; `BROKER_KILL_CYCLES=100 cargo test --release -p promptmq-tests --test
 //! broker_kill_loop -- --nocapture` runs more and prints the totals.
@@ -102,35 +103,110 @@ impl Subscriber {
     }
 }
 
-/// Publishes until the connection breaks or a bound is hit; returns what was acknowledged.
-fn publish(addr: std::net::SocketAddr, next_seq: &mut [u64], rng_seed: u64) -> Vec<(Got, QoS)> {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(rng_seed);
-    let mut acked = Vec::new();
-    let Some((mut c, _)) = Client::try_connect_with(
-        addr,
-        "publisher",
-        ProtocolVersion::V5,
-        ConnectOptions { clean: true, ..Default::default() },
-    ) else {
-        return acked;
-    };
-    let started = Instant::now();
-    for _ in 0..MAX_PER_CYCLE {
-        if started.elapsed() > MAX_CYCLE_TIME {
-            break;
-        }
-        let topic = rng.gen_range(0..TOPICS);
-        let qos = if rng.gen_bool(0.5) { QoS::AtLeastOnce } else { QoS::ExactlyOnce };
-        let seq = next_seq[topic as usize];
-        // A message counts as sent once tried: a new seq each time, acknowledged or not.
-        next_seq[topic as usize] += 1;
-        match c.try_publish_with(&format!("kill/{topic}"), seq.to_string(), qos, false, Properties::default()) {
-            Some(ReasonCode::Success) => acked.push((Got { topic, seq }, qos)),
-            Some(code) => panic!("publish refused with {code:?}"),
-            None => break,
-        }
+/// A message the publisher has sent and not seen acknowledged.
+#[derive(Clone, Debug)]
+struct InFlight {
+    got: Got,
+    qos: QoS,
+    pid: u16,
+    /// PUBREC received (QoS 2): only PUBREL is left to send.
+    released: bool,
+}
+
+/// The publisher's session state, kept across its connections like a real persistent
+/// client's: the next sequence number per topic and the message in flight, which is resent
+/// (PUBLISH with DUP, or PUBREL) when it reconnects [MQTT-4.4.0-1].
+#[derive(Clone, Debug)]
+struct Publisher {
+    next_seq: Vec<u64>,
+    in_flight: Option<InFlight>,
+    next_pid: u16,
+}
+
+impl Publisher {
+    fn new() -> Publisher {
+        Publisher { next_seq: vec![0; TOPICS as usize], in_flight: None, next_pid: 1 }
     }
-    acked
+
+    /// Completes the in-flight message's flow; `None` if the connection broke first.
+    fn complete(&mut self, c: &mut Client, dup: bool) -> Option<(Got, QoS)> {
+        let f = self.in_flight.clone()?;
+        let first = if f.released {
+            Packet::PubRel(PubResp::ok(f.pid))
+        } else {
+            Packet::Publish(Publish {
+                dup,
+                qos: f.qos,
+                retain: false,
+                topic: format!("kill/{}", f.got.topic).into(),
+                packet_id: Some(f.pid),
+                properties: Properties::default(),
+                payload: f.got.seq.to_string().into(),
+            })
+        };
+        if !c.try_send(&first) {
+            return None;
+        }
+        loop {
+            match c.recv(Duration::from_secs(10))? {
+                Packet::PubAck(a) if a.packet_id == f.pid => {
+                    assert_eq!(a.code, ReasonCode::Success);
+                    break;
+                }
+                Packet::PubRec(r) if r.packet_id == f.pid => {
+                    assert_eq!(r.code, ReasonCode::Success);
+                    if let Some(x) = self.in_flight.as_mut() {
+                        x.released = true;
+                    }
+                    if !c.try_send(&Packet::PubRel(PubResp::ok(f.pid))) {
+                        return None;
+                    }
+                }
+                Packet::PubComp(r) if r.packet_id == f.pid => {
+                    assert_eq!(r.code, ReasonCode::Success, "the broker knew the packet id after a restart");
+                    break;
+                }
+                _ => {}
+            }
+        }
+        self.in_flight = None;
+        Some((f.got, f.qos))
+    }
+
+    /// Connects, finishes what was in flight, then publishes until the connection breaks
+    /// or a bound is hit; returns what was acknowledged.
+    fn run(&mut self, addr: std::net::SocketAddr, rng_seed: u64) -> Vec<(Got, QoS)> {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(rng_seed);
+        let mut acked = Vec::new();
+        let Some((mut c, ack)) = Client::try_connect_with(addr, "publisher", ProtocolVersion::V5, persistent()) else {
+            return acked;
+        };
+        if self.in_flight.is_some() {
+            assert!(ack.session_present, "the publisher's session survived");
+            match self.complete(&mut c, true) {
+                Some(done) => acked.push(done),
+                None => return acked,
+            }
+        }
+        let started = Instant::now();
+        for _ in 0..MAX_PER_CYCLE {
+            if started.elapsed() > MAX_CYCLE_TIME {
+                break;
+            }
+            let topic = rng.gen_range(0..TOPICS);
+            let qos = if rng.gen_bool(0.5) { QoS::AtLeastOnce } else { QoS::ExactlyOnce };
+            let seq = self.next_seq[topic as usize];
+            self.next_seq[topic as usize] += 1;
+            let pid = self.next_pid;
+            self.next_pid = self.next_pid.checked_add(1).unwrap_or(1);
+            self.in_flight = Some(InFlight { got: Got { topic, seq }, qos, pid, released: false });
+            match self.complete(&mut c, false) {
+                Some(done) => acked.push(done),
+                None => break,
+            }
+        }
+        acked
+    }
 }
 
 #[test]
@@ -142,7 +218,7 @@ fn acknowledged_messages_survive_repeated_sigkill() {
     });
     eprintln!("seed {seed} (BROKER_KILL_SEED={seed} repeats the kill timing)");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut next_seq = vec![0u64; TOPICS as usize];
+    let mut publisher = Publisher::new();
     let mut acked: Vec<(Got, QoS)> = Vec::new();
     let mut sub = Subscriber::default();
 
@@ -171,26 +247,31 @@ fn acknowledged_messages_survive_repeated_sigkill() {
                 s
             })
         };
-        let publisher = {
-            let mut seqs = next_seq.clone();
+        let publishing = {
+            let mut p = publisher.clone();
             let seed = rng.gen();
             std::thread::spawn(move || {
-                let acked = publish(addr, &mut seqs, seed);
-                (acked, seqs)
+                let acked = p.run(addr, seed);
+                (acked, p)
             })
         };
         std::thread::sleep(Duration::from_millis(rng.gen_range(50..600)));
         b.kill9();
         stop.store(true, Ordering::Relaxed);
-        let (a, seqs) = publisher.join().expect("publisher thread");
-        next_seq = seqs;
+        let (a, p) = publishing.join().expect("publisher thread");
+        publisher = p;
         acked.extend(a);
         sub = subscriber.join().expect("subscriber thread");
         eprintln!("cycle {cycle}: {} acknowledged so far, {} received so far", acked.len(), sub.got.len());
     }
 
-    // One last start: the subscriber collects what is left, then a graceful stop.
+    // One last start: the publisher finishes what it had in flight, the subscriber collects
+    // what is left, then a graceful stop.
     let b = BrokerProcess::start(exe, dir.path());
+    if publisher.in_flight.is_some() {
+        let (mut c, _) = Client::connect_with(b.addr, "publisher", ProtocolVersion::V5, persistent());
+        acked.extend(publisher.complete(&mut c, true));
+    }
     {
         let (mut c, ack) = Client::connect_with(b.addr, "subscriber", ProtocolVersion::V5, persistent());
         assert!(ack.session_present, "the subscriber's session survived every kill");

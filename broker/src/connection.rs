@@ -17,6 +17,7 @@ use tokio::sync::{oneshot, watch, Notify};
 
 use crate::codec::*;
 use crate::message::Message;
+use crate::qos2_store::{InboundIntent, Qos2State};
 use crate::replay::{self, Batch};
 use crate::router::SubOptions;
 use crate::server::{lock, Shared};
@@ -44,16 +45,27 @@ enum End {
 /// Work waiting for the log: answered, in arrival order, once its appends are durable.
 struct PendingAck {
     /// The message's own append: its offset is the message's place in its topic's stream.
-    message: Option<Completion<u64>>,
+    message: Option<MessageAppend>,
     offset: Option<u64>,
     /// Other appends it waits for (retained copy, session records).
     done: Vec<Completion<u64>>,
     then: AfterDurable,
 }
 
+/// The append of a received message.
+enum MessageAppend {
+    /// Issued at once.
+    Now(Completion<u64>),
+    /// Issued by a task once the inbound QoS 2 intent before it is durable (the task lets
+    /// it go ahead of the pending queue's head, so intents and messages of many PUBLISHes
+    /// share group commits).
+    AfterIntent(tokio::task::JoinHandle<Result<u64, promptmq_wal::Error>>),
+}
+
 enum AfterDurable {
-    /// A QoS 1/2 PUBLISH: route it, then PUBACK / PUBREC.
-    Publish { msg: Arc<Message>, packet_id: u16 },
+    /// A QoS 1/2 PUBLISH: route it, then PUBACK / PUBREC. `intent`: the inbound QoS 2
+    /// record of a persistent session, written before the message.
+    Publish { msg: Arc<Message>, packet_id: u16, intent: Option<InboundIntent> },
     /// A SUBSCRIBE or UNSUBSCRIBE of a persistent session: its acknowledgement, and the
     /// retained messages to send after it.
     Reply { packet: Box<Packet>, retained: Vec<Delivery> },
@@ -396,7 +408,8 @@ impl Conn {
                         // the broker then never sends this PUBLISH again.
                         let stored = match (&logged, s.persistent()) {
                             (Some((t, o)), true) => {
-                                Some(self.shared.store.save_outbound(&self.client_id, t, *o, Some((r.packet_id, 2))))
+                                let state = Some((r.packet_id, Qos2State::Released));
+                                Some(self.shared.save_outbound(&self.client_id, s.incarnation, t, *o, state))
                             }
                             _ => None,
                         };
@@ -408,7 +421,8 @@ impl Conn {
                     Some(Outbound::Publish(d)) => {
                         if let (Some((t, o)), true) = (d.logged(), s.persistent()) {
                             s.positions.complete_qos2(t, o);
-                            drop(self.shared.store.save_outbound(&self.client_id, t, o, Some((r.packet_id, 3))));
+                            let state = Some((r.packet_id, Qos2State::Complete));
+                            drop(self.shared.save_outbound(&self.client_id, s.incarnation, t, o, state));
                         }
                         s.done(d.logged())
                     }
@@ -425,7 +439,8 @@ impl Conn {
                             // Not waited for: if lost, the restarted broker resends PUBREL,
                             // which the client answers whether it remembers the id or not.
                             s.positions.complete_qos2(t, *o);
-                            drop(self.shared.store.save_outbound(&self.client_id, t, *o, Some((r.packet_id, 3))));
+                            let state = Some((r.packet_id, Qos2State::Complete));
+                            drop(self.shared.save_outbound(&self.client_id, s.incarnation, t, *o, state));
                         }
                         s.done(logged.as_ref().map(|(t, o)| (t.as_ref(), *o)))
                     }
@@ -437,7 +452,7 @@ impl Conn {
             Packet::PubRel(r) => {
                 let known = lock(&self.session).inbound_qos2.remove(&r.packet_id);
                 if known {
-                    self.save_inbound();
+                    self.save_inbound(r.packet_id, None);
                 }
                 let code = if known || !self.v5() { ReasonCode::Success } else { ReasonCode::PacketIdentifierNotFound };
                 self.queue_packet(&Packet::PubComp(PubResp {
@@ -526,23 +541,39 @@ impl Conn {
                 if in_flight >= self.shared.cfg.receive_maximum as usize {
                     return Err(End::Refused(ReasonCode::ReceiveMaximumExceeded, "receive maximum exceeded".into()));
                 }
-                let message = Some(self.shared.store.append(&msg));
                 let mut done = Vec::new();
                 if retain {
                     done.push(self.shared.store.set_retained(&msg));
                 }
-                if qos == QoS::ExactlyOnce {
-                    // The id is stored with the message, so that after a restart a resent
-                    // PUBLISH is recognised (acknowledged, not delivered twice).
+                let (incarnation, persistent) = {
                     let s = lock(&self.session);
-                    if s.persistent() {
-                        let mut ids: Vec<u16> = s.inbound_qos2.iter().copied().collect();
-                        ids.push(id);
-                        done.push(self.shared.store.save_inbound(&self.client_id, &ids));
-                    }
-                }
-                let then = AfterDurable::Publish { msg, packet_id: id };
-                self.pending.push_back(PendingAck { message, offset: None, done, then });
+                    (s.incarnation, s.persistent())
+                };
+                let (message, intent) = if qos == QoS::ExactlyOnce && persistent {
+                    // Exactly once across a crash: an intent naming the message's stamp is
+                    // made durable first, the message appended after it. A restarted broker
+                    // finds the stamp in the log (the id stands; a resend is acknowledged)
+                    // or not (the id is forgotten; the resend is stored).
+                    let stamp = crate::message::new_stamp();
+                    let intent = InboundIntent {
+                        pid: id,
+                        topic: msg.topic.to_string(),
+                        from: self.shared.store.topic_end(msg.topic.as_str()),
+                        stamp,
+                        offset: None,
+                    };
+                    let written = self.shared.save_inbound(&self.client_id, incarnation, id, Some(&intent));
+                    let (store, m) = (self.shared.store.clone(), msg.clone());
+                    let chained = tokio::spawn(async move {
+                        written.await?;
+                        store.append_stamped(&m, stamp).await
+                    });
+                    (MessageAppend::AfterIntent(chained), Some(intent))
+                } else {
+                    (MessageAppend::Now(self.shared.store.append(&msg)), None)
+                };
+                let then = AfterDurable::Publish { msg, packet_id: id, intent };
+                self.pending.push_back(PendingAck { message: Some(message), offset: None, done, then });
                 Ok(())
             }
             (_, None) => Err(End::Refused(ReasonCode::ProtocolError, "QoS > 0 without packet id".into())),
@@ -553,8 +584,8 @@ impl Conn {
     fn complete_head(&mut self, res: Result<(), promptmq_wal::Error>) -> Result<(), End> {
         let Some(head) = self.pending.pop_front() else { return Ok(()) };
         let offset = head.offset;
-        let (msg, packet_id) = match head.then {
-            AfterDurable::Publish { msg, packet_id } => (msg, packet_id),
+        let (msg, packet_id, intent) = match head.then {
+            AfterDurable::Publish { msg, packet_id, intent } => (msg, packet_id, intent),
             AfterDurable::Reply { packet, retained } => {
                 if let Err(e) = res {
                     // The subscription works now but may not survive a restart: say so.
@@ -572,13 +603,17 @@ impl Conn {
                 if msg.qos == QoS::ExactlyOnce {
                     lock(&self.session).inbound_qos2.insert(packet_id);
                 }
+                if let Some(mut i) = intent {
+                    // Saves a restarted broker the search for the stamp.
+                    i.offset = offset;
+                    self.save_inbound(packet_id, Some(&i));
+                }
                 ReasonCode::Success
             }
             Err(e) => {
-                if msg.qos == QoS::ExactlyOnce {
-                    // The id may have been stored with the failed message: store the set
-                    // without it, or a new message reusing the id would be taken for a resend.
-                    self.save_inbound();
+                if intent.is_some() {
+                    // Not stored: a new message reusing the id must not be taken for a resend.
+                    self.save_inbound(packet_id, None);
                 }
                 tracing::warn!(client = %self.client_id, error = %e, "message not stored; refusing it");
                 if !self.v5() {
@@ -640,11 +675,10 @@ impl Conn {
     /// Stores the inbound QoS 2 ids awaiting PUBREL of a persistent session (not waited for:
     /// an id stored late only matters if the broker stops before, and then the client's
     /// PUBREL is answered all the same).
-    fn save_inbound(&self) {
+    fn save_inbound(&self, pid: u16, intent: Option<&InboundIntent>) {
         let s = lock(&self.session);
         if s.persistent() {
-            let ids: Vec<u16> = s.inbound_qos2.iter().copied().collect();
-            drop(self.shared.store.save_inbound(&self.client_id, &ids));
+            drop(self.shared.save_inbound(&self.client_id, s.incarnation, pid, intent));
         }
     }
 
@@ -847,7 +881,8 @@ impl Conn {
             let mut stored = None;
             match (pid, d.logged()) {
                 (Some(id), Some((t, o))) if d.qos == QoS::ExactlyOnce && s.persistent() => {
-                    stored = Some(self.shared.store.save_outbound(&self.client_id, t, o, Some((id, 1))));
+                    let state = Some((id, Qos2State::Published));
+                    stored = Some(self.shared.save_outbound(&self.client_id, s.incarnation, t, o, state));
                 }
                 _ => {}
             }
@@ -965,8 +1000,15 @@ async fn read_some(rd: &mut OwnedReadHalf, buf: &mut BytesMut, keep_alive: Optio
 /// removed the moment it resolves: a resolved completion must never be polled again.
 async fn wait_head(pending: &mut VecDeque<PendingAck>) -> Result<(), promptmq_wal::Error> {
     let Some(head) = pending.front_mut() else { return Ok(()) };
-    if let Some(c) = head.message.as_mut() {
-        let r = c.await;
+    if let Some(m) = head.message.as_mut() {
+        let r = match m {
+            MessageAppend::Now(c) => c.await,
+            MessageAppend::AfterIntent(task) => match task.await {
+                Ok(r) => r,
+                // Cancelled: the runtime is shutting down, and the log with it.
+                Err(_) => Err(promptmq_wal::Error::Closed),
+            },
+        };
         head.message = None;
         head.offset = Some(r?);
     }

@@ -12,6 +12,7 @@ mod config;
 mod connection;
 mod message;
 mod positions;
+mod qos2_store;
 mod replay;
 pub mod router;
 mod server;

@@ -19,8 +19,9 @@ use crate::codec::{self, ByteStr, Packet, Properties, ProtocolVersion, Publish, 
 /// First byte of a record in the current format.
 const RECORD_V2: u8 = 0x00;
 
-/// Nanoseconds since the Unix epoch, never the same or lower twice in this process.
-fn next_stamp() -> u64 {
+/// A record stamp: nanoseconds since the Unix epoch, never the same or lower twice in this
+/// process.
+pub fn new_stamp() -> u64 {
     static LAST: AtomicU64 = AtomicU64::new(0);
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
     let mut prev = LAST.load(Ordering::Relaxed);
@@ -103,6 +104,11 @@ impl Message {
 
     /// The bytes stored in the log: the publisher, then the message as a v5 PUBLISH.
     pub fn to_record(&self, now: Instant) -> Bytes {
+        self.to_record_stamped(now, new_stamp())
+    }
+
+    /// [`Message::to_record`] with a given stamp (from [`new_stamp`]).
+    pub fn to_record_stamped(&self, now: Instant, stamp: u64) -> Bytes {
         let mut p = match self.to_publish(QoS::AtMostOnce, None, self.retain, &[], now) {
             Some(p) => p,
             None => Publish {
@@ -124,7 +130,7 @@ impl Message {
         let publisher = &self.publisher.as_bytes()[..self.publisher.len().min(u16::MAX as usize)];
         let mut out = BytesMut::with_capacity(self.payload.len() + self.topic.len() + publisher.len() + 40);
         out.put_u8(RECORD_V2);
-        out.put_u64(next_stamp());
+        out.put_u64(stamp);
         out.put_u16(publisher.len() as u16);
         out.put_slice(publisher);
         // Encoding a message we built ourselves cannot fail short of a >256 MiB payload,

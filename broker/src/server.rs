@@ -15,9 +15,10 @@ use crate::codec::{topic, QoS};
 use crate::config::BrokerConfig;
 use crate::message::Message;
 use crate::positions::Positions;
+use crate::qos2_store::{self, InboundIntent, OutboundQos2, Qos2State};
 use crate::router::Router;
 use crate::session::{Delivery, Outbound, Queued, Session};
-use crate::session_store::{self, OutboundQos2, Qos2State, SessionRecord};
+use crate::session_store::{self, SessionRecord};
 use crate::store::{Store, StoreError};
 
 /// Why the broker could not start.
@@ -115,17 +116,22 @@ impl Shared {
         if s.persistent() {
             s.positions.dirty = false;
             let record = SessionRecord {
+                incarnation: s.incarnation,
                 expiry: s.expiry,
                 subs: s.subs.iter().map(|(f, o)| (f.clone(), *o)).collect(),
                 positions: s.positions.cursors(),
                 inbound: Vec::new(),
                 outbound: Vec::new(),
             };
-            for (topic, offset) in s.positions.take_passed() {
-                drop(self.store.save_outbound(client, &topic, offset, None));
-            }
             lock(&self.persisted).insert(client.to_string());
-            Some(self.store.save_session(client, Some(record.encode())))
+            let saved = self.store.save_session(client, Some(record.encode()));
+            // Only after the record whose cursor passed them: records of one stream become
+            // durable in order, so a crash never keeps the clearing without the cursor (which
+            // would send completed QoS 2 messages again).
+            for (topic, offset) in s.positions.take_passed() {
+                drop(self.save_outbound(client, s.incarnation, &topic, offset, None));
+            }
+            Some(saved)
         } else {
             self.forget_session(client)
         }
@@ -133,10 +139,35 @@ impl Shared {
 
     /// Clears the log record of a session, if it has one.
     pub(crate) fn forget_session(&self, client: &str) -> Option<promptmq_wal::Completion<u64>> {
-        lock(&self.persisted).remove(client).then(|| {
-            drop(self.store.save_inbound(client, &[]));
-            self.store.save_session(client, None)
-        })
+        // The session's QoS 2 entries stay in the log until compaction, tied to its
+        // incarnation, which no later session shares.
+        lock(&self.persisted).remove(client).then(|| self.store.save_session(client, None))
+    }
+
+    /// Stores (or, with `None`, clears) an inbound QoS 2 intent of a persistent session.
+    pub(crate) fn save_inbound(
+        &self,
+        client: &str,
+        incarnation: u64,
+        pid: u16,
+        intent: Option<&InboundIntent>,
+    ) -> promptmq_wal::Completion<u64> {
+        let value = intent.map(|i| qos2_store::encode_inbound(incarnation, i)).unwrap_or_default();
+        self.store.save_session_entry(qos2_store::inbound_key(client, pid), value)
+    }
+
+    /// Stores (or, with `None`, clears) the state of an outbound QoS 2 exchange of a
+    /// persistent session for the message at `topic`@`offset`.
+    pub(crate) fn save_outbound(
+        &self,
+        client: &str,
+        incarnation: u64,
+        topic: &str,
+        offset: u64,
+        state: Option<(u16, Qos2State)>,
+    ) -> promptmq_wal::Completion<u64> {
+        let value = state.map(|(pid, st)| qos2_store::encode_outbound(incarnation, pid, st)).unwrap_or_default();
+        self.store.save_session_entry(qos2_store::outbound_key(client, topic, offset), value)
     }
 
     /// Queues a connected persistent session whose acknowledged position moved, for the next
@@ -350,7 +381,8 @@ fn restore_sessions(shared: &Arc<Shared>, saved: HashMap<String, SessionRecord>)
         let mut s = Session::new();
         s.expiry = record.expiry;
         s.client_id = Some(Arc::from(client.as_str()));
-        s.inbound_qos2 = record.inbound.iter().copied().collect();
+        s.incarnation = record.incarnation;
+        s.inbound_qos2 = restore_inbound_qos2(shared, &client, record.incarnation, &record.inbound);
         s.positions = Positions::restored(record.positions);
         // Streams the record does not name did not exist when it was written: all they hold
         // arrived since, so the session reads them from the start.
@@ -374,6 +406,22 @@ fn restore_sessions(shared: &Arc<Shared>, saved: HashMap<String, SessionRecord>)
         // The expiry clock restarts at start-up: the time of the last disconnect is not stored.
         crate::connection::end_session_later(shared.clone(), Arc::from(client.as_str()), session, 0, record.expiry);
     }
+}
+
+/// The inbound QoS 2 packet ids of a restored session whose messages are stored; the
+/// intents of messages that never made it are cleared (see `qos2_store::stored_inbound`).
+fn restore_inbound_qos2(
+    shared: &Shared,
+    client: &str,
+    incarnation: u64,
+    intents: &[InboundIntent],
+) -> std::collections::HashSet<u16> {
+    let (stored, forgotten) = qos2_store::stored_inbound(&shared.store, intents);
+    for pid in forgotten {
+        tracing::info!(client, pid, "inbound QoS 2 message was not stored before the stop; its id is forgotten");
+        drop(shared.save_inbound(client, incarnation, pid, None));
+    }
+    stored
 }
 
 /// Puts a restored session's outbound QoS 2 exchanges back in flight (resent with the same

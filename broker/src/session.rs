@@ -80,6 +80,8 @@ pub(crate) struct Session {
     pub(crate) positions: Positions,
     /// Queued for a save of its positions.
     pub(crate) save_queued: bool,
+    /// Tells this session from earlier ones of the same client id in the log.
+    pub(crate) incarnation: u64,
 }
 
 impl Session {
@@ -99,6 +101,7 @@ impl Session {
             client_id: None,
             positions: Positions::default(),
             save_queued: false,
+            incarnation: crate::message::new_stamp(),
         }
     }
 

@@ -1,87 +1,39 @@
 //! Persistent sessions in the log: one compacted stream keyed by client id, whose newest
 //! record is the session's expiry, subscriptions and positions in the topic streams (an
-//! empty record: the session ended); and, under the key `<client id>\0in`, the QoS 2 packet
-//! ids the client sent and has not released yet. Restored on start: a persistent subscriber
-//! keeps its subscriptions and receives, from its positions on, what it has not acknowledged.
+//! empty record: the session ended); and, under keys of their own, its QoS 2 state (see
+//! [`crate::qos2_store`]). Restored on start: a persistent subscriber keeps its subscriptions
+//! and receives, from its positions on, what it has not acknowledged.
 
 use std::collections::HashMap;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::codec::QoS;
+use crate::qos2_store::{self, Entry, InboundIntent, OutboundQos2, Qos2State};
 use crate::router::SubOptions;
-use crate::store::INBOUND_SUFFIX;
 
 /// What is stored for one persistent session.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub(crate) struct SessionRecord {
+    /// Tells this session from earlier ones with the same client id (their QoS 2 entries
+    /// are ignored).
+    pub(crate) incarnation: u64,
     /// Session expiry interval, seconds (`u32::MAX`: never).
     pub(crate) expiry: u32,
     /// Topic filter → options.
     pub(crate) subs: Vec<(String, SubOptions)>,
     /// Topic → first offset not known to be acknowledged.
     pub(crate) positions: Vec<(String, u64)>,
-    /// Inbound QoS 2 packet ids awaiting PUBREL (stored under their own key).
-    pub(crate) inbound: Vec<u16>,
+    /// Inbound QoS 2 PUBLISHes not yet released (each stored under its own key).
+    pub(crate) inbound: Vec<InboundIntent>,
     /// Outbound QoS 2 exchanges (each stored under its own key).
     pub(crate) outbound: Vec<OutboundQos2>,
 }
 
-/// Where an outbound QoS 2 exchange of a persistent session stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Qos2State {
-    /// PUBLISH sent with this packet id; awaiting PUBREC.
-    Published = 1,
-    /// PUBREL sent; awaiting PUBCOMP.
-    Released = 2,
-    /// Complete: the message must not be sent again (kept until the cursor passes it).
-    Complete = 3,
-}
-
-/// One outbound QoS 2 exchange: the message's place in the log and the packet id used.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct OutboundQos2 {
-    pub(crate) topic: String,
-    pub(crate) offset: u64,
-    pub(crate) pid: u16,
-    pub(crate) state: Qos2State,
-}
-
-/// Marks the keys of outbound QoS 2 exchanges: `<client>\0out\0<offset>\0<topic>`.
-const OUTBOUND_MARK: &str = "\0out\0";
-
-/// The key of the outbound QoS 2 exchange for `topic`@`offset` of `client`.
-pub(crate) fn outbound_key(client: &str, topic: &str, offset: u64) -> Vec<u8> {
-    format!("{client}{OUTBOUND_MARK}{offset}\0{topic}").into_bytes()
-}
-
-/// A stored outbound key and value: client, topic, offset, and (packet id, state), or
-/// `None` for a forgotten exchange.
-type OutboundEntry = (String, String, u64, Option<(u16, Qos2State)>);
-
-/// Decodes an outbound exchange's key and value (`None`: not such a key).
-fn decode_outbound(key: &str, value: &[u8]) -> Option<OutboundEntry> {
-    let (client, rest) = key.split_once(OUTBOUND_MARK)?;
-    let (offset, topic) = rest.split_once('\0')?;
-    let offset: u64 = offset.parse().ok()?;
-    let state = match value {
-        [1, a, b, st] => Some((
-            u16::from_be_bytes([*a, *b]),
-            match st {
-                1 => Qos2State::Published,
-                2 => Qos2State::Released,
-                3 => Qos2State::Complete,
-                _ => return None,
-            },
-        )),
-        _ => None,
-    };
-    Some((client.to_owned(), topic.to_owned(), offset, state))
-}
-
-/// The first version had no positions.
+/// The first version had no positions, the second no incarnation.
 const VERSION_1: u8 = 1;
-const VERSION: u8 = 2;
+const VERSION_2: u8 = 2;
+const VERSION: u8 = 3;
 
 impl SessionRecord {
     pub(crate) fn encode(&self) -> Bytes {
@@ -102,6 +54,7 @@ impl SessionRecord {
             b.put_slice(&topic.as_bytes()[..topic.len().min(u16::MAX as usize)]);
             b.put_u64(*offset);
         }
+        b.put_u64(self.incarnation);
         b.freeze()
     }
 
@@ -111,7 +64,7 @@ impl SessionRecord {
             return None;
         }
         let version = b.get_u8();
-        if version != VERSION && version != VERSION_1 {
+        if !(VERSION_1..=VERSION).contains(&version) {
             return None;
         }
         let expiry = b.get_u32();
@@ -141,7 +94,7 @@ impl SessionRecord {
             ));
         }
         let mut positions = Vec::new();
-        if version >= VERSION {
+        if version >= VERSION_2 {
             if b.remaining() < 4 {
                 return None;
             }
@@ -160,58 +113,62 @@ impl SessionRecord {
                 positions.push((topic, b.get_u64()));
             }
         }
-        Some(SessionRecord { expiry, subs, positions, inbound: Vec::new(), outbound: Vec::new() })
+        let incarnation = if version >= VERSION {
+            if b.remaining() < 8 {
+                return None;
+            }
+            b.get_u64()
+        } else {
+            0
+        };
+        Some(SessionRecord { incarnation, expiry, subs, positions, inbound: Vec::new(), outbound: Vec::new() })
     }
 }
 
-/// Decodes the packet ids stored by `Store::save_inbound`.
-fn decode_inbound(b: &[u8]) -> Vec<u16> {
-    match b.split_first() {
-        Some((1, ids)) => ids.chunks_exact(2).map(|c| u16::from_be_bytes([c[0], c[1]])).collect(),
-        _ => Vec::new(),
-    }
-}
-
-/// Folds the records of the sessions stream (oldest first) into the live sessions.
+/// Folds the records of the sessions stream (oldest first) into the live sessions, each
+/// with the QoS 2 entries its incarnation wrote.
 pub(crate) fn fold(records: impl IntoIterator<Item = (String, Bytes)>) -> HashMap<String, SessionRecord> {
     let mut out = HashMap::new();
-    let mut inbound = HashMap::new();
-    let mut outbound: HashMap<(String, String, u64), (u16, Qos2State)> = HashMap::new();
+    let mut inbound: HashMap<(String, u16), (u64, InboundIntent)> = HashMap::new();
+    let mut outbound: HashMap<(String, String, u64), (u64, u16, Qos2State)> = HashMap::new();
     for (key, payload) in records {
-        if let Some((client, topic, offset, state)) = decode_outbound(&key, &payload) {
-            match state {
-                Some(st) => outbound.insert((client, topic, offset), st),
-                None => outbound.remove(&(client, topic, offset)),
-            };
-            continue;
-        }
-        if let Some(client) = key.strip_suffix(INBOUND_SUFFIX) {
-            inbound.insert(client.to_owned(), decode_inbound(&payload));
-            continue;
-        }
-        let client = key;
-        match SessionRecord::decode(&payload) {
-            Some(r) => {
-                out.insert(client, r);
+        match qos2_store::decode(&key, &payload) {
+            Some(Entry::Inbound { client, pid, value: Some(v) }) => {
+                inbound.insert((client, pid), v);
             }
-            None => {
-                out.remove(&client);
+            Some(Entry::Inbound { client, pid, value: None }) => {
+                inbound.remove(&(client, pid));
             }
+            Some(Entry::Outbound { client, topic, offset, value: Some(v) }) => {
+                outbound.insert((client, topic, offset), v);
+            }
+            Some(Entry::Outbound { client, topic, offset, value: None }) => {
+                outbound.remove(&(client, topic, offset));
+            }
+            None => match SessionRecord::decode(&payload) {
+                Some(r) => {
+                    out.insert(key, r);
+                }
+                None => {
+                    out.remove(&key);
+                }
+            },
         }
     }
-    for (client, ids) in inbound {
-        if let Some(r) = out.get_mut(&client) {
-            r.inbound = ids;
+    for ((client, _), (incarnation, intent)) in inbound {
+        if let Some(r) = out.get_mut(&client).filter(|r| r.incarnation == incarnation) {
+            r.inbound.push(intent);
         }
     }
-    for ((client, topic, offset), (pid, state)) in outbound {
-        if let Some(r) = out.get_mut(&client) {
+    for ((client, topic, offset), (incarnation, pid, state)) in outbound {
+        if let Some(r) = out.get_mut(&client).filter(|r| r.incarnation == incarnation) {
             r.outbound.push(OutboundQos2 { topic, offset, pid, state });
         }
     }
     for r in out.values_mut() {
         // Resent in the order they were first sent.
         r.outbound.sort_by(|a, b| (&a.topic, a.offset).cmp(&(&b.topic, b.offset)));
+        r.inbound.sort_by_key(|i| i.stamp);
     }
     out
 }
@@ -235,6 +192,7 @@ mod tests {
                 ),
             ],
             positions: vec![("a/x".into(), 7), ("a/y".into(), 0)],
+            incarnation: 77,
             inbound: Vec::new(),
             outbound: Vec::new(),
         };
@@ -256,29 +214,26 @@ mod tests {
     }
 
     #[test]
-    fn inbound_packet_ids_join_their_session() {
-        let r = SessionRecord { expiry: 1, ..Default::default() };
+    fn qos2_entries_join_only_the_incarnation_that_wrote_them() {
+        use crate::qos2_store::{encode_inbound, encode_outbound, inbound_key, outbound_key};
+        let key = |k: Vec<u8>| String::from_utf8(k).unwrap();
+        let r = SessionRecord { incarnation: 2, expiry: 1, ..Default::default() };
+        let intent = |pid| InboundIntent { pid, topic: "t".into(), from: 0, stamp: pid as u64, offset: None };
         let live = fold([
             ("c".to_string(), r.encode()),
-            (format!("c{INBOUND_SUFFIX}"), Bytes::from_static(&[1, 0, 7, 1, 0])),
-            (format!("gone{INBOUND_SUFFIX}"), Bytes::from_static(&[1, 0, 9])),
+            (key(inbound_key("c", 7)), encode_inbound(2, &intent(7))),
+            (key(inbound_key("c", 8)), encode_inbound(1, &intent(8))), // an earlier session's
+            (key(inbound_key("c", 9)), encode_inbound(2, &intent(9))),
+            (key(inbound_key("c", 9)), Bytes::new()), // released
+            (key(inbound_key("gone", 1)), encode_inbound(2, &intent(1))),
+            (key(outbound_key("c", "a/b", 7)), encode_outbound(2, 5, Qos2State::Published)),
+            (key(outbound_key("c", "a/b", 7)), encode_outbound(2, 5, Qos2State::Released)),
+            (key(outbound_key("c", "x", 1)), encode_outbound(2, 6, Qos2State::Published)),
+            (key(outbound_key("c", "x", 1)), Bytes::new()),
+            (key(outbound_key("c", "x", 2)), encode_outbound(1, 6, Qos2State::Complete)),
         ]);
-        assert_eq!(live["c"].inbound, vec![7, 256]);
-        assert_eq!(live.len(), 1, "ids of a session without a record are ignored");
-    }
-
-    #[test]
-    fn outbound_exchanges_fold_to_their_latest_state() {
-        let r = SessionRecord { expiry: 1, ..Default::default() };
-        let key = |t: &str, o: u64| String::from_utf8(outbound_key("c", t, o)).unwrap();
-        let live = fold([
-            ("c".to_string(), r.encode()),
-            (key("a/b", 7), Bytes::from_static(&[1, 0, 5, 1])),
-            (key("a/b", 7), Bytes::from_static(&[1, 0, 5, 2])),
-            (key("x", 1), Bytes::from_static(&[1, 0, 6, 1])),
-            (key("x", 1), Bytes::new()),
-            (key("x", 2), Bytes::from_static(&[1, 0, 6, 9])),
-        ]);
+        assert_eq!(live.len(), 1, "entries of a session without a record are ignored");
+        assert_eq!(live["c"].inbound, vec![intent(7)]);
         assert_eq!(
             live["c"].outbound,
             vec![OutboundQos2 { topic: "a/b".into(), offset: 7, pid: 5, state: Qos2State::Released }]

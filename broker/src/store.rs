@@ -15,9 +15,6 @@ use crate::message::Message;
 const RETAINED: &str = "$retained";
 /// Stream holding persistent sessions' subscriptions, keyed by client id.
 const SESSIONS: &str = "$sessions";
-/// Suffix of the key under which a client's unreleased inbound QoS 2 packet ids are kept.
-/// MQTT strings never contain U+0000 [MQTT-1.5.4-2], so no client id ends this way.
-pub(crate) const INBOUND_SUFFIX: &str = "\0in";
 /// Prefix of per-topic message streams.
 const TOPIC_PREFIX: &str = "t/";
 
@@ -46,10 +43,31 @@ impl Store {
 
     /// Appends a message to its topic's stream; resolves once durable.
     pub fn append(&self, msg: &Message) -> Completion<u64> {
+        self.append_stamped(msg, crate::message::new_stamp())
+    }
+
+    /// [`Store::append`] with a stamp chosen by the caller (who recorded it beforehand).
+    pub fn append_stamped(&self, msg: &Message, stamp: u64) -> Completion<u64> {
         let name = format!("{TOPIC_PREFIX}{}", msg.topic.as_str());
         match self.wal.stream(&name) {
-            Ok(s) => self.wal.append(&s, msg.to_record(Instant::now())),
+            Ok(s) => self.wal.append(&s, msg.to_record_stamped(Instant::now(), stamp)),
             Err(e) => failed(e),
+        }
+    }
+
+    /// Looks for the message stored with `stamp` in `topic`'s stream, at or after offset
+    /// `from`: its offset, if it is there.
+    pub fn find_stamp(&self, topic: &str, from: u64, stamp: u64) -> Result<Option<u64>, StoreError> {
+        let mut at = from;
+        loop {
+            let (recs, read_to) = self.read_topic(topic, at, 1024)?;
+            if let Some(r) = recs.iter().find(|r| Message::record_stamp(&r.payload) == Some(stamp)) {
+                return Ok(Some(r.offset));
+            }
+            if read_to <= at {
+                return Ok(None);
+            }
+            at = read_to;
         }
     }
 
@@ -103,40 +121,9 @@ impl Store {
         }
     }
 
-    /// Stores the QoS 2 packet ids a client has sent and not yet released (PUBREL), so a
-    /// PUBLISH it resends after a restart is recognised and not delivered twice.
-    pub fn save_inbound(&self, client: &str, pids: &[u16]) -> Completion<u64> {
-        let mut key = Vec::with_capacity(client.len() + 3);
-        key.extend_from_slice(client.as_bytes());
-        key.extend_from_slice(INBOUND_SUFFIX.as_bytes());
-        let value: Bytes = if pids.is_empty() {
-            Bytes::new()
-        } else {
-            let mut v = Vec::with_capacity(1 + pids.len() * 2);
-            v.push(1u8);
-            for p in pids {
-                v.extend_from_slice(&p.to_be_bytes());
-            }
-            v.into()
-        };
-        match self.wal.stream_with(SESSIONS, StreamOptions { compacted: true, ..Default::default() }) {
-            Ok(s) => self.wal.append_keyed(&s, key, value),
-            Err(e) => failed(e),
-        }
-    }
-
-    /// Stores the state of an outbound QoS 2 exchange of a persistent session for the
-    /// message at `topic`@`offset` (`None`: forget it). Sent before the PUBLISH / PUBREL it
-    /// describes, so after a restart the broker resends the same packet id, or nothing.
-    pub fn save_outbound(&self, client: &str, topic: &str, offset: u64, state: Option<(u16, u8)>) -> Completion<u64> {
-        let key = crate::session_store::outbound_key(client, topic, offset);
-        let value: Bytes = match state {
-            Some((pid, st)) => {
-                let p = pid.to_be_bytes();
-                Bytes::from(vec![1, p[0], p[1], st])
-            }
-            None => Bytes::new(),
-        };
+    /// Writes one keyed record of the sessions stream (the newest per key counts; an empty
+    /// value clears the key). Used for a session's QoS 2 state, see `qos2_store`.
+    pub fn save_session_entry(&self, key: Vec<u8>, value: Bytes) -> Completion<u64> {
         match self.wal.stream_with(SESSIONS, StreamOptions { compacted: true, ..Default::default() }) {
             Ok(s) => self.wal.append_keyed(&s, key, value),
             Err(e) => failed(e),

@@ -69,6 +69,10 @@ struct Args {
     /// Extra idle connections to open and hold (connection-count test).
     #[arg(long, default_value_t = 0)]
     idle: usize,
+    /// Connect with persistent sessions (3.1.1: clean session 0; v5: session expiry 1 h),
+    /// which makes the broker keep QoS 2 state durably for them.
+    #[arg(long)]
+    persistent: bool,
     /// Seconds to wait after publishing stops for the last messages to arrive.
     #[arg(long, default_value_t = 2.0)]
     drain: f64,
@@ -90,13 +94,15 @@ impl Conn {
         let v = if a.version == 5 { ProtocolVersion::V5 } else { ProtocolVersion::V3_1_1 };
         let mut c = Conn { s, rbuf: BytesMut::with_capacity(1 << 16), wbuf: BytesMut::with_capacity(1 << 16), v };
         let props = if a.version == 5 {
-            Properties { receive_maximum: Some(65_535), ..Properties::default() }
+            let expiry = a.persistent.then_some(3600);
+            Properties { receive_maximum: Some(65_535), session_expiry_interval: expiry, ..Properties::default() }
         } else {
             Properties::default()
         };
         c.send(&Packet::Connect(Box::new(Connect {
             protocol: v,
-            clean_start: true,
+            // A persistent session starts clean in v5 (expiry keeps it); 3.1.1 has no other way.
+            clean_start: !a.persistent || a.version == 5,
             keep_alive: 0,
             properties: props,
             client_id: id.into(),
