@@ -84,6 +84,7 @@ pub struct Options {
     pub(crate) max_batch_bytes: usize,
     pub(crate) create: bool,
     pub(crate) full_recovery: bool,
+    pub(crate) observer: Option<std::sync::Arc<dyn crate::CommitObserver>>,
 }
 
 impl Default for Options {
@@ -99,6 +100,7 @@ impl Default for Options {
             max_batch_bytes: 4 << 20,
             create: true,
             full_recovery: false,
+            observer: None,
         }
     }
 }
@@ -108,6 +110,11 @@ impl Options {
     /// directory keeps the count it was created with, because streams are pinned to shards.
     pub fn shards(mut self, n: u32) -> Self {
         self.shards = n;
+        self
+    }
+    /// Told about every group commit (for metrics); see [`crate::CommitObserver`].
+    pub fn observer(mut self, o: std::sync::Arc<dyn crate::CommitObserver>) -> Self {
+        self.observer = Some(o);
         self
     }
     /// Size at which a segment file is sealed and a new one started (default 64 MiB).

@@ -63,6 +63,10 @@ pub(crate) struct ShardShared {
     pub(crate) maintenance: std::sync::RwLock<()>,
     /// Counters for [`crate::WalStats`].
     pub(crate) stats: ShardStats,
+    /// Set when the shard stops accepting appends (until the log is reopened).
+    pub(crate) failed: std::sync::atomic::AtomicBool,
+    /// Told about each group commit.
+    pub(crate) observer: std::sync::OnceLock<Arc<dyn crate::CommitObserver>>,
     /// Segment first LSN → lazily opened read handle.
     segments: Mutex<BTreeMap<u64, Option<Arc<SegmentReader>>>>,
 }
@@ -74,6 +78,8 @@ impl ShardShared {
             dir,
             maintenance: std::sync::RwLock::new(()),
             stats: ShardStats::default(),
+            failed: Default::default(),
+            observer: std::sync::OnceLock::new(),
             segments: Mutex::new(segments.into_iter().map(|s| (s, None)).collect()),
         }
     }
@@ -188,6 +194,7 @@ impl Shard {
             buf: Vec::new(),
             failed: None,
             last_sync: Instant::now(),
+            last_sync_took: None,
             touched: Default::default(),
             bytes_since_checkpoint: 0,
             scratch: Vec::new(),
@@ -238,6 +245,8 @@ struct ShardWriter {
     buf: Vec<u8>,
     failed: Option<String>,
     last_sync: Instant,
+    /// Duration of the last `fdatasync`, taken by the commit observer.
+    last_sync_took: Option<Duration>,
     touched: crate::hash::IdMap<Arc<StreamState>>,
     bytes_since_checkpoint: u64,
     /// (request index, offset, byte position, length) of each record of the current batch.
@@ -261,6 +270,7 @@ impl ShardWriter {
         let reason = e.to_string();
         tracing::error!(shard = self.shared.id, error = %reason, "shard stops accepting appends until reopened");
         self.failed = Some(reason);
+        self.shared.failed.store(true, Ordering::Release);
         e.duplicate()
     }
 
@@ -273,9 +283,11 @@ impl ShardWriter {
                 let e = Error::io("syncing", self.seg_path(), e);
                 return Err(self.fail(&e));
             }
+            let took = t.elapsed();
             let st = &self.shared.stats;
             st.syncs.fetch_add(1, Ordering::Relaxed);
-            st.sync_nanos.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            st.sync_nanos.fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
+            self.last_sync_took = Some(took);
         }
         self.synced_len = self.seg_len;
         self.last_sync = Instant::now();
@@ -356,6 +368,7 @@ impl ShardWriter {
         self.local.clear();
         let ts = now_ms();
         let mut lsn = self.next_lsn;
+        let batch_first_lsn = lsn;
         let mut outs = Vec::with_capacity(batch.len());
         let mut force_sync = false;
         let mut catalog = false;
@@ -409,6 +422,11 @@ impl ShardWriter {
         st.batches.fetch_add(1, Ordering::Relaxed);
         st.records.fetch_add(self.scratch.len() as u64, Ordering::Relaxed);
         st.bytes.fetch_add(self.buf.len() as u64, Ordering::Relaxed);
+        let sync = self.last_sync_took.take();
+        if let Some(o) = self.shared.observer.get() {
+            let records = (lsn - batch_first_lsn) as usize;
+            o.committed(&crate::CommitInfo { shard: self.shared.id, records, bytes: self.buf.len(), sync });
+        }
         // The records are durable per the sync mode: index them, then make them visible.
         self.summary.catalog |= catalog;
         for &(i, offset, at, len) in &self.scratch {

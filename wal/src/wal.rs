@@ -311,6 +311,9 @@ impl Wal {
             let rec = res.ok_or_else(|| Error::Index(format!("recovery of shard {id} did not finish")))??;
             report.shards.push(rec.report);
             let shared = Arc::new(ShardShared::new(id as u32, shard_dir(&root, id as u32), rec.segments));
+            if let Some(o) = &opts.observer {
+                let _ = shared.observer.set(o.clone());
+            }
             shards.push((shared, rec.start));
         }
         recovery::finish_streams(&by_id);
@@ -389,6 +392,53 @@ impl Wal {
             out.sync_time += std::time::Duration::from_nanos(st.sync_nanos.load(Ordering::Relaxed));
         }
         out
+    }
+
+    /// `Ok` while the log accepts appends; otherwise why not: closed, or a shard failed (a
+    /// write or `fdatasync` error; reopen the log after fixing the device). For health checks.
+    ///
+    /// ```
+    /// # use promptmq_wal::{Wal, Options};
+    /// # let dir = tempfile::tempdir()?;
+    /// let wal = Wal::open(dir.path(), Options::default())?;
+    /// assert!(wal.health().is_ok());
+    /// # Ok::<(), promptmq_wal::Error>(())
+    /// ```
+    pub fn health(&self) -> Result<()> {
+        self.check_open()?;
+        for s in &self.inner.shards {
+            if s.shared.failed.load(Ordering::Acquire) {
+                return Err(Error::ShardFailed {
+                    shard: s.shared.id,
+                    reason: "a write or sync failed earlier; see the log".into(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Segment files on disk and their total size in bytes (for metrics and tools).
+    ///
+    /// ```
+    /// # use promptmq_wal::{Wal, Options};
+    /// # let dir = tempfile::tempdir()?;
+    /// let wal = Wal::open(dir.path(), Options::default())?;
+    /// let s = wal.stream("s")?;
+    /// wal.append(&s, "x").wait()?;
+    /// let (segments, bytes) = wal.disk_usage()?;
+    /// assert!(segments >= 1 && bytes > 0);
+    /// # Ok::<(), promptmq_wal::Error>(())
+    /// ```
+    pub fn disk_usage(&self) -> Result<(u64, u64)> {
+        let (mut n, mut bytes) = (0, 0);
+        for s in &self.inner.shards {
+            for (_, path) in crate::segment::list_segments(&s.shared.dir)? {
+                n += 1;
+                // A segment removed by retention meanwhile simply no longer counts.
+                bytes += std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            }
+        }
+        Ok((n, bytes))
     }
 
     /// What recovery found and did when this log was opened.

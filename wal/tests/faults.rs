@@ -93,8 +93,10 @@ fn failed_sync_fails_the_shard_until_reopen() {
     let wal = Wal::open_with_backend(dir.path(), Options::default().shards(1), Arc::new(backend)).unwrap();
     let s = wal.stream("s").unwrap();
     wal.append(&s, "one").wait().unwrap();
+    assert!(wal.health().is_ok());
     plan.lock().unwrap().fail_sync = true;
     assert!(matches!(wal.append(&s, "two").wait(), Err(Error::Io { .. })));
+    assert!(matches!(wal.health(), Err(Error::ShardFailed { shard: 0, .. })), "health reports the failed shard");
     plan.lock().unwrap().fail_sync = false;
     // Even with the device healthy again, the shard refuses until it is reopened: after a
     // failed fdatasync the state of the written pages is unknown.
@@ -105,6 +107,7 @@ fn failed_sync_fails_the_shard_until_reopen() {
     assert_eq!(wal.read(&s, 0, 10).unwrap().len(), 1, "the unacknowledged record is not visible");
     wal.close().unwrap();
     let wal = Wal::open(dir.path(), Options::default().shards(1)).unwrap();
+    assert!(wal.health().is_ok());
     let s = wal.lookup("s").unwrap();
     assert_eq!(wal.append(&s, "four").wait().unwrap(), s.next_offset() - 1);
     let recs = wal.read(&s, 0, 10).unwrap();
