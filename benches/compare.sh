@@ -52,7 +52,7 @@ kill $mpid; wait $mpid 2>/dev/null || true
 
 for mode in always interval:5 none; do
   port=$(free_port)
-  target/release/promptmq serve --listen "127.0.0.1:$port" --data-dir "$work/data-${mode%%:*}" --sync "$mode" --log warn > "$work/promptmq.log" 2>&1 &
+  target/release/promptmq serve --listen "127.0.0.1:$port" --data-dir "$work/data-${mode%%:*}" --sync "$mode" --log warn --metrics-listen 127.0.0.1:0 > "$work/promptmq.log" 2>&1 &
   ppid=$!
   wait_port "$port"
   while IFS= read -r l; do results+=("$l"); done < <(run_target "promptmq sync=$mode" "$port")

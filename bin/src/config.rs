@@ -25,6 +25,24 @@ pub struct Config {
     pub limits: Limits,
     /// Log output.
     pub logging: Logging,
+    /// The HTTP endpoint for `/metrics` (Prometheus), `/healthz` and `/readyz`.
+    pub metrics: Metrics,
+}
+
+/// The operator's HTTP endpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Metrics {
+    /// Serve `/metrics`, `/healthz` and `/readyz`.
+    pub enabled: bool,
+    /// Address and port of the endpoint (port 0: any free port, printed at start).
+    pub listen: SocketAddr,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics { enabled: true, listen: SocketAddr::from(([127, 0, 0, 1], 9090)) }
+    }
 }
 
 /// Listeners.
@@ -140,6 +158,7 @@ impl Default for Config {
                 write_timeout_secs: b.write_timeout.as_secs(),
             },
             logging: Logging::default(),
+            metrics: Metrics::default(),
         }
     }
 }
@@ -180,6 +199,8 @@ pub struct Overrides {
     pub sync: Option<SyncMode>,
     /// `--log`.
     pub log: Option<String>,
+    /// `--metrics-listen`.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Builds the effective configuration from all layers.
@@ -205,6 +226,9 @@ pub fn load(file: Option<&Path>, flags: &Overrides) -> Result<Config, String> {
     }
     if let Some(l) = &flags.log {
         fig = fig.merge(Serialized::default("logging.level", l));
+    }
+    if let Some(m) = flags.metrics_listen {
+        fig = fig.merge(Serialized::default("metrics.listen", m));
     }
     if let Some(s) = flags.sync {
         let (mode, ms) = match s {

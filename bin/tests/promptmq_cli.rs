@@ -26,18 +26,34 @@ fn bad_flags_and_directories_are_refused() {
     );
 }
 
-#[test]
-fn sigterm_disconnects_clients_and_exits_cleanly() {
-    let dir = tempfile::tempdir().unwrap();
+/// A running `promptmq serve` on free loopback ports: the process, its MQTT address and its
+/// metrics endpoint address.
+fn spawn_serve(dir: &std::path::Path) -> (std::process::Child, String, String) {
     let mut child = promptmq()
-        .args(["serve", "--listen", "127.0.0.1:0", "--log", "warn", "--data-dir"])
-        .arg(dir.path())
+        .args(["serve", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--log", "warn", "--data-dir"])
+        .arg(dir)
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let addr = line.trim().strip_prefix("promptmq listening on ").unwrap_or_else(|| panic!("{line:?}")).to_string();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let (mut mqtt, mut metrics) = (None, None);
+    while mqtt.is_none() {
+        let mut line = String::new();
+        assert!(out.read_line(&mut line).unwrap() > 0, "serve exited before listening");
+        if let Some(a) = line.trim().strip_prefix("promptmq listening on ") {
+            mqtt = Some(a.to_string());
+        }
+        if let Some(a) = line.trim().strip_prefix("promptmq metrics on http://") {
+            metrics = Some(a.trim_end_matches("/metrics").to_string());
+        }
+    }
+    (child, mqtt.unwrap(), metrics.expect("metrics address printed before the listener"))
+}
+
+#[test]
+fn sigterm_disconnects_clients_and_exits_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, addr, _) = spawn_serve(dir.path());
     let mut s = TcpStream::connect(&addr).unwrap();
     // MQTT 5 CONNECT, clean start, client id "t".
     s.write_all(&[0x10, 0x0e, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x05, 0x02, 0x00, 0x00, 0x00, 0x00, 0x01, b't'])
@@ -94,4 +110,117 @@ fn config_check_print_and_layers() {
     let out = promptmq().args(["serve"]).env("PROMPTMQ_STORAGE__SYNC", "sometimes").output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("storage.sync"), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// GET `path` from `addr` over plain HTTP/1.1: (status, body).
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let status = raw.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+/// Checks that `text` is Prometheus text exposition format and returns its samples.
+fn parse_prometheus(text: &str) -> std::collections::HashMap<String, f64> {
+    let mut out = std::collections::HashMap::new();
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        if let Some(c) = line.strip_prefix('#') {
+            let kind = c.split_whitespace().next().unwrap_or("");
+            assert!(kind == "HELP" || kind == "TYPE", "comment line: {line:?}");
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("sample line: {line:?}"));
+        let name_end = series.find('{').unwrap_or(series.len());
+        let name = &series[..name_end];
+        assert!(
+            !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            "metric name in {line:?}"
+        );
+        if name_end < series.len() {
+            assert!(series.ends_with('}'), "labels in {line:?}");
+        }
+        let v: f64 = match value {
+            "+Inf" => f64::INFINITY,
+            "-Inf" => f64::NEG_INFINITY,
+            v => v.parse().unwrap_or_else(|_| panic!("value in {line:?}")),
+        };
+        out.insert(series.to_string(), v);
+    }
+    out
+}
+
+#[test]
+fn metrics_health_and_readiness_endpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, mqtt, metrics) = spawn_serve(dir.path());
+    assert_eq!(http_get(&metrics, "/healthz"), (200, "ok\n".to_string()));
+    assert_eq!(http_get(&metrics, "/readyz"), (200, "ready\n".to_string()));
+    assert_eq!(http_get(&metrics, "/nothing").0, 404);
+
+    let received = |m: &std::collections::HashMap<String, f64>| {
+        m.get("promptmq_messages_received_total{qos=\"1\"}").copied().unwrap_or(0.0)
+    };
+    let (status, body) = http_get(&metrics, "/metrics");
+    assert_eq!(status, 200);
+    let before = parse_prometheus(&body);
+    // Publish 5 QoS 1 messages with a raw MQTT 3.1.1 client.
+    let mut s = TcpStream::connect(&mqtt).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(&[0x10, 0x0d, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x02, 0x00, 0x00, 0x00, 0x01, b'm']).unwrap();
+    let mut buf = [0u8; 4];
+    s.read_exact(&mut buf).unwrap();
+    for id in 1..=5u8 {
+        // PUBLISH QoS 1, topic "t", packet id `id`, payload "x".
+        s.write_all(&[0x32, 0x06, 0x00, 0x01, b't', 0x00, id, b'x']).unwrap();
+        s.read_exact(&mut buf).unwrap();
+        assert_eq!(buf, [0x40, 0x02, 0x00, id], "PUBACK");
+    }
+    let (_, body) = http_get(&metrics, "/metrics");
+    let after = parse_prometheus(&body);
+    assert_eq!(received(&after) - received(&before), 5.0, "the QoS 1 counter moved by 5");
+    assert_eq!(after.get("promptmq_connections"), Some(&1.0));
+    for name in [
+        "promptmq_wal_append_seconds_count",
+        "promptmq_wal_fsync_seconds_count",
+        "promptmq_wal_commit_batch_records_count",
+        "promptmq_wal_segments",
+        "promptmq_wal_segment_bytes",
+        "promptmq_recovery_seconds",
+        "promptmq_sessions",
+        "promptmq_subscriptions",
+        "promptmq_retained_messages",
+    ] {
+        assert!(after.contains_key(name), "{name} is exported:\n{body}");
+    }
+    assert!(after["promptmq_wal_append_seconds_count"] >= 5.0);
+    // Every metric the shipped Grafana dashboard queries is exported.
+    let dash = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("grafana/promptmq-dashboard.json");
+    let dash: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dash).unwrap()).unwrap();
+    let mut used = Vec::new();
+    for p in dash["panels"].as_array().unwrap() {
+        for t in p["targets"].as_array().unwrap() {
+            let expr = t["expr"].as_str().unwrap();
+            let mut rest = expr;
+            while let Some(i) = rest.find("promptmq_") {
+                let name: String = rest[i..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+                rest = &rest[i + name.len()..];
+                used.push(name);
+            }
+        }
+    }
+    assert!(used.len() > 10);
+    for name in used {
+        assert!(
+            after.keys().any(|k| k == &name || k.starts_with(&format!("{name}{{"))),
+            "the dashboard queries {name}, which /metrics does not export"
+        );
+    }
+    assert!(body.contains("# TYPE promptmq_wal_fsync_seconds histogram"), "a histogram, not a summary");
+    drop(s);
+    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    assert!(child.wait().unwrap().success());
 }

@@ -49,6 +49,8 @@ struct PendingAck {
     offset: Option<u64>,
     /// Other appends it waits for (retained copy, session records).
     done: Vec<Completion<u64>>,
+    /// When the appends were issued (for the append latency histogram).
+    issued: Instant,
     then: AfterDurable,
 }
 
@@ -135,6 +137,7 @@ pub(crate) async fn serve(
     };
     let Some((mut conn, mut kick_rx)) = accept(shared.clone(), rd, wr, rbuf, peer, *connect).await else { return };
     shared.stats.clients_connected.fetch_add(1, Ordering::Relaxed);
+    shared.stats.connections_total.fetch_add(1, Ordering::Relaxed);
     let end = conn.run(&mut kick_rx, &mut shutdown).await;
     shared.stats.clients_connected.fetch_sub(1, Ordering::Relaxed);
     conn.finish(end).await;
@@ -490,6 +493,7 @@ impl Conn {
 
     fn on_publish(&mut self, p: Publish) -> Result<(), End> {
         self.shared.stats.messages_received.fetch_add(1, Ordering::Relaxed);
+        self.shared.stats.received_qos[p.qos as usize].fetch_add(1, Ordering::Relaxed);
         if !p.properties.subscription_identifiers.is_empty() {
             // [MQTT-3.3.4-6]
             return Err(End::Refused(
@@ -513,6 +517,7 @@ impl Conn {
         };
         if topic.starts_with('$') {
             // Clients may not publish into the broker's namespace (Mosquitto drops these too).
+            self.shared.stats.publishes_refused.fetch_add(1, Ordering::Relaxed);
             return self.ack_publish(&p, ReasonCode::NotAuthorized);
         }
         let qos = p.qos;
@@ -573,7 +578,8 @@ impl Conn {
                     (MessageAppend::Now(self.shared.store.append(&msg)), None)
                 };
                 let then = AfterDurable::Publish { msg, packet_id: id, intent };
-                self.pending.push_back(PendingAck { message: Some(message), offset: None, done, then });
+                let issued = Instant::now();
+                self.pending.push_back(PendingAck { message: Some(message), offset: None, done, issued, then });
                 Ok(())
             }
             (_, None) => Err(End::Refused(ReasonCode::ProtocolError, "QoS > 0 without packet id".into())),
@@ -584,6 +590,9 @@ impl Conn {
     fn complete_head(&mut self, res: Result<(), promptmq_wal::Error>) -> Result<(), End> {
         let Some(head) = self.pending.pop_front() else { return Ok(()) };
         let offset = head.offset;
+        if matches!(head.then, AfterDurable::Publish { .. }) {
+            self.shared.timers.append.record(head.issued.elapsed().as_secs_f64());
+        }
         let (msg, packet_id, intent) = match head.then {
             AfterDurable::Publish { msg, packet_id, intent } => (msg, packet_id, intent),
             AfterDurable::Reply { packet, retained } => {
@@ -653,6 +662,7 @@ impl Conn {
                 self.pending.push_back(PendingAck {
                     message: None,
                     offset: None,
+                    issued: Instant::now(),
                     done: vec![c],
                     then: AfterDurable::Reply { packet, retained },
                 });
@@ -664,6 +674,7 @@ impl Conn {
                 self.pending.push_back(PendingAck {
                     message: None,
                     offset: None,
+                    issued: Instant::now(),
                     done: Vec::new(),
                     then: AfterDurable::Reply { packet, retained },
                 });
@@ -825,13 +836,17 @@ impl Conn {
 
     /// Encodes one delivery, or `None` if it expired or is larger than the client accepts.
     fn publish_packet(&mut self, d: &Delivery, packet_id: Option<u16>, dup: bool) -> Option<Packet> {
-        let mut p = d.msg.to_publish(d.qos, packet_id, d.retain, &d.ids, Instant::now())?;
+        let Some(mut p) = d.msg.to_publish(d.qos, packet_id, d.retain, &d.ids, Instant::now()) else {
+            self.shared.stats.dropped_expired.fetch_add(1, Ordering::Relaxed);
+            return None;
+        };
         p.dup = dup;
         if !self.v5() {
             p.properties = Properties::default();
         }
         if publish_len(&p, self.version) > self.client_max_packet {
             // [MQTT-3.1.2-25]: never send a packet above the client's maximum; drop it.
+            self.shared.stats.dropped_too_large.fetch_add(1, Ordering::Relaxed);
             return None;
         }
         // Packets are made in the order they go on the wire, so alias assignments made
@@ -865,6 +880,7 @@ impl Conn {
                 break;
             }
             let Some(d) = s.queue.pop_front() else { break };
+            let qos = d.qos;
             let pid = if d.qos == QoS::AtMostOnce { None } else { s.alloc_pid() };
             if d.qos != QoS::AtMostOnce && pid.is_none() {
                 s.queue.push_front(d);
@@ -892,6 +908,7 @@ impl Conn {
             }
             self.send_after(stored, p)?;
             self.shared.stats.messages_sent.fetch_add(1, Ordering::Relaxed);
+            self.shared.stats.sent_qos[qos as usize].fetch_add(1, Ordering::Relaxed);
         }
         if s.persistent() && s.positions.dirty {
             // Acknowledgements moved the position: saved within `positions_save_interval`,

@@ -11,6 +11,7 @@ pub mod codec;
 mod config;
 mod connection;
 mod message;
+mod monitor;
 mod positions;
 mod qos2_store;
 mod replay;
@@ -23,4 +24,5 @@ mod topic_alias;
 
 pub use config::BrokerConfig;
 pub use message::Message;
+pub use monitor::Monitor;
 pub use server::{Broker, BrokerError, Stats};

@@ -55,6 +55,18 @@ pub struct Stats {
     pub bytes_sent: AtomicU64,
     /// Messages dropped because a client's queue was full.
     pub messages_dropped: AtomicU64,
+    /// Connections accepted (CONNACK sent).
+    pub connections_total: AtomicU64,
+    /// PUBLISH packets received, by QoS.
+    pub received_qos: [AtomicU64; 3],
+    /// PUBLISH packets sent, by QoS.
+    pub sent_qos: [AtomicU64; 3],
+    /// Messages not sent because they expired first.
+    pub dropped_expired: AtomicU64,
+    /// Messages not sent because they exceed the client's maximum packet size.
+    pub dropped_too_large: AtomicU64,
+    /// PUBLISHes refused (topics the client may not publish to).
+    pub publishes_refused: AtomicU64,
 }
 
 /// A session, shared between the sessions map and its connection.
@@ -71,8 +83,10 @@ pub(crate) struct Shared {
     persisted: Mutex<std::collections::HashSet<String>>,
     /// Sessions whose positions moved, to save at the next tick.
     to_save: Mutex<Vec<(Arc<str>, SessionRef)>>,
-    started: Instant,
+    pub(crate) started: Instant,
     pub(crate) next_client: AtomicU64,
+    pub(crate) timers: crate::monitor::Timers,
+    pub(crate) recovery_seconds: f64,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -310,14 +324,16 @@ impl Broker {
     pub async fn start(cfg: BrokerConfig) -> Result<Broker, BrokerError> {
         let dir = cfg.data_dir.join("log");
         let sync = cfg.sync;
+        let started = Instant::now();
         let (store, retained, saved) = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
-            let store = Store::open(&dir, sync)?;
+            let store = Store::open_observed(&dir, sync, Arc::new(crate::monitor::WalObserver::new()))?;
             let retained = store.load_retained()?;
             let saved = session_store::fold(store.session_records()?);
             Ok((store, retained, saved))
         })
         .await
         .map_err(|e| BrokerError::Startup(e.to_string()))??;
+        let recovery_seconds = started.elapsed().as_secs_f64();
         let listener =
             TcpListener::bind(cfg.listen).await.map_err(|source| BrokerError::Bind { addr: cfg.listen, source })?;
         let local_addr = listener.local_addr().map_err(|source| BrokerError::Bind { addr: cfg.listen, source })?;
@@ -333,6 +349,8 @@ impl Broker {
             to_save: Mutex::new(Vec::new()),
             started: Instant::now(),
             next_client: AtomicU64::new(1),
+            timers: crate::monitor::Timers::new(),
+            recovery_seconds,
         });
         restore_sessions(&shared, saved);
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -350,6 +368,11 @@ impl Broker {
     /// The broker's counters.
     pub fn stats(&self) -> &Stats {
         &self.shared.stats
+    }
+
+    /// A handle for readiness checks and metrics export.
+    pub fn monitor(&self) -> crate::Monitor {
+        crate::Monitor { shared: self.shared.clone() }
     }
 
     /// Stops accepting, sends every client a DISCONNECT (v5: server shutting down), waits up

@@ -29,8 +29,22 @@ pub type StoreError = promptmq_wal::Error;
 
 impl Store {
     /// Opens (and recovers) the log under `dir`.
-    pub fn open(dir: &std::path::Path, sync: promptmq_wal::SyncMode) -> Result<Store, StoreError> {
-        let wal = Wal::open(dir, Options::default().sync(sync))?;
+    #[cfg(test)]
+    pub(crate) fn open(dir: &std::path::Path, sync: promptmq_wal::SyncMode) -> Result<Store, StoreError> {
+        Self::with_options(dir, Options::default().sync(sync))
+    }
+
+    /// [`Store::open`], telling `observer` about every group commit (for metrics).
+    pub fn open_observed(
+        dir: &std::path::Path,
+        sync: promptmq_wal::SyncMode,
+        observer: Arc<dyn promptmq_wal::CommitObserver>,
+    ) -> Result<Store, StoreError> {
+        Self::with_options(dir, Options::default().sync(sync).observer(observer))
+    }
+
+    fn with_options(dir: &std::path::Path, opts: Options) -> Result<Store, StoreError> {
+        let wal = Wal::open(dir, opts)?;
         let r = wal.recovery_report();
         tracing::info!(
             records = r.records_scanned(),
@@ -170,6 +184,21 @@ impl Store {
         let mut out = Vec::new();
         self.for_each_keyed(SESSIONS, |key, r| out.push((key, r.payload)))?;
         Ok(out)
+    }
+
+    /// Whether the log accepts appends (see `Wal::health`).
+    pub fn health(&self) -> Result<(), StoreError> {
+        self.wal.health()
+    }
+
+    /// The log's counters.
+    pub fn stats(&self) -> promptmq_wal::WalStats {
+        self.wal.stats()
+    }
+
+    /// Segment files and bytes on disk.
+    pub fn disk_usage(&self) -> Result<(u64, u64), StoreError> {
+        self.wal.disk_usage()
     }
 
     /// Runs retention and compaction (drops superseded retained messages).

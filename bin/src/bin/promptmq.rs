@@ -15,6 +15,8 @@ use promptmq_wal::SyncMode;
 
 #[path = "../config.rs"]
 mod config;
+#[path = "../http.rs"]
+mod http;
 
 #[derive(Parser)]
 #[command(name = "promptmq", version, about = "PromptMQ: an MQTT 3.1.1 / 5.0 broker on a durable log")]
@@ -66,6 +68,9 @@ struct Serve {
     /// Log filter (RUST_LOG syntax), e.g. `info` or `promptmq_broker=debug` [default: info].
     #[arg(long)]
     log: Option<String>,
+    /// Address of the /metrics, /healthz and /readyz endpoint [default: 127.0.0.1:9090].
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
 }
 
 fn parse_sync(s: &str) -> Result<SyncMode, String> {
@@ -80,7 +85,15 @@ fn parse_sync(s: &str) -> Result<SyncMode, String> {
 }
 
 async fn serve(cfg: config::Config) -> Result<(), String> {
+    // The endpoint comes up first: /healthz answers and /readyz says "recovering" while the
+    // log is recovered.
+    let monitor = std::sync::Arc::new(std::sync::OnceLock::new());
+    if cfg.metrics.enabled {
+        let addr = http::start(cfg.metrics.listen, monitor.clone()).await?;
+        println!("promptmq metrics on http://{addr}/metrics");
+    }
     let broker = Broker::start(cfg.broker()).await.map_err(|e| e.to_string())?;
+    let _ = monitor.set(broker.monitor());
     println!("promptmq listening on {}", broker.local_addr());
     wait_for_signal().await;
     tracing::info!("shutting down (a second signal exits at once)");
@@ -152,8 +165,13 @@ fn main() -> ExitCode {
             }
         }
         Cmd::Serve(args) => {
-            let flags =
-                config::Overrides { listen: args.listen, data_dir: args.data_dir, sync: args.sync, log: args.log };
+            let flags = config::Overrides {
+                listen: args.listen,
+                data_dir: args.data_dir,
+                sync: args.sync,
+                log: args.log,
+                metrics_listen: args.metrics_listen,
+            };
             let cfg = match config::load(args.config.as_deref(), &flags) {
                 Ok(c) => c,
                 Err(e) => {
