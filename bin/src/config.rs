@@ -51,6 +51,104 @@ impl Default for Metrics {
 pub struct Listeners {
     /// Plain MQTT over TCP.
     pub tcp: Tcp,
+    /// MQTT over TLS.
+    pub tls: TlsListener,
+    /// MQTT over WebSocket.
+    pub ws: WsListener,
+    /// MQTT over WebSocket over TLS.
+    pub wss: WssListener,
+}
+
+/// Certificate settings shared by the TLS and WSS listeners.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Certs {
+    /// PEM certificate chain, server certificate first.
+    pub cert: Option<PathBuf>,
+    /// PEM private key.
+    pub key: Option<PathBuf>,
+    /// PEM CA certificates client certificates must chain to (asks clients for one).
+    pub client_ca: Option<PathBuf>,
+    /// With client_ca: refuse clients without a certificate.
+    pub require_client_cert: bool,
+}
+
+/// The TLS listener.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsListener {
+    /// Turn it on.
+    pub enabled: bool,
+    /// Address and port.
+    pub bind: SocketAddr,
+    /// Certificates.
+    #[serde(flatten)]
+    pub certs: Certs,
+}
+
+impl Default for TlsListener {
+    fn default() -> Self {
+        TlsListener { enabled: false, bind: SocketAddr::from(([127, 0, 0, 1], 8883)), certs: Certs::default() }
+    }
+}
+
+/// The WebSocket listener.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WsListener {
+    /// Turn it on.
+    pub enabled: bool,
+    /// Address and port.
+    pub bind: SocketAddr,
+    /// HTTP path of the upgrade request.
+    pub path: String,
+}
+
+impl Default for WsListener {
+    fn default() -> Self {
+        WsListener { enabled: false, bind: SocketAddr::from(([127, 0, 0, 1], 8080)), path: "/mqtt".into() }
+    }
+}
+
+/// The WebSocket-over-TLS listener.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WssListener {
+    /// Turn it on.
+    pub enabled: bool,
+    /// Address and port.
+    pub bind: SocketAddr,
+    /// HTTP path of the upgrade request.
+    pub path: String,
+    /// Certificates.
+    #[serde(flatten)]
+    pub certs: Certs,
+}
+
+impl Default for WssListener {
+    fn default() -> Self {
+        WssListener {
+            enabled: false,
+            bind: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            path: "/mqtt".into(),
+            certs: Certs::default(),
+        }
+    }
+}
+
+impl Certs {
+    /// The broker's form, or an error naming the missing key under `section`.
+    fn files(&self, section: &str) -> Result<promptmq_broker::TlsFiles, String> {
+        let need = |v: &Option<PathBuf>, key: &str| {
+            v.clone().ok_or_else(|| format!("{section}.{key}: required when {section}.enabled is true"))
+        };
+        Ok(promptmq_broker::TlsFiles {
+            cert: need(&self.cert, "cert")?,
+            key: need(&self.key, "key")?,
+            client_ca: self.client_ca.clone(),
+            require_client_cert: self.require_client_cert,
+        })
+    }
 }
 
 /// The TCP listener.
@@ -259,6 +357,7 @@ impl Config {
         if self.storage.sync == Sync::Interval && self.storage.sync_interval_ms == 0 {
             return Err("storage.sync_interval_ms: must be > 0 with sync: interval".into());
         }
+        self.extra_listeners()?;
         if self.storage.positions_save_interval_ms == 0 {
             return Err("storage.positions_save_interval_ms: must be > 0".into());
         }
@@ -282,8 +381,34 @@ impl Config {
     }
 
     /// The broker settings.
+    /// The TLS, WebSocket and WSS listeners that are enabled.
+    fn extra_listeners(&self) -> Result<Vec<promptmq_broker::ListenerConfig>, String> {
+        use promptmq_broker::{ListenerConfig, ListenerKind};
+        let l = &self.listeners;
+        let mut out = Vec::new();
+        if l.tls.enabled {
+            out.push(ListenerConfig { bind: l.tls.bind, kind: ListenerKind::Tls(l.tls.certs.files("listeners.tls")?) });
+        }
+        if l.ws.enabled {
+            if !l.ws.path.starts_with('/') {
+                return Err(format!("listeners.ws.path: {:?} must start with /", l.ws.path));
+            }
+            out.push(ListenerConfig { bind: l.ws.bind, kind: ListenerKind::Ws { path: l.ws.path.clone() } });
+        }
+        if l.wss.enabled {
+            if !l.wss.path.starts_with('/') {
+                return Err(format!("listeners.wss.path: {:?} must start with /", l.wss.path));
+            }
+            let tls = l.wss.certs.files("listeners.wss")?;
+            out.push(ListenerConfig { bind: l.wss.bind, kind: ListenerKind::Wss { path: l.wss.path.clone(), tls } });
+        }
+        Ok(out)
+    }
+
     pub fn broker(&self) -> BrokerConfig {
         let mut b = BrokerConfig::new(self.listeners.tcp.bind, self.storage.dir.clone());
+        // Validated by `load`.
+        b.listeners = self.extra_listeners().unwrap_or_default();
         b.max_connections = self.listeners.tcp.max_connections;
         b.sync = match self.storage.sync {
             Sync::Always => SyncMode::Always,
@@ -321,6 +446,24 @@ mod tests {
         assert_eq!(c.listeners.tcp.bind, "127.0.0.1:1883".parse().unwrap());
         assert_eq!(c.storage.dir, PathBuf::from("./data"));
         assert_eq!(c.storage.sync, Sync::Always);
+    }
+
+    #[test]
+    fn tls_websocket_and_wss_listeners() {
+        let (_d, y) = write("c.yaml", "listeners:\n  tls:\n    enabled: true\n");
+        let e = load(Some(&y), &Overrides::default()).unwrap_err();
+        assert!(e.contains("listeners.tls.cert"), "{e}");
+        let (_d, y) = write(
+            "c.yaml",
+            "listeners:\n  tls:\n    enabled: true\n    cert: /c.pem\n    key: /k.pem\n  ws:\n    enabled: true\n    path: /ws\n  wss:\n    enabled: true\n    cert: /c.pem\n    key: /k.pem\n    client_ca: /ca.pem\n",
+        );
+        let b = load(Some(&y), &Overrides::default()).unwrap().broker();
+        let kinds: Vec<_> = b.listeners.iter().map(|l| l.kind.name()).collect();
+        assert_eq!(kinds, vec!["tls", "ws", "wss"]);
+        let (_d, y) = write("c.yaml", "listeners:\n  ws:\n    enabled: true\n    path: mqtt\n");
+        assert!(load(Some(&y), &Overrides::default()).unwrap_err().contains("listeners.ws.path"));
+        let (_d, y) = write("c.yaml", "listeners:\n  tls:\n    sertificate: x\n");
+        assert!(load(Some(&y), &Overrides::default()).unwrap_err().contains("sertificate"), "unknown keys named");
     }
 
     #[test]

@@ -10,8 +10,10 @@ use promptmq_wal::SyncMode;
 /// Settings of one broker instance.
 #[derive(Debug, Clone)]
 pub struct BrokerConfig {
-    /// TCP listen address.
+    /// TCP listen address (the primary listener).
     pub listen: SocketAddr,
+    /// More listeners: TCP, TLS, WebSocket, WebSocket over TLS.
+    pub listeners: Vec<crate::ListenerConfig>,
     /// Data directory (the log lives in `<data_dir>/log`).
     pub data_dir: PathBuf,
     /// When a QoS 1/2 message counts as durable (and is acknowledged).
@@ -52,6 +54,7 @@ impl BrokerConfig {
     pub fn new(listen: SocketAddr, data_dir: impl Into<PathBuf>) -> BrokerConfig {
         BrokerConfig {
             listen,
+            listeners: Vec::new(),
             data_dir: data_dir.into(),
             sync: SyncMode::Always,
             max_packet_size: 1 << 20,

@@ -10,9 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
 use promptmq_wal::Completion;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
+use tokio::io::AsyncWriteExt;
 use tokio::sync::{oneshot, watch, Notify};
 
 use crate::codec::*;
@@ -23,6 +21,7 @@ use crate::router::SubOptions;
 use crate::server::{lock, Shared};
 use crate::session::{Delivery, Outbound, Session};
 use crate::topic_alias::OutboundAliases;
+use crate::transport::{Reader, Transport, Writer};
 
 /// Bytes gathered before a write to the socket.
 const WRITE_BATCH: usize = 64 << 10;
@@ -75,8 +74,8 @@ enum AfterDurable {
 
 struct Conn {
     shared: Arc<Shared>,
-    rd: OwnedReadHalf,
-    wr: OwnedWriteHalf,
+    rd: Reader,
+    wr: Writer,
     rbuf: BytesMut,
     wbuf: BytesMut,
     version: ProtocolVersion,
@@ -98,11 +97,11 @@ struct Conn {
 
 pub(crate) async fn serve(
     shared: Arc<Shared>,
-    stream: TcpStream,
+    stream: Transport,
     peer: SocketAddr,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let (mut rd, mut wr) = stream.into_split();
+    let (mut rd, mut wr) = stream.split();
     let mut rbuf = BytesMut::new();
     let max = shared.cfg.max_packet_size;
     let connect_timeout = shared.cfg.connect_timeout;
@@ -144,7 +143,7 @@ pub(crate) async fn serve(
 }
 
 /// Answers a CONNECT for an unsupported protocol level with CONNACK 0x01 (3.1.1) / 0x84 (v5).
-async fn refuse_unsupported(wr: &mut OwnedWriteHalf) {
+async fn refuse_unsupported(wr: &mut Writer) {
     // The client's version is unknown by definition; 3.1.1's form is the one every client
     // version parses (spec 3.1.2.2, Mosquitto does the same).
     let _ = wr.write_all(&[0x20, 0x02, 0x00, 0x01]).await;
@@ -153,8 +152,8 @@ async fn refuse_unsupported(wr: &mut OwnedWriteHalf) {
 /// Handles CONNECT: client id rules, session takeover or resumption, CONNACK.
 async fn accept(
     shared: Arc<Shared>,
-    rd: OwnedReadHalf,
-    mut wr: OwnedWriteHalf,
+    rd: Reader,
+    mut wr: Writer,
     rbuf: BytesMut,
     peer: SocketAddr,
     c: Connect,
@@ -323,6 +322,10 @@ impl Conn {
     async fn run(&mut self, kick: &mut oneshot::Receiver<ReasonCode>, shutdown: &mut watch::Receiver<bool>) -> End {
         // A resumed session first resends what was in flight [MQTT-4.4.0-1].
         if let Err(e) = self.resend_inflight() {
+            return e;
+        }
+        // Packets that came in with the CONNECT: a client need not wait for CONNACK.
+        if let Err(e) = self.handle_input() {
             return e;
         }
         loop {
@@ -994,7 +997,7 @@ fn publish_ack(qos: QoS, resp: PubResp) -> Packet {
     }
 }
 
-async fn read_some(rd: &mut OwnedReadHalf, buf: &mut BytesMut, keep_alive: Option<Duration>) -> Result<usize, End> {
+async fn read_some(rd: &mut Reader, buf: &mut BytesMut, keep_alive: Option<Duration>) -> Result<usize, End> {
     if buf.is_empty() && buf.capacity() > 0 {
         *buf = BytesMut::new();
     }

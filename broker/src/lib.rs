@@ -10,6 +10,7 @@
 pub mod codec;
 mod config;
 mod connection;
+mod listener;
 mod message;
 mod monitor;
 mod positions;
@@ -21,8 +22,11 @@ mod session;
 mod session_store;
 mod store;
 mod topic_alias;
+mod transport;
 
 pub use config::BrokerConfig;
+pub use listener::{ListenerConfig, ListenerError, ListenerKind, TlsFiles};
 pub use message::Message;
 pub use monitor::Monitor;
 pub use server::{Broker, BrokerError, Stats};
+pub use transport::{Io, Transport};

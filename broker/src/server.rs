@@ -8,11 +8,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Semaphore};
 
 use crate::codec::{topic, QoS};
 use crate::config::BrokerConfig;
+use crate::listener::{self, ListenerConfig, ListenerError, ListenerKind};
 use crate::message::Message;
 use crate::positions::Positions;
 use crate::qos2_store::{self, InboundIntent, OutboundQos2, Qos2State};
@@ -27,14 +27,9 @@ pub enum BrokerError {
     /// The log could not be opened or recovered.
     #[error("cannot open the data directory's log: {0}")]
     Storage(#[from] StoreError),
-    /// The listen address could not be bound.
-    #[error("cannot listen on {addr}: {source}; is another broker running there?")]
-    Bind {
-        /// Address.
-        addr: SocketAddr,
-        /// OS error.
-        source: std::io::Error,
-    },
+    /// A listener could not be set up (address taken, certificate unreadable...).
+    #[error(transparent)]
+    Listener(#[from] ListenerError),
     /// A blocking start-up task failed.
     #[error("start-up task failed: {0}")]
     Startup(String),
@@ -304,9 +299,10 @@ impl Shared {
 /// A running broker. Dropping it does not stop it; call [`Broker::shutdown`].
 pub struct Broker {
     local_addr: SocketAddr,
+    listeners: Vec<(&'static str, SocketAddr)>,
     shutdown: watch::Sender<bool>,
     done: mpsc::Receiver<()>,
-    accept: tokio::task::JoinHandle<()>,
+    accept: Vec<tokio::task::JoinHandle<()>>,
     shared: Arc<Shared>,
 }
 
@@ -322,6 +318,13 @@ impl Broker {
     /// # Ok(()) }
     /// ```
     pub async fn start(cfg: BrokerConfig) -> Result<Broker, BrokerError> {
+        // Listeners first: a taken port or a bad certificate fails at once, not after a long
+        // recovery. Connections wait in the backlog until recovery is done.
+        let primary = ListenerConfig { bind: cfg.listen, kind: ListenerKind::Tcp };
+        let mut bound = Vec::with_capacity(1 + cfg.listeners.len());
+        for l in std::iter::once(&primary).chain(&cfg.listeners) {
+            bound.push((l.kind.name(), listener::bind(l).await?));
+        }
         let dir = cfg.data_dir.join("log");
         let sync = cfg.sync;
         let started = Instant::now();
@@ -334,10 +337,11 @@ impl Broker {
         .await
         .map_err(|e| BrokerError::Startup(e.to_string()))??;
         let recovery_seconds = started.elapsed().as_secs_f64();
-        let listener =
-            TcpListener::bind(cfg.listen).await.map_err(|source| BrokerError::Bind { addr: cfg.listen, source })?;
-        let local_addr = listener.local_addr().map_err(|source| BrokerError::Bind { addr: cfg.listen, source })?;
-        tracing::info!(%local_addr, retained = retained.len(), "listening");
+        let listeners: Vec<(&'static str, SocketAddr)> = bound.iter().map(|(k, b)| (*k, b.addr)).collect();
+        let local_addr = listeners[0].1;
+        for (kind, addr) in &listeners {
+            tracing::info!(%addr, kind, retained = retained.len(), "listening");
+        }
         let shared = Arc::new(Shared {
             cfg,
             store,
@@ -355,14 +359,27 @@ impl Broker {
         restore_sessions(&shared, saved);
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (done_tx, done) = mpsc::channel::<()>(1);
-        let accept = tokio::spawn(accept_loop(listener, shared.clone(), shutdown_rx.clone(), done_tx));
+        let limit = Arc::new(Semaphore::new(shared.cfg.max_connections));
+        let accept = bound
+            .into_iter()
+            .map(|(_, b)| {
+                let l = listener::accept_loop(b, shared.clone(), limit.clone(), shutdown_rx.clone(), done_tx.clone());
+                tokio::spawn(l)
+            })
+            .collect();
+        drop(done_tx);
         tokio::spawn(periodic(shared.clone(), shutdown_rx));
-        Ok(Broker { local_addr, shutdown, done, accept, shared })
+        Ok(Broker { local_addr, listeners, shutdown, done, accept, shared })
     }
 
-    /// The address the broker listens on (useful with port 0).
+    /// The address of the primary (plain TCP) listener (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Every listener: its kind (tcp, tls, ws, wss) and bound address, primary first.
+    pub fn listeners(&self) -> &[(&'static str, SocketAddr)] {
+        &self.listeners
     }
 
     /// The broker's counters.
@@ -379,7 +396,9 @@ impl Broker {
     /// to 10 s for connections to finish their in-flight appends, then syncs the log.
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
-        let _ = self.accept.await;
+        for a in self.accept.drain(..) {
+            let _ = a.await;
+        }
         // Every connection task holds a sender; recv returns None once all have ended.
         let _ = tokio::time::timeout(Duration::from_secs(10), self.done.recv()).await;
         let shared = self.shared.clone();
@@ -484,42 +503,6 @@ fn restore_outbound_qos2(shared: &Shared, s: &mut Session, exchanges: &[Outbound
                 s.inflight.push_back((x.pid, Outbound::Publish(d)));
             }
         }
-    }
-}
-
-async fn accept_loop(
-    listener: TcpListener,
-    shared: Arc<Shared>,
-    mut shutdown: watch::Receiver<bool>,
-    done: mpsc::Sender<()>,
-) {
-    let limit = Arc::new(Semaphore::new(shared.cfg.max_connections));
-    loop {
-        let permit = tokio::select! {
-            _ = shutdown.changed() => return,
-            p = limit.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => return,
-            },
-        };
-        let (stream, peer) = tokio::select! {
-            _ = shutdown.changed() => return,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
-        let (shared, shutdown, done) = (shared.clone(), shutdown.clone(), done.clone());
-        tokio::spawn(async move {
-            crate::connection::serve(shared, stream, peer, shutdown).await;
-            drop(permit);
-            drop(done);
-        });
     }
 }
 

@@ -95,6 +95,9 @@ async fn serve(cfg: config::Config) -> Result<(), String> {
     let broker = Broker::start(cfg.broker()).await.map_err(|e| e.to_string())?;
     let _ = monitor.set(broker.monitor());
     println!("promptmq listening on {}", broker.local_addr());
+    for (kind, addr) in &broker.listeners()[1..] {
+        println!("promptmq {kind} listener on {addr}");
+    }
     wait_for_signal().await;
     tracing::info!("shutting down (a second signal exits at once)");
     tokio::select! {
