@@ -27,6 +27,28 @@ pub struct Config {
     pub logging: Logging,
     /// The HTTP endpoint for `/metrics` (Prometheus), `/healthz` and `/readyz`.
     pub metrics: Metrics,
+    /// Who may connect and what they may do.
+    pub auth: Auth,
+}
+
+/// Authentication and authorisation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Auth {
+    /// Let clients without a username connect.
+    pub allow_anonymous: bool,
+    /// Password file made with `promptmq passwd FILE USER` (argon2 hashes); with it, a
+    /// client giving a username must give its password.
+    pub password_file: Option<PathBuf>,
+    /// ACL file (Mosquitto syntax: user / topic / pattern lines with %u and %c); with it a
+    /// client may publish and subscribe only where a rule allows.
+    pub acl_file: Option<PathBuf>,
+}
+
+impl Default for Auth {
+    fn default() -> Self {
+        Auth { allow_anonymous: true, password_file: None, acl_file: None }
+    }
 }
 
 /// The operator's HTTP endpoint.
@@ -257,6 +279,7 @@ impl Default for Config {
             },
             logging: Logging::default(),
             metrics: Metrics::default(),
+            auth: Auth::default(),
         }
     }
 }
@@ -417,6 +440,9 @@ impl Config {
         };
         b.persist_qos0 = self.storage.persist_qos0;
         b.positions_save_interval = Duration::from_millis(self.storage.positions_save_interval_ms);
+        b.allow_anonymous = self.auth.allow_anonymous;
+        b.password_file = self.auth.password_file.clone();
+        b.acl_file = self.auth.acl_file.clone();
         b.max_packet_size = self.limits.max_packet_size;
         b.max_queued_messages = self.limits.max_queued_messages;
         b.receive_maximum = self.limits.receive_maximum;

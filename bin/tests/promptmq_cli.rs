@@ -29,9 +29,15 @@ fn bad_flags_and_directories_are_refused() {
 /// A running `promptmq serve` on free loopback ports: the process, its MQTT address and its
 /// metrics endpoint address.
 fn spawn_serve(dir: &std::path::Path) -> (std::process::Child, String, String) {
+    spawn_serve_with(dir, &[])
+}
+
+/// [`spawn_serve`] with more arguments.
+fn spawn_serve_with(dir: &std::path::Path, extra: &[&str]) -> (std::process::Child, String, String) {
     let mut child = promptmq()
         .args(["serve", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--log", "warn", "--data-dir"])
         .arg(dir)
+        .args(extra)
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -221,6 +227,65 @@ fn metrics_health_and_readiness_endpoints() {
     }
     assert!(body.contains("# TYPE promptmq_wal_fsync_seconds histogram"), "a histogram, not a summary");
     drop(s);
+    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    assert!(child.wait().unwrap().success());
+}
+
+/// The CONNACK return code a raw MQTT 3.1.1 CONNECT (clean session, no username) gets.
+fn anonymous_connack(addr: &str) -> u8 {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(&[0x10, 0x0d, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x02, 0x00, 0x00, 0x00, 0x01, b'a']).unwrap();
+    let mut ack = [0u8; 4];
+    s.read_exact(&mut ack).unwrap();
+    assert_eq!(&ack[..2], &[0x20, 0x02], "CONNACK");
+    ack[3]
+}
+
+#[test]
+fn passwd_manages_users_and_sighup_reloads_auth() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("passwd");
+    let run = |args: &[&str], stdin: &str| {
+        let mut c = promptmq()
+            .arg("passwd")
+            .arg(&file)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        c.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+        c.wait_with_output().unwrap()
+    };
+    assert!(run(&["alice"], "wonderland\n").status.success());
+    assert!(run(&["bob"], "builder\n").status.success());
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.contains("alice:$argon2id$") && text.contains("bob:$argon2id$"), "{text}");
+    assert!(!text.contains("wonderland"), "no plain text");
+    assert!(run(&["bob", "--delete"], "").status.success());
+    assert!(!std::fs::read_to_string(&file).unwrap().contains("bob:"));
+    let empty = run(&["carol"], "\n");
+    assert_eq!(empty.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&empty.stderr).contains("empty password"));
+
+    // A config file turns anonymous access off; SIGHUP after editing it turns it on.
+    let cfg = dir.path().join("promptmq.yaml");
+    let write_cfg = |anon: bool| {
+        std::fs::write(&cfg, format!("auth:\n  allow_anonymous: {anon}\n  password_file: {}\n", file.display()))
+            .unwrap()
+    };
+    write_cfg(false);
+    let data = dir.path().join("data");
+    let (mut child, mqtt, _) = spawn_serve_with(&data, &["--config", cfg.to_str().unwrap()]);
+    assert_eq!(anonymous_connack(&mqtt), 5, "not authorized");
+    write_cfg(true);
+    assert!(Command::new("kill").args(["-HUP", &child.id().to_string()]).status().unwrap().success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while anonymous_connack(&mqtt) != 0 {
+        assert!(std::time::Instant::now() < deadline, "SIGHUP did not apply allow_anonymous");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
     assert!(child.wait().unwrap().success());
 }

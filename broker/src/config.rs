@@ -44,6 +44,12 @@ pub struct BrokerConfig {
     /// How long a write to a client may stall before the client is disconnected as too
     /// slow (its messages stay in the log for a persistent session).
     pub write_timeout: Duration,
+    /// Whether clients without a username may connect.
+    pub allow_anonymous: bool,
+    /// Password file (`promptmq passwd`); `None`: usernames are not checked.
+    pub password_file: Option<PathBuf>,
+    /// ACL file; `None`: every client may publish and subscribe to everything.
+    pub acl_file: Option<PathBuf>,
     /// How soon a connected persistent session's acknowledged position is saved. After a
     /// crash the client receives again (QoS 1) what it acknowledged within this interval.
     pub positions_save_interval: Duration,
@@ -69,6 +75,9 @@ impl BrokerConfig {
             connect_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(30),
             positions_save_interval: Duration::from_millis(100),
+            allow_anonymous: true,
+            password_file: None,
+            acl_file: None,
         }
     }
 }

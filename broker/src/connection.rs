@@ -13,6 +13,7 @@ use promptmq_wal::Completion;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{oneshot, watch, Notify};
 
+use crate::auth::ClientAcl;
 use crate::codec::*;
 use crate::message::Message;
 use crate::qos2_store::{InboundIntent, Qos2State};
@@ -92,6 +93,11 @@ struct Conn {
     pending: VecDeque<PendingAck>,
     /// Packets to send, in order, each once the log record it waits for (if any) is durable.
     outbox: VecDeque<(Option<Completion<u64>>, Packet)>,
+    username: Option<String>,
+    /// This client's ACL rules (`None`: no ACL file, everything allowed), as of
+    /// `auth_generation`.
+    acl: Option<Arc<ClientAcl>>,
+    auth_generation: u64,
     will: Option<Will>,
 }
 
@@ -184,6 +190,34 @@ async fn accept(
     } else {
         Arc::from(c.client_id.as_str())
     };
+    // Authentication (the password check is slow on purpose: off the runtime's threads).
+    let auth = shared.auth.read().unwrap_or_else(|p| p.into_inner()).clone();
+    let auth_generation = shared.auth_generation.load(Ordering::Acquire);
+    let username = c.username.clone();
+    let refused = match (&username, &auth.passwords) {
+        (None, _) if !auth.allow_anonymous => Some((ReasonCode::NotAuthorized, "anonymous clients are not allowed")),
+        (Some(user), Some(_)) => {
+            let (a, user, pw) = (auth.clone(), user.clone(), c.password.clone().unwrap_or_default());
+            let ok = tokio::task::spawn_blocking(move || a.passwords.as_ref().is_some_and(|p| p.verify(&user, &pw)))
+                .await
+                .unwrap_or(false);
+            (!ok).then_some((ReasonCode::BadUserNameOrPassword, "bad username or password"))
+        }
+        _ => None,
+    };
+    let acl = auth.acl.as_ref().map(|a| Arc::new(a.for_client(username.as_deref(), &client_id)));
+    let refused = refused.or_else(|| match (&c.will, &acl) {
+        (Some(w), Some(acl)) if !acl.may_publish(w.topic.as_str()) => {
+            Some((ReasonCode::NotAuthorized, "the will topic is not allowed by the ACL"))
+        }
+        _ => None,
+    });
+    if let Some((code, why)) = refused {
+        let _ = encode(&refuse(code), c.protocol, &mut out);
+        let _ = wr.write_all(&out).await;
+        tracing::info!(client = %client_id, %peer, user = username.as_deref().unwrap_or(""), "refused: {why}");
+        return None;
+    }
     let expiry = if v5 {
         c.properties.session_expiry_interval.unwrap_or(0).min(cfg.max_session_expiry)
     } else if c.clean_start {
@@ -285,6 +319,9 @@ async fn accept(
             out_aliases: OutboundAliases::new(if v5 { c.properties.topic_alias_maximum.unwrap_or(0) } else { 0 }),
             pending: VecDeque::new(),
             outbox: VecDeque::new(),
+            username,
+            acl,
+            auth_generation,
             will: c.will,
         },
         kick_rx,
@@ -294,6 +331,17 @@ async fn accept(
 impl Conn {
     fn v5(&self) -> bool {
         self.version.is_v5()
+    }
+
+    /// The client's ACL, recomputed if the configuration was reloaded since.
+    fn acl(&mut self) -> Option<Arc<ClientAcl>> {
+        let current = self.shared.auth_generation.load(Ordering::Acquire);
+        if current != self.auth_generation {
+            let auth = self.shared.auth.read().unwrap_or_else(|p| p.into_inner()).clone();
+            self.acl = auth.acl.as_ref().map(|a| Arc::new(a.for_client(self.username.as_deref(), &self.client_id)));
+            self.auth_generation = current;
+        }
+        self.acl.clone()
     }
 
     fn queue_packet(&mut self, p: &Packet) -> Result<(), End> {
@@ -518,9 +566,11 @@ impl Conn {
             }
             None => p.topic.clone(),
         };
-        if topic.starts_with('$') {
-            // Clients may not publish into the broker's namespace (Mosquitto drops these too).
+        let denied = self.acl().is_some_and(|acl| !acl.may_publish(topic.as_str()));
+        // Clients may not publish into the broker's namespace (Mosquitto drops these too).
+        if topic.starts_with('$') || denied {
             self.shared.stats.publishes_refused.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(client = %self.client_id, %topic, "PUBLISH not authorized");
             return self.ack_publish(&p, ReasonCode::NotAuthorized);
         }
         let qos = p.qos;
@@ -783,7 +833,13 @@ impl Conn {
         let id = s.properties.subscription_identifiers.first().copied();
         let mut codes = Vec::with_capacity(s.subscriptions.len());
         let mut retained = Vec::new();
+        let acl = self.acl();
         for sub in &s.subscriptions {
+            if acl.as_ref().is_some_and(|a| !a.may_subscribe(&sub.filter)) {
+                tracing::debug!(client = %self.client_id, filter = %sub.filter, "SUBSCRIBE not authorized");
+                codes.push(ReasonCode::NotAuthorized);
+                continue;
+            }
             let opts =
                 SubOptions { qos: sub.qos, no_local: sub.no_local, retain_as_published: sub.retain_as_published, id };
             let existed = lock(&self.shared.router).subscribe(&self.client_id, &sub.filter, opts);
@@ -875,6 +931,7 @@ impl Conn {
 
     /// Moves queued deliveries into the write buffer, within the client's receive maximum.
     fn fill_from_queue(&mut self) -> Result<(), End> {
+        let acl = self.acl();
         let session = self.session.clone();
         let mut s = lock(&session);
         while self.wbuf.len() < WRITE_BATCH {
@@ -884,6 +941,11 @@ impl Conn {
             }
             let Some(d) = s.queue.pop_front() else { break };
             let qos = d.qos;
+            if acl.as_ref().is_some_and(|a| !a.may_receive(d.msg.topic.as_str())) {
+                // A deny rule inside what the subscription covers.
+                s.done(d.logged());
+                continue;
+            }
             let pid = if d.qos == QoS::AtMostOnce { None } else { s.alloc_pid() };
             if d.qos != QoS::AtMostOnce && pid.is_none() {
                 s.queue.push_front(d);

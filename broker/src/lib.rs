@@ -7,6 +7,7 @@
 
 #![warn(missing_docs)]
 
+mod auth;
 pub mod codec;
 mod config;
 mod connection;
@@ -24,6 +25,7 @@ mod store;
 mod topic_alias;
 mod transport;
 
+pub use auth::{Acl, AuthConfig, AuthError, ClientAcl, PasswordFile};
 pub use config::BrokerConfig;
 pub use listener::{ListenerConfig, ListenerError, ListenerKind, TlsFiles};
 pub use message::Message;

@@ -27,6 +27,9 @@ pub enum BrokerError {
     /// The log could not be opened or recovered.
     #[error("cannot open the data directory's log: {0}")]
     Storage(#[from] StoreError),
+    /// The password or ACL file could not be used.
+    #[error(transparent)]
+    Auth(#[from] crate::AuthError),
     /// A listener could not be set up (address taken, certificate unreadable...).
     #[error(transparent)]
     Listener(#[from] ListenerError),
@@ -82,6 +85,10 @@ pub(crate) struct Shared {
     pub(crate) next_client: AtomicU64,
     pub(crate) timers: crate::monitor::Timers,
     pub(crate) recovery_seconds: f64,
+    /// Authentication and ACL in force, and a generation bumped on each reload (connections
+    /// recompute their ACL when it moves).
+    pub(crate) auth: std::sync::RwLock<Arc<crate::AuthConfig>>,
+    pub(crate) auth_generation: AtomicU64,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -325,6 +332,7 @@ impl Broker {
         for l in std::iter::once(&primary).chain(&cfg.listeners) {
             bound.push((l.kind.name(), listener::bind(l).await?));
         }
+        let auth = crate::AuthConfig::load(cfg.allow_anonymous, cfg.password_file.as_deref(), cfg.acl_file.as_deref())?;
         let dir = cfg.data_dir.join("log");
         let sync = cfg.sync;
         let started = Instant::now();
@@ -355,6 +363,8 @@ impl Broker {
             next_client: AtomicU64::new(1),
             timers: crate::monitor::Timers::new(),
             recovery_seconds,
+            auth: std::sync::RwLock::new(Arc::new(auth)),
+            auth_generation: AtomicU64::new(0),
         });
         restore_sessions(&shared, saved);
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -385,6 +395,13 @@ impl Broker {
     /// The broker's counters.
     pub fn stats(&self) -> &Stats {
         &self.shared.stats
+    }
+
+    /// Replaces the authentication and ACL settings (e.g. on SIGHUP): new connections use
+    /// them at once, connected clients from their next PUBLISH, SUBSCRIBE or delivery.
+    pub fn reload_auth(&self, auth: crate::AuthConfig) {
+        *self.shared.auth.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(auth);
+        self.shared.auth_generation.fetch_add(1, Ordering::AcqRel);
     }
 
     /// A handle for readiness checks and metrics export.

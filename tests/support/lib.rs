@@ -77,6 +77,10 @@ pub struct ConnectOptions {
     pub keep_alive: u16,
     /// CONNECT properties (v5).
     pub properties: Properties,
+    /// Username.
+    pub username: Option<String>,
+    /// Password.
+    pub password: Option<Bytes>,
 }
 
 impl Client {
@@ -118,8 +122,8 @@ impl Client {
             properties: o.properties,
             client_id: client_id.into(),
             will: o.will,
-            username: None,
-            password: None,
+            username: o.username,
+            password: o.password,
         })))
         .then_some(())?;
         match c.recv(Duration::from_secs(5)) {

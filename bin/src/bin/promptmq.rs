@@ -33,6 +33,17 @@ enum Cmd {
     /// Check or print configuration.
     #[command(subcommand)]
     Config(ConfigCmd),
+    /// Add, change or delete a user in a password file (argon2id hashes). The password is
+    /// asked for on a terminal, or read as one line from standard input.
+    Passwd {
+        /// The password file (created if missing).
+        file: PathBuf,
+        /// The username.
+        user: String,
+        /// Delete the user instead.
+        #[arg(long)]
+        delete: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -84,7 +95,87 @@ fn parse_sync(s: &str) -> Result<SyncMode, String> {
     }
 }
 
-async fn serve(cfg: config::Config) -> Result<(), String> {
+/// Filter of the running log subscriber, changed by a reload.
+type LogFilter = tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>;
+
+fn log_filter(level: &str) -> tracing_subscriber::EnvFilter {
+    tracing_subscriber::EnvFilter::try_new(format!("fjall=warn,lsm_tree=warn,{level}"))
+        .unwrap_or_else(|_| "info".into())
+}
+
+/// SIGHUP: reads the configuration again (same file, environment and flags) and applies
+/// what can change while running — the password file, the ACL file, anonymous access and
+/// the log level — and says what else changed but needs a restart.
+fn reload(
+    broker: &Broker,
+    file: Option<&std::path::Path>,
+    flags: &config::Overrides,
+    running: &mut config::Config,
+    log: &LogFilter,
+) {
+    let new = match config::load(file, flags) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "reload failed; the running configuration stays");
+            return;
+        }
+    };
+    let auth = &new.auth;
+    match promptmq_broker::AuthConfig::load(
+        auth.allow_anonymous,
+        auth.password_file.as_deref(),
+        auth.acl_file.as_deref(),
+    ) {
+        Ok(a) => {
+            let users = a.passwords.as_ref().map_or(0, |p| p.len());
+            broker.reload_auth(a);
+            tracing::info!(
+                users,
+                acl = auth.acl_file.is_some(),
+                allow_anonymous = auth.allow_anonymous,
+                "reloaded auth and ACL"
+            );
+            running.auth = new.auth.clone();
+        }
+        Err(e) => tracing::error!(error = %e, "auth not reloaded; the running settings stay"),
+    }
+    if new.logging.level != running.logging.level {
+        match log.reload(log_filter(&new.logging.level)) {
+            Ok(()) => {
+                tracing::info!(from = %running.logging.level, to = %new.logging.level, "log level changed");
+                running.logging.level = new.logging.level.clone();
+            }
+            Err(e) => tracing::error!(error = %e, "log level not changed"),
+        }
+    }
+    let mut restart = Vec::new();
+    if new.listeners != running.listeners {
+        restart.push("listeners");
+    }
+    if new.storage != running.storage {
+        restart.push("storage");
+    }
+    if new.limits != running.limits {
+        restart.push("limits");
+    }
+    if new.metrics != running.metrics {
+        restart.push("metrics");
+    }
+    if new.logging.format != running.logging.format {
+        restart.push("logging.format");
+    }
+    if !restart.is_empty() {
+        tracing::warn!(sections = ?restart, "changed in the configuration but applied only after a restart");
+    }
+}
+
+async fn serve(
+    cfg: config::Config,
+    file: Option<PathBuf>,
+    flags: config::Overrides,
+    log: LogFilter,
+) -> Result<(), String> {
+    let mut running = cfg.clone();
     // The endpoint comes up first: /healthz answers and /readyz says "recovering" while the
     // log is recovered.
     let monitor = std::sync::Arc::new(std::sync::OnceLock::new());
@@ -98,7 +189,22 @@ async fn serve(cfg: config::Config) -> Result<(), String> {
     for (kind, addr) in &broker.listeners()[1..] {
         println!("promptmq {kind} listener on {addr}");
     }
-    wait_for_signal().await;
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hup = signal(SignalKind::hangup()).map_err(|e| format!("cannot watch SIGHUP: {e}"))?;
+        loop {
+            tokio::select! {
+                _ = hup.recv() => reload(&broker, file.as_deref(), &flags, &mut running, &log),
+                _ = wait_for_signal() => break,
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (&file, &flags, &log, &mut running);
+        wait_for_signal().await;
+    }
     tracing::info!("shutting down (a second signal exits at once)");
     tokio::select! {
         _ = broker.shutdown() => {}
@@ -132,14 +238,41 @@ async fn wait_for_signal() {
     }
 }
 
-fn init_logging(cfg: &config::Config) {
-    let filter = tracing_subscriber::EnvFilter::try_new(format!("fjall=warn,lsm_tree=warn,{}", cfg.logging.level))
-        .unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+fn init_logging(cfg: &config::Config) -> LogFilter {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(log_filter(&cfg.logging.level));
+    let registry = tracing_subscriber::registry().with(filter);
     match cfg.logging.format {
-        config::LogFormat::Json => builder.json().init(),
-        config::LogFormat::Text => builder.init(),
+        config::LogFormat::Json => {
+            registry.with(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr)).init()
+        }
+        config::LogFormat::Text => registry.with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)).init(),
     }
+    handle
+}
+
+/// `promptmq passwd`: asks for (or reads) the password and updates the file.
+fn passwd(file: &std::path::Path, user: &str, delete: bool) -> Result<(), String> {
+    use std::io::IsTerminal;
+    let password = if delete {
+        None
+    } else if std::io::stdin().is_terminal() {
+        let p = rpassword::prompt_password(format!("Password for {user}: ")).map_err(|e| e.to_string())?;
+        let again = rpassword::prompt_password("Again: ").map_err(|e| e.to_string())?;
+        if p != again {
+            return Err("the passwords differ; nothing changed".into());
+        }
+        Some(p)
+    } else {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line).map_err(|e| format!("reading the password from stdin: {e}"))?;
+        Some(line.trim_end_matches(['\n', '\r']).to_string())
+    };
+    if password.as_deref() == Some("") {
+        return Err("empty password; nothing changed".into());
+    }
+    promptmq_broker::PasswordFile::update(file, user, password.as_deref().map(str::as_bytes)).map_err(|e| e.to_string())
 }
 
 fn main() -> ExitCode {
@@ -167,6 +300,13 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Cmd::Passwd { file, user, delete } => match passwd(&file, &user, delete) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("promptmq passwd: {e}");
+                ExitCode::from(1)
+            }
+        },
         Cmd::Serve(args) => {
             let flags = config::Overrides {
                 listen: args.listen,
@@ -182,7 +322,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
-            init_logging(&cfg);
+            let log = init_logging(&cfg);
             let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
                 Ok(rt) => rt,
                 Err(e) => {
@@ -190,7 +330,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
-            match rt.block_on(serve(cfg)) {
+            match rt.block_on(serve(cfg, args.config, flags, log)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("promptmq: {e}");
