@@ -210,6 +210,43 @@ pub struct Storage {
     /// How soon a persistent session's acknowledged position is saved, milliseconds (> 0);
     /// after a crash a client receives again (QoS 1) what it acknowledged within it.
     pub positions_save_interval_ms: u64,
+    /// Shard logs for a new data directory (0: one per core; an existing one keeps its count).
+    pub shards: u32,
+    /// Segment file size in MiB (1..=1024).
+    pub segment_mb: u64,
+    /// A damaged record inside a sealed segment: strict (refuse to start, name it) or
+    /// tolerant (skip it, report it, keep every valid record).
+    pub recovery: Recovery,
+    /// Scan every segment at start, not only the log after the last checkpoint.
+    pub verify_all_on_start: bool,
+    /// How much of each topic is kept (0: no limit of that kind).
+    pub retention: RetentionCfg,
+    /// Rewrite sealed segments zstd-compressed during maintenance.
+    pub compress: bool,
+    /// Seconds between retention / compaction runs (> 0).
+    pub maintenance_interval_secs: u64,
+}
+
+/// Recovery mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Recovery {
+    /// Refuse to start on a damaged sealed segment, naming the bad range.
+    Strict,
+    /// Skip and report damaged ranges.
+    Tolerant,
+}
+
+/// Retention of topic messages (the oldest go first; whole segments are removed).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionCfg {
+    /// Keep messages at most this many seconds.
+    pub max_age_secs: u64,
+    /// Keep at most about this many bytes per topic.
+    pub max_bytes: u64,
+    /// Keep at most this many messages per topic.
+    pub max_messages: u64,
 }
 
 /// Limits.
@@ -266,6 +303,13 @@ impl Default for Config {
                 sync_interval_ms: 5,
                 persist_qos0: b.persist_qos0,
                 positions_save_interval_ms: b.positions_save_interval.as_millis() as u64,
+                shards: 0,
+                segment_mb: b.storage.segment_bytes >> 20,
+                recovery: Recovery::Strict,
+                verify_all_on_start: false,
+                retention: RetentionCfg::default(),
+                compress: b.storage.compress,
+                maintenance_interval_secs: b.storage.maintenance_interval.as_secs(),
             },
             limits: Limits {
                 max_packet_size: b.max_packet_size,
@@ -381,6 +425,15 @@ impl Config {
             return Err("storage.sync_interval_ms: must be > 0 with sync: interval".into());
         }
         self.extra_listeners()?;
+        if !(1..=1024).contains(&self.storage.segment_mb) {
+            return Err(format!("storage.segment_mb: {} is outside 1..=1024", self.storage.segment_mb));
+        }
+        if self.storage.shards > 256 {
+            return Err(format!("storage.shards: {} is above 256", self.storage.shards));
+        }
+        if self.storage.maintenance_interval_secs == 0 {
+            return Err("storage.maintenance_interval_secs: must be > 0".into());
+        }
         if self.storage.positions_save_interval_ms == 0 {
             return Err("storage.positions_save_interval_ms: must be > 0".into());
         }
@@ -440,6 +493,24 @@ impl Config {
         };
         b.persist_qos0 = self.storage.persist_qos0;
         b.positions_save_interval = Duration::from_millis(self.storage.positions_save_interval_ms);
+        let st = &self.storage;
+        let limit = |v: u64| (v > 0).then_some(v);
+        b.storage = promptmq_broker::StorageSettings {
+            shards: (st.shards > 0).then_some(st.shards),
+            segment_bytes: st.segment_mb << 20,
+            recovery: match st.recovery {
+                Recovery::Strict => promptmq_wal::RecoveryMode::Strict,
+                Recovery::Tolerant => promptmq_wal::RecoveryMode::Tolerant,
+            },
+            verify_all_on_start: st.verify_all_on_start,
+            retention: promptmq_wal::Retention {
+                max_age: limit(st.retention.max_age_secs).map(Duration::from_secs),
+                max_bytes: limit(st.retention.max_bytes),
+                max_records: limit(st.retention.max_messages),
+            },
+            compress: st.compress,
+            maintenance_interval: Duration::from_secs(st.maintenance_interval_secs),
+        };
         b.allow_anonymous = self.auth.allow_anonymous;
         b.password_file = self.auth.password_file.clone();
         b.acl_file = self.auth.acl_file.clone();

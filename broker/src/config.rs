@@ -7,6 +7,42 @@ use std::time::Duration;
 
 use promptmq_wal::SyncMode;
 
+/// How the log is laid out and kept.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StorageSettings {
+    /// Shard logs for a new data directory (`None`: one per core); an existing directory
+    /// keeps its count.
+    pub shards: Option<u32>,
+    /// Size at which a segment file is sealed.
+    pub segment_bytes: u64,
+    /// What recovery does with a damaged record inside a sealed segment.
+    pub recovery: promptmq_wal::RecoveryMode,
+    /// Scan every segment at start (slower), not only the log after the last checkpoint, so
+    /// damage anywhere is found before clients are served.
+    pub verify_all_on_start: bool,
+    /// How long / how much of each topic's messages is kept. Offline sessions can be
+    /// away only as long as this keeps what they have not read.
+    pub retention: promptmq_wal::Retention,
+    /// Rewrite sealed segments zstd-compressed during maintenance.
+    pub compress: bool,
+    /// How often retention and compaction run.
+    pub maintenance_interval: Duration,
+}
+
+impl Default for StorageSettings {
+    fn default() -> Self {
+        StorageSettings {
+            shards: None,
+            segment_bytes: 64 << 20,
+            recovery: promptmq_wal::RecoveryMode::Strict,
+            verify_all_on_start: false,
+            retention: promptmq_wal::Retention::FOREVER,
+            compress: false,
+            maintenance_interval: promptmq_wal::SUGGESTED_MAINTENANCE_INTERVAL,
+        }
+    }
+}
+
 /// Settings of one broker instance.
 #[derive(Debug, Clone)]
 pub struct BrokerConfig {
@@ -18,6 +54,8 @@ pub struct BrokerConfig {
     pub data_dir: PathBuf,
     /// When a QoS 1/2 message counts as durable (and is acknowledged).
     pub sync: SyncMode,
+    /// Layout, recovery, retention and compaction of the log.
+    pub storage: StorageSettings,
     /// Largest packet accepted, in bytes; larger ones disconnect the client.
     pub max_packet_size: usize,
     /// Receive maximum the broker announces: unacknowledged QoS 1/2 PUBLISHes a client may send.
@@ -63,6 +101,7 @@ impl BrokerConfig {
             listeners: Vec::new(),
             data_dir: data_dir.into(),
             sync: SyncMode::Always,
+            storage: StorageSettings::default(),
             max_packet_size: 1 << 20,
             receive_maximum: 1024,
             max_queued_messages: 10_000,

@@ -26,7 +26,7 @@ mod topic_alias;
 mod transport;
 
 pub use auth::{Acl, AuthConfig, AuthError, ClientAcl, PasswordFile};
-pub use config::BrokerConfig;
+pub use config::{BrokerConfig, StorageSettings};
 pub use listener::{ListenerConfig, ListenerError, ListenerKind, TlsFiles};
 pub use message::Message;
 pub use monitor::Monitor;

@@ -335,9 +335,11 @@ impl Broker {
         let auth = crate::AuthConfig::load(cfg.allow_anonymous, cfg.password_file.as_deref(), cfg.acl_file.as_deref())?;
         let dir = cfg.data_dir.join("log");
         let sync = cfg.sync;
+        let storage = cfg.storage.clone();
         let started = Instant::now();
         let (store, retained, saved) = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
-            let store = Store::open_observed(&dir, sync, Arc::new(crate::monitor::WalObserver::new()))?;
+            let observer = Arc::new(crate::monitor::WalObserver::new());
+            let store = Store::open_configured(&dir, sync, &storage, observer)?;
             let retained = store.load_retained()?;
             let saved = session_store::fold(store.session_records()?);
             Ok((store, retained, saved))
@@ -529,7 +531,7 @@ const POSITIONS_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
 async fn periodic(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
     let mut sys = tokio::time::interval(shared.cfg.sys_interval);
-    let mut maintain = tokio::time::interval(promptmq_wal::SUGGESTED_MAINTENANCE_INTERVAL);
+    let mut maintain = tokio::time::interval(shared.cfg.storage.maintenance_interval);
     let mut positions = tokio::time::interval(POSITIONS_SWEEP_INTERVAL);
     let mut acked = tokio::time::interval(shared.cfg.positions_save_interval);
     maintain.tick().await;

@@ -22,6 +22,9 @@ const TOPIC_PREFIX: &str = "t/";
 #[derive(Debug, Clone)]
 pub struct Store {
     wal: Wal,
+    /// Retention of topic streams.
+    retention: promptmq_wal::Retention,
+    compress: bool,
 }
 
 /// Errors from the store, mapped to reason codes by the caller.
@@ -34,13 +37,34 @@ impl Store {
         Self::with_options(dir, Options::default().sync(sync))
     }
 
-    /// [`Store::open`], telling `observer` about every group commit (for metrics).
-    pub fn open_observed(
+    /// Opens the log with the operator's settings, telling `observer` about every group
+    /// commit (for metrics), and brings every topic stream to the configured retention.
+    pub fn open_configured(
         dir: &std::path::Path,
         sync: promptmq_wal::SyncMode,
+        settings: &crate::StorageSettings,
         observer: Arc<dyn promptmq_wal::CommitObserver>,
     ) -> Result<Store, StoreError> {
-        Self::with_options(dir, Options::default().sync(sync).observer(observer))
+        let mut opts = Options::default()
+            .sync(sync)
+            .segment_bytes(settings.segment_bytes)
+            .recovery(settings.recovery)
+            .full_recovery(settings.verify_all_on_start)
+            .observer(observer);
+        if let Some(n) = settings.shards {
+            opts = opts.shards(n);
+        }
+        let mut store = Self::with_options(dir, opts)?;
+        store.retention = settings.retention;
+        store.compress = settings.compress;
+        for s in store.wal.streams().into_iter().filter(|s| s.name.starts_with(TOPIC_PREFIX)) {
+            if s.retention != settings.retention {
+                if let Some(stream) = store.wal.lookup(&s.name) {
+                    store.wal.set_retention(&stream, settings.retention)?;
+                }
+            }
+        }
+        Ok(store)
     }
 
     fn with_options(dir: &std::path::Path, opts: Options) -> Result<Store, StoreError> {
@@ -52,7 +76,7 @@ impl Store {
             clean = r.is_clean(),
             "storage recovered"
         );
-        Ok(Store { wal })
+        Ok(Store { wal, retention: promptmq_wal::Retention::FOREVER, compress: false })
     }
 
     /// Appends a message to its topic's stream; resolves once durable.
@@ -63,7 +87,8 @@ impl Store {
     /// [`Store::append`] with a stamp chosen by the caller (who recorded it beforehand).
     pub fn append_stamped(&self, msg: &Message, stamp: u64) -> Completion<u64> {
         let name = format!("{TOPIC_PREFIX}{}", msg.topic.as_str());
-        match self.wal.stream(&name) {
+        let opts = StreamOptions { retention: Some(self.retention), compacted: false };
+        match self.wal.stream_with(&name, opts) {
             Ok(s) => self.wal.append(&s, msg.to_record_stamped(Instant::now(), stamp)),
             Err(e) => failed(e),
         }
@@ -203,7 +228,7 @@ impl Store {
 
     /// Runs retention and compaction (drops superseded retained messages).
     pub fn maintain(&self) {
-        if let Err(e) = self.wal.apply_retention().and_then(|_| self.wal.compact(false)) {
+        if let Err(e) = self.wal.apply_retention().and_then(|_| self.wal.compact(self.compress)) {
             tracing::warn!(error = %e, "storage maintenance failed");
         }
     }
