@@ -224,3 +224,73 @@ fn unsubscribe_stops_delivery_and_reports_unknown_filters() {
     publ.publish("u/x", "after", QoS::AtLeastOnce, false);
     assert!(c.next_publish(QUIET).is_none());
 }
+
+#[test]
+fn max_inflight_caps_what_a_client_gets_unacknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = TestBroker::start_with(dir.path(), |c| c.max_inflight = 3);
+    // The client would take 100; the broker sends 3 at a time.
+    let (mut sub, _) = Client::connect_with(
+        b.addr,
+        "wide",
+        V5,
+        v5_with(Properties { receive_maximum: Some(100), ..Default::default() }),
+    );
+    sub.subscribe("mi", QoS::AtLeastOnce);
+    let mut publ = Client::connect(b.addr, "pub", V5);
+    for i in 0..10 {
+        publ.publish("mi", format!("{i}"), QoS::AtLeastOnce, false);
+    }
+    assert_eq!(publishes_unacked(&mut sub, QUIET).len(), 3);
+}
+
+#[test]
+fn max_message_expiry_caps_how_long_a_message_waits() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = TestBroker::start_with(dir.path(), |c| c.max_message_expiry = 1);
+    let persistent = ConnectOptions {
+        clean: false,
+        properties: Properties { session_expiry_interval: Some(60), ..Default::default() },
+        ..Default::default()
+    };
+    let (mut s, _) = Client::connect_with(b.addr, "late", V5, persistent.clone());
+    s.subscribe("exp/#", QoS::AtLeastOnce);
+    s.disconnect();
+    let mut publ = Client::connect(b.addr, "pub", V5);
+    publ.publish("exp/a", "no expiry given", QoS::AtLeastOnce, false);
+    let mut online = Client::connect(b.addr, "now", V5);
+    online.subscribe("exp/#", QoS::AtLeastOnce);
+    publ.publish("exp/b", "long expiry", QoS::AtLeastOnce, false);
+    let p = online.next_publish(T).expect("delivered");
+    assert_eq!(p.properties.message_expiry_interval, Some(1), "capped");
+    std::thread::sleep(Duration::from_millis(1500));
+    let (mut s, _) = Client::connect_with(b.addr, "late", V5, persistent);
+    assert!(s.next_publish(QUIET).is_none(), "expired while the session was away");
+}
+
+#[test]
+fn limits_change_for_connected_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = TestBroker::start(dir.path());
+    let mut c = Client::connect(b.addr, "big", V5);
+    assert_eq!(c.publish("lim", vec![b'x'; 2000], QoS::AtLeastOnce, false), ReasonCode::Success);
+    let cfg = promptmq_broker::BrokerConfig { max_packet_size: 1000, ..Default::default() };
+    assert_eq!(b.broker().update_limits(&cfg), vec!["max_packet_size"]);
+    c.send(&Packet::Publish(Publish {
+        dup: false,
+        qos: QoS::AtMostOnce,
+        retain: false,
+        topic: "lim".into(),
+        packet_id: None,
+        properties: Properties::default(),
+        payload: Bytes::from(vec![b'x'; 2000]),
+    }));
+    let (closed, packets) = c.closed_within(T);
+    assert!(closed);
+    assert!(
+        packets.iter().any(|p| matches!(p, Packet::Disconnect(d) if d.code == ReasonCode::PacketTooLarge)),
+        "{packets:?}"
+    );
+    let (_c, ack) = Client::connect_with(b.addr, "new", V5, v5_with(Properties::default()));
+    assert_eq!(ack.properties.maximum_packet_size, Some(1000), "new clients are told the new maximum");
+}

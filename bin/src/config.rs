@@ -258,6 +258,14 @@ pub struct Limits {
     /// Messages held in memory per client; beyond it, QoS 1/2 messages wait in the log and
     /// QoS 0 ones are dropped.
     pub max_queued_messages: usize,
+    /// Payload bytes held in memory per client; beyond it as for max_queued_messages.
+    pub max_queued_bytes: usize,
+    /// Most unacknowledged QoS 1/2 messages sent to one client (1..=65535), whatever
+    /// receive maximum it announced.
+    pub max_inflight: u16,
+    /// Highest message expiry interval kept, seconds; longer ones and messages without an
+    /// expiry get this (0: no cap).
+    pub max_message_expiry_secs: u32,
     /// Receive maximum announced to clients: their unacknowledged QoS 1/2 PUBLISHes.
     pub receive_maximum: u16,
     /// Highest keep alive accepted, seconds; longer ones are replaced.
@@ -314,6 +322,9 @@ impl Default for Config {
             limits: Limits {
                 max_packet_size: b.max_packet_size,
                 max_queued_messages: b.max_queued_messages,
+                max_queued_bytes: b.max_queued_bytes,
+                max_inflight: b.max_inflight,
+                max_message_expiry_secs: b.max_message_expiry,
                 receive_maximum: b.receive_maximum,
                 max_keep_alive: b.max_keep_alive,
                 max_session_expiry: b.max_session_expiry,
@@ -446,6 +457,12 @@ impl Config {
         if self.limits.connect_timeout_secs == 0 {
             return Err("limits.connect_timeout_secs: must be > 0".into());
         }
+        if self.limits.max_inflight == 0 {
+            return Err("limits.max_inflight: must be 1..=65535".into());
+        }
+        if self.limits.max_queued_messages == 0 || self.limits.max_queued_bytes == 0 {
+            return Err("limits.max_queued_messages and limits.max_queued_bytes: must be > 0".into());
+        }
         if self.limits.write_timeout_secs == 0 {
             return Err("limits.write_timeout_secs: must be > 0".into());
         }
@@ -516,6 +533,9 @@ impl Config {
         b.acl_file = self.auth.acl_file.clone();
         b.max_packet_size = self.limits.max_packet_size;
         b.max_queued_messages = self.limits.max_queued_messages;
+        b.max_queued_bytes = self.limits.max_queued_bytes;
+        b.max_inflight = self.limits.max_inflight;
+        b.max_message_expiry = self.limits.max_message_expiry_secs;
         b.receive_maximum = self.limits.receive_maximum;
         b.max_keep_alive = self.limits.max_keep_alive;
         b.max_session_expiry = self.limits.max_session_expiry;

@@ -64,6 +64,15 @@ pub struct BrokerConfig {
     /// waits there (read back when the client catches up); others (QoS 0) are dropped and
     /// counted.
     pub max_queued_messages: usize,
+    /// Bytes of message payload held in memory for one client; beyond it as for
+    /// `max_queued_messages`.
+    pub max_queued_bytes: usize,
+    /// Most unacknowledged QoS 1/2 messages sent to one client, whatever receive maximum it
+    /// announced.
+    pub max_inflight: u16,
+    /// Highest message expiry interval kept, seconds; longer ones, and messages without an
+    /// expiry, get this one (0: no cap).
+    pub max_message_expiry: u32,
     /// Highest keep alive accepted; a longer one is replaced (v5: Server Keep Alive).
     pub max_keep_alive: u16,
     /// Highest session expiry interval honoured, seconds.
@@ -105,6 +114,9 @@ impl BrokerConfig {
             max_packet_size: 1 << 20,
             receive_maximum: 1024,
             max_queued_messages: 10_000,
+            max_queued_bytes: 64 << 20,
+            max_inflight: 1024,
+            max_message_expiry: 0,
             max_keep_alive: 65_535,
             max_session_expiry: u32::MAX,
             topic_alias_maximum: 64,

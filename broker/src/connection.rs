@@ -109,8 +109,8 @@ pub(crate) async fn serve(
 ) {
     let (mut rd, mut wr) = stream.split();
     let mut rbuf = BytesMut::new();
-    let max = shared.cfg.max_packet_size;
-    let connect_timeout = shared.cfg.connect_timeout;
+    let max = shared.limits.max_packet_size();
+    let connect_timeout = shared.limits.connect_timeout();
     let first = tokio::time::timeout(connect_timeout, async {
         loop {
             match decode(&mut rbuf, None, max) {
@@ -165,7 +165,6 @@ async fn accept(
     c: Connect,
 ) -> Option<(Conn, oneshot::Receiver<ReasonCode>)> {
     let v5 = c.protocol.is_v5();
-    let cfg = &shared.cfg;
     let refuse = |code: ReasonCode| {
         Packet::ConnAck(ConnAck { session_present: false, code, v3_code: None, properties: Properties::default() })
     };
@@ -219,7 +218,7 @@ async fn accept(
         return None;
     }
     let expiry = if v5 {
-        c.properties.session_expiry_interval.unwrap_or(0).min(cfg.max_session_expiry)
+        c.properties.session_expiry_interval.unwrap_or(0).min(shared.limits.max_session_expiry())
     } else if c.clean_start {
         0
     } else {
@@ -267,14 +266,15 @@ async fn accept(
 
     let mut keep_alive = c.keep_alive;
     let mut props = Properties::default();
-    if keep_alive > cfg.max_keep_alive {
-        keep_alive = cfg.max_keep_alive;
+    let max_keep_alive = shared.limits.max_keep_alive();
+    if keep_alive > max_keep_alive {
+        keep_alive = max_keep_alive;
         props.server_keep_alive = Some(keep_alive);
     }
     if v5 {
-        props.receive_maximum = Some(cfg.receive_maximum);
-        props.maximum_packet_size = u32::try_from(cfg.max_packet_size).ok();
-        props.topic_alias_maximum = Some(cfg.topic_alias_maximum);
+        props.receive_maximum = Some(shared.limits.receive_maximum());
+        props.maximum_packet_size = u32::try_from(shared.limits.max_packet_size()).ok();
+        props.topic_alias_maximum = Some(shared.limits.topic_alias_maximum());
         props.retain_available = Some(1);
         props.wildcard_subscription_available = Some(1);
         props.subscription_identifier_available = Some(1);
@@ -313,7 +313,8 @@ async fn accept(
             wake,
             generation,
             keep_alive: (keep_alive > 0).then(|| Duration::from_millis(keep_alive as u64 * 1500)),
-            client_receive_max: c.properties.receive_maximum.unwrap_or(u16::MAX) as usize,
+            client_receive_max: (c.properties.receive_maximum.unwrap_or(u16::MAX) as usize)
+                .min(shared.limits.max_inflight().max(1)),
             client_max_packet: c.properties.maximum_packet_size.map_or(usize::MAX, |m| m as usize),
             aliases: HashMap::new(),
             out_aliases: OutboundAliases::new(if v5 { c.properties.topic_alias_maximum.unwrap_or(0) } else { 0 }),
@@ -354,7 +355,7 @@ impl Conn {
             return Ok(());
         }
         self.shared.stats.bytes_sent.fetch_add(self.wbuf.len() as u64, Ordering::Relaxed);
-        let limit = self.shared.cfg.write_timeout;
+        let limit = self.shared.limits.write_timeout();
         let r = tokio::time::timeout(limit, self.wr.write_all(&self.wbuf)).await;
         self.wbuf.clear();
         match r {
@@ -434,7 +435,7 @@ impl Conn {
     /// Decodes and handles every whole packet in the read buffer.
     fn handle_input(&mut self) -> Result<(), End> {
         loop {
-            let p = match decode(&mut self.rbuf, Some(self.version), self.shared.cfg.max_packet_size) {
+            let p = match decode(&mut self.rbuf, Some(self.version), self.shared.limits.max_packet_size()) {
                 Ok(Some(p)) => p,
                 Ok(None) => return Ok(()),
                 Err(e) => return Err(End::Refused(e.reason_code(), e.to_string())),
@@ -529,7 +530,7 @@ impl Conn {
                                 "session expiry set on DISCONNECT after 0 on CONNECT".into(),
                             ));
                         }
-                        s.expiry = e.min(self.shared.cfg.max_session_expiry);
+                        s.expiry = e.min(self.shared.limits.max_session_expiry());
                         drop(self.shared.save_session(&self.client_id, &mut s));
                     }
                 }
@@ -553,7 +554,7 @@ impl Conn {
             ));
         }
         let topic = match p.properties.topic_alias {
-            Some(a) if a > self.shared.cfg.topic_alias_maximum => {
+            Some(a) if a > self.shared.limits.topic_alias_maximum() => {
                 return Err(End::Refused(ReasonCode::TopicAliasInvalid, format!("topic alias {a} above the maximum")))
             }
             Some(a) if p.topic.is_empty() => match self.aliases.get(&a) {
@@ -576,6 +577,13 @@ impl Conn {
         let qos = p.qos;
         let packet_id = p.packet_id;
         let retain = p.retain;
+        let mut p = p;
+        let cap = self.shared.limits.max_message_expiry();
+        if cap > 0 {
+            // Messages without an expiry get the cap too: nothing waits for a client forever.
+            let e = p.properties.message_expiry_interval.get_or_insert(cap);
+            *e = (*e).min(cap);
+        }
         let msg = Arc::new(Message::from_publish(p, topic, self.client_id.clone()));
         match (qos, packet_id) {
             (QoS::AtMostOnce, _) => {
@@ -596,7 +604,7 @@ impl Conn {
                     return self.queue_packet(&Packet::PubRec(PubResp::ok(id)));
                 }
                 let in_flight = self.pending.len() + lock(&self.session).inbound_qos2.len();
-                if in_flight >= self.shared.cfg.receive_maximum as usize {
+                if in_flight >= self.shared.limits.receive_maximum() as usize {
                     return Err(End::Refused(ReasonCode::ReceiveMaximumExceeded, "receive maximum exceeded".into()));
                 }
                 let mut done = Vec::new();
@@ -698,7 +706,7 @@ impl Conn {
         self.queue_packet(packet)?;
         let mut sess = lock(&self.session);
         for d in retained {
-            if !sess.enqueue(d, self.shared.cfg.max_queued_messages) {
+            if !sess.enqueue(d, self.shared.limits.queue()) {
                 self.shared.stats.messages_dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -750,7 +758,7 @@ impl Conn {
     /// it is behind in, merged in publish order (see `positions` and `replay`). Returns
     /// whether more is left to read.
     async fn replay_step(&mut self) -> Result<bool, End> {
-        let max = self.shared.cfg.max_queued_messages;
+        let max = self.shared.limits.queue().messages;
         let (wanted, room) = {
             let s = lock(&self.session);
             // Leave room for what the client is sent live meanwhile.
@@ -805,7 +813,7 @@ impl Conn {
             let Some(msg) = Message::from_record(r.payload, age) else { continue };
             let Some((qos, retain_as_published, ids)) = s.delivery_options(topic, &msg.publisher) else { continue };
             taken[i].push(r.offset);
-            s.queue.push_back(Delivery {
+            s.queue_push(Delivery {
                 qos: msg.qos.min(qos),
                 retain: msg.retain && retain_as_published,
                 ids,
@@ -939,7 +947,7 @@ impl Conn {
             if front.qos != QoS::AtMostOnce && s.inflight.len() >= self.client_receive_max {
                 break;
             }
-            let Some(d) = s.queue.pop_front() else { break };
+            let Some(d) = s.queue_pop() else { break };
             let qos = d.qos;
             if acl.as_ref().is_some_and(|a| !a.may_receive(d.msg.topic.as_str())) {
                 // A deny rule inside what the subscription covers.
@@ -948,7 +956,7 @@ impl Conn {
             }
             let pid = if d.qos == QoS::AtMostOnce { None } else { s.alloc_pid() };
             if d.qos != QoS::AtMostOnce && pid.is_none() {
-                s.queue.push_front(d);
+                s.queue_push_front(d);
                 break;
             }
             let Some(p) = self.publish_packet(&d, pid, false) else {
@@ -1178,7 +1186,7 @@ pub(crate) fn end_session_later(
                 Outbound::Released(_) => None,
             })
             .collect();
-        pending.extend(s.queue.drain(..));
+        pending.extend(s.queue_drain());
         drop(s);
         sessions.remove(client.as_ref());
         drop(sessions);

@@ -11,6 +11,7 @@ mod auth;
 pub mod codec;
 mod config;
 mod connection;
+mod limits;
 mod listener;
 mod message;
 mod monitor;

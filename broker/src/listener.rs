@@ -217,7 +217,7 @@ async fn serve_one(
     shutdown: watch::Receiver<bool>,
     permit: OwnedSemaphorePermit,
 ) {
-    let limit = shared.cfg.connect_timeout;
+    let limit = shared.limits.connect_timeout();
     let transport = match tokio::time::timeout(limit, handshake(stream, wrap)).await {
         Ok(Ok(t)) => t,
         Ok(Err(why)) => {

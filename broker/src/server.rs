@@ -89,6 +89,8 @@ pub(crate) struct Shared {
     /// recompute their ACL when it moves).
     pub(crate) auth: std::sync::RwLock<Arc<crate::AuthConfig>>,
     pub(crate) auth_generation: AtomicU64,
+    /// Per-client limits in force (a reload changes them).
+    pub(crate) limits: crate::limits::LiveLimits,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -118,7 +120,7 @@ impl Shared {
                 shared: t.shared,
                 pos,
             };
-            if lock(s).offer(d, self.cfg.max_queued_messages) == Queued::Dropped {
+            if lock(s).offer(d, self.limits.queue()) == Queued::Dropped {
                 self.stats.messages_dropped.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(client = %t.client, topic = %msg.topic, "queue full; message dropped");
             }
@@ -245,7 +247,7 @@ impl Shared {
             let sessions = lock(&self.sessions);
             let Some(s) = sessions.get(&client) else { continue };
             let d = Delivery { qos: d.msg.qos.min(opts.qos), pos: None, ..d };
-            if !lock(s).enqueue(d, self.cfg.max_queued_messages) {
+            if !lock(s).enqueue(d, self.limits.queue()) {
                 self.stats.messages_dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -352,6 +354,7 @@ impl Broker {
         for (kind, addr) in &listeners {
             tracing::info!(%addr, kind, retained = retained.len(), "listening");
         }
+        let limits = crate::limits::LiveLimits::new(&cfg);
         let shared = Arc::new(Shared {
             cfg,
             store,
@@ -367,6 +370,7 @@ impl Broker {
             recovery_seconds,
             auth: std::sync::RwLock::new(Arc::new(auth)),
             auth_generation: AtomicU64::new(0),
+            limits,
         });
         restore_sessions(&shared, saved);
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -404,6 +408,13 @@ impl Broker {
     pub fn reload_auth(&self, auth: crate::AuthConfig) {
         *self.shared.auth.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(auth);
         self.shared.auth_generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Applies the per-client limits of `cfg` (packet size, receive maximum, in-flight and
+    /// queue bounds, keep alive, session and message expiry caps, topic aliases, timeouts);
+    /// returns the names of those that changed. Other settings need a restart.
+    pub fn update_limits(&self, cfg: &BrokerConfig) -> Vec<&'static str> {
+        self.shared.limits.set(cfg)
     }
 
     /// A handle for readiness checks and metrics export.

@@ -12,6 +12,7 @@ use tokio::sync::{oneshot, Notify};
 
 use crate::codec::topic;
 use crate::codec::{QoS, ReasonCode};
+use crate::limits::QueueLimit;
 use crate::message::Message;
 use crate::positions::{Offer, Positions};
 use crate::router::SubOptions;
@@ -31,6 +32,11 @@ pub(crate) struct Delivery {
 }
 
 impl Delivery {
+    /// Bytes it holds in a queue (payload and topic; the message itself is shared).
+    pub(crate) fn size(&self) -> usize {
+        self.msg.payload.len() + self.msg.topic.len()
+    }
+
     /// (topic, offset) when this delivery moves the session's position in the log.
     pub(crate) fn logged(&self) -> Option<(&str, u64)> {
         self.pos.map(|o| (self.msg.topic.as_str(), o))
@@ -61,6 +67,8 @@ pub(crate) enum Outbound {
 pub(crate) struct Session {
     pub(crate) subs: HashMap<String, SubOptions>,
     pub(crate) queue: VecDeque<Delivery>,
+    /// Payload and topic bytes of `queue`.
+    queue_bytes: usize,
     /// In send order (resent in this order after a reconnect [MQTT-4.4.0-1]).
     pub(crate) inflight: VecDeque<(u16, Outbound)>,
     pub(crate) inbound_qos2: HashSet<u16>,
@@ -89,6 +97,7 @@ impl Session {
         Session {
             subs: HashMap::new(),
             queue: VecDeque::new(),
+            queue_bytes: 0,
             inflight: VecDeque::new(),
             inbound_qos2: HashSet::new(),
             next_pid: 1,
@@ -113,12 +122,12 @@ impl Session {
     /// Offers a routed delivery: logged ones go through the session's positions (left in
     /// the log while the session is offline or its queue is full), others are queued or,
     /// with the queue full, dropped.
-    pub(crate) fn offer(&mut self, d: Delivery, max: usize) -> Queued {
+    pub(crate) fn offer(&mut self, d: Delivery, max: QueueLimit) -> Queued {
         if let Some((topic, offset)) = d.logged() {
-            let room = self.connected && self.queue.len() < max;
+            let room = self.connected && !self.queue_full(max);
             return match self.positions.offer(topic, offset, room) {
                 Offer::Take => {
-                    self.queue.push_back(d);
+                    self.queue_push(d);
                     self.wake.notify_one();
                     Queued::Yes
                 }
@@ -172,14 +181,44 @@ impl Session {
     }
 
     /// Queues a delivery; `false` if the queue is full and the message was dropped.
-    pub(crate) fn enqueue(&mut self, d: Delivery, max: usize) -> bool {
-        if self.queue.len() >= max {
+    pub(crate) fn enqueue(&mut self, d: Delivery, max: QueueLimit) -> bool {
+        if self.queue_full(max) {
             self.dropped += 1;
             return false;
         }
-        self.queue.push_back(d);
+        self.queue_push(d);
         self.wake.notify_one();
         true
+    }
+
+    /// Whether the in-memory queue is at its bound (messages or bytes).
+    pub(crate) fn queue_full(&self, max: QueueLimit) -> bool {
+        self.queue.len() >= max.messages || self.queue_bytes >= max.bytes
+    }
+
+    /// Appends to the queue (keeping its byte count).
+    pub(crate) fn queue_push(&mut self, d: Delivery) {
+        self.queue_bytes += d.size();
+        self.queue.push_back(d);
+    }
+
+    /// Puts a delivery back at the head of the queue.
+    pub(crate) fn queue_push_front(&mut self, d: Delivery) {
+        self.queue_bytes += d.size();
+        self.queue.push_front(d);
+    }
+
+    /// Takes the head of the queue.
+    pub(crate) fn queue_pop(&mut self) -> Option<Delivery> {
+        let d = self.queue.pop_front()?;
+        self.queue_bytes = self.queue_bytes.saturating_sub(d.size());
+        Some(d)
+    }
+
+    /// Empties the queue.
+    pub(crate) fn queue_drain(&mut self) -> Vec<Delivery> {
+        self.queue_bytes = 0;
+        self.queue.drain(..).collect()
     }
 
     /// A packet identifier not used by any in-flight message.
@@ -223,10 +262,18 @@ mod tests {
     #[test]
     fn queue_is_bounded() {
         let mut s = Session::new();
-        assert!(s.enqueue(d(), 2));
-        assert!(s.enqueue(d(), 2));
-        assert!(!s.enqueue(d(), 2));
+        let two = QueueLimit { messages: 2, bytes: usize::MAX };
+        assert!(s.enqueue(d(), two));
+        assert!(s.enqueue(d(), two));
+        assert!(!s.enqueue(d(), two));
         assert_eq!((s.queue.len(), s.dropped), (2, 1));
+        // The byte bound: each delivery here holds 1 byte (topic "t").
+        let mut s = Session::new();
+        let one_byte = QueueLimit { messages: 100, bytes: 1 };
+        assert!(s.enqueue(d(), one_byte));
+        assert!(!s.enqueue(d(), one_byte));
+        assert!(s.queue_pop().is_some());
+        assert!(s.enqueue(d(), one_byte), "popping frees the bytes");
     }
 
     #[test]

@@ -156,7 +156,9 @@ fn reload(
         restart.push("storage");
     }
     if new.limits != running.limits {
-        restart.push("limits");
+        let changed = broker.update_limits(&new.broker());
+        tracing::info!(?changed, "limits changed (new connections at once; queue bounds, packet size and timeouts for connected clients too)");
+        running.limits = new.limits.clone();
     }
     if new.metrics != running.metrics {
         restart.push("metrics");
