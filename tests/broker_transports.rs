@@ -56,6 +56,7 @@ fn make_pki(dir: &Path) -> Pki {
             key: write("server.key", &server_key.serialize_pem()),
             client_ca: Some(write("ca.pem", &ca_pem)),
             require_client_cert: false,
+            use_identity_as_username: false,
         },
         ca_pem,
         client_cert_pem: client.pem(),
@@ -242,6 +243,7 @@ fn a_bad_certificate_file_is_refused_at_start_naming_the_file() {
             key: missing.clone(),
             client_ca: None,
             require_client_cert: false,
+            use_identity_as_username: false,
         }),
     });
     let err = rt.block_on(promptmq_broker::Broker::start(cfg)).err().expect("refused");
@@ -369,4 +371,69 @@ fn websocket_over_tls() {
     });
     publish_plain(&b, "wss/a", "secure websocket");
     rt.block_on(sub.expect_publish("wss/a", b"secure websocket"));
+}
+
+/// With `use_identity_as_username` the verified client certificate's CN is the username:
+/// no password, and the ACL rules of that user apply.
+#[test]
+fn tls_client_certificate_cn_as_username() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = make_pki(dir.path());
+    let acl = dir.path().join("acl");
+    std::fs::write(&acl, "user device-7\ntopic readwrite dev7/#\n").unwrap();
+    let mut files = pki.server.clone();
+    files.require_client_cert = true;
+    files.use_identity_as_username = true;
+    let b = TestBroker::start_with(dir.path(), move |c| {
+        c.listeners = vec![ListenerConfig { bind: "127.0.0.1:0".parse().unwrap(), kind: ListenerKind::Tls(files) }];
+        c.allow_anonymous = false;
+        c.acl_file = Some(acl);
+    });
+    let addr = addr_of(&b, "tls");
+    let rt = runtime();
+    rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let tls = tls_client(&pki, true).connect(ServerName::try_from("localhost").unwrap(), tcp).await.unwrap();
+        // No username in CONNECT: the certificate says device-7, which may use dev7/#.
+        let mut m = Mqtt::connect_and_subscribe(tls, "dev7", "dev7/#").await;
+        m.send(Packet::Publish(Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: "dev7/state".into(),
+            packet_id: Some(9),
+            properties: Properties::default(),
+            payload: bytes::Bytes::from_static(b"on"),
+        }))
+        .await;
+        let mut acked = false;
+        let mut delivered = false;
+        while !(acked && delivered) {
+            match m.recv().await {
+                Some(Packet::PubAck(a)) => {
+                    assert_eq!(a.code, ReasonCode::Success);
+                    acked = true;
+                }
+                Some(Packet::Publish(p)) => {
+                    assert_eq!(&p.payload[..], b"on");
+                    delivered = true;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        m.send(Packet::Publish(Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: "elsewhere".into(),
+            packet_id: Some(10),
+            properties: Properties::default(),
+            payload: bytes::Bytes::from_static(b"x"),
+        }))
+        .await;
+        match m.recv().await {
+            Some(Packet::PubAck(a)) => assert_eq!(a.code, ReasonCode::NotAuthorized, "device-7's ACL applies"),
+            other => panic!("{other:?}"),
+        }
+    });
 }

@@ -93,6 +93,9 @@ pub struct Certs {
     pub client_ca: Option<PathBuf>,
     /// With client_ca: refuse clients without a certificate.
     pub require_client_cert: bool,
+    /// Use the client certificate's subject CN as the username (needs client_ca; the
+    /// verified certificate then stands for the password).
+    pub use_identity_as_username: bool,
 }
 
 /// The TLS listener.
@@ -161,6 +164,11 @@ impl Default for WssListener {
 impl Certs {
     /// The broker's form, or an error naming the missing key under `section`.
     fn files(&self, section: &str) -> Result<promptmq_broker::TlsFiles, String> {
+        if self.use_identity_as_username && (self.client_ca.is_none() || !self.require_client_cert) {
+            return Err(format!(
+                "{section}.use_identity_as_username: needs {section}.client_ca and {section}.require_client_cert: true"
+            ));
+        }
         let need = |v: &Option<PathBuf>, key: &str| {
             v.clone().ok_or_else(|| format!("{section}.{key}: required when {section}.enabled is true"))
         };
@@ -169,6 +177,7 @@ impl Certs {
             key: need(&self.key, "key")?,
             client_ca: self.client_ca.clone(),
             require_client_cert: self.require_client_cert,
+            use_identity_as_username: self.use_identity_as_username,
         })
     }
 }

@@ -105,6 +105,7 @@ pub(crate) async fn serve(
     shared: Arc<Shared>,
     stream: Transport,
     peer: SocketAddr,
+    identity: Option<String>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let (mut rd, mut wr) = stream.split();
@@ -140,7 +141,15 @@ pub(crate) async fn serve(
             return;
         }
     };
-    let Some((mut conn, mut kick_rx)) = accept(shared.clone(), rd, wr, rbuf, peer, *connect).await else { return };
+    let mut connect = *connect;
+    let certified = identity.is_some();
+    if let Some(cn) = identity {
+        // The verified certificate names the user; the CONNECT's username does not count.
+        connect.username = Some(cn);
+    }
+    let Some((mut conn, mut kick_rx)) = accept(shared.clone(), rd, wr, rbuf, peer, connect, certified).await else {
+        return;
+    };
     shared.stats.clients_connected.fetch_add(1, Ordering::Relaxed);
     shared.stats.connections_total.fetch_add(1, Ordering::Relaxed);
     let end = conn.run(&mut kick_rx, &mut shutdown).await;
@@ -163,6 +172,7 @@ async fn accept(
     rbuf: BytesMut,
     peer: SocketAddr,
     c: Connect,
+    certified: bool,
 ) -> Option<(Conn, oneshot::Receiver<ReasonCode>)> {
     let v5 = c.protocol.is_v5();
     let refuse = |code: ReasonCode| {
@@ -195,6 +205,8 @@ async fn accept(
     let username = c.username.clone();
     let refused = match (&username, &auth.passwords) {
         (None, _) if !auth.allow_anonymous => Some((ReasonCode::NotAuthorized, "anonymous clients are not allowed")),
+        // The username came from a verified client certificate.
+        (Some(_), _) if certified => None,
         (Some(user), Some(_)) => {
             let (a, user, pw) = (auth.clone(), user.clone(), c.password.clone().unwrap_or_default());
             let ok = tokio::task::spawn_blocking(move || a.passwords.as_ref().is_some_and(|p| p.verify(&user, &pw)))

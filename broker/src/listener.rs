@@ -36,6 +36,9 @@ pub struct TlsFiles {
     pub client_ca: Option<PathBuf>,
     /// With `client_ca`: refuse clients without a certificate (otherwise it is optional).
     pub require_client_cert: bool,
+    /// Use the client certificate's subject CN as the username (the certificate, verified
+    /// against `client_ca`, then stands for the password).
+    pub use_identity_as_username: bool,
 }
 
 /// What a listener speaks.
@@ -115,9 +118,10 @@ pub(crate) struct Bound {
 #[derive(Clone)]
 enum Wrap {
     Tcp,
-    Tls(TlsAcceptor),
+    /// The acceptor, and whether the client certificate's CN is the username.
+    Tls(TlsAcceptor, bool),
     Ws(Arc<str>),
-    Wss(TlsAcceptor, Arc<str>),
+    Wss(TlsAcceptor, bool, Arc<str>),
 }
 
 fn tls_error(what: &'static str, path: &Path, reason: impl ToString) -> ListenerError {
@@ -162,9 +166,11 @@ fn tls_acceptor(files: &TlsFiles) -> Result<TlsAcceptor, ListenerError> {
 pub(crate) async fn bind(cfg: &ListenerConfig) -> Result<Bound, ListenerError> {
     let wrap = match &cfg.kind {
         ListenerKind::Tcp => Wrap::Tcp,
-        ListenerKind::Tls(f) => Wrap::Tls(tls_acceptor(f)?),
+        ListenerKind::Tls(f) => Wrap::Tls(tls_acceptor(f)?, f.use_identity_as_username),
         ListenerKind::Ws { path } => Wrap::Ws(Arc::from(path.as_str())),
-        ListenerKind::Wss { path, tls } => Wrap::Wss(tls_acceptor(tls)?, Arc::from(path.as_str())),
+        ListenerKind::Wss { path, tls } => {
+            Wrap::Wss(tls_acceptor(tls)?, tls.use_identity_as_username, Arc::from(path.as_str()))
+        }
     };
     let bind_err = |source| ListenerError::Bind { addr: cfg.bind, kind: cfg.kind.name(), source };
     let socket = TcpListener::bind(cfg.bind).await.map_err(bind_err)?;
@@ -218,7 +224,7 @@ async fn serve_one(
     permit: OwnedSemaphorePermit,
 ) {
     let limit = shared.limits.connect_timeout();
-    let transport = match tokio::time::timeout(limit, handshake(stream, wrap)).await {
+    let (transport, identity) = match tokio::time::timeout(limit, handshake(stream, wrap)).await {
         Ok(Ok(t)) => t,
         Ok(Err(why)) => {
             tracing::info!(%peer, reason = %why, "handshake failed");
@@ -229,23 +235,49 @@ async fn serve_one(
             return;
         }
     };
-    crate::connection::serve(shared, transport, peer, shutdown).await;
+    crate::connection::serve(shared, transport, peer, identity, shutdown).await;
     drop(permit);
 }
 
-async fn handshake(stream: TcpStream, wrap: Wrap) -> Result<Transport, String> {
+/// The transport, and the identity (client certificate CN) to use as username, if any.
+async fn handshake(stream: TcpStream, wrap: Wrap) -> Result<(Transport, Option<String>), String> {
     match wrap {
-        Wrap::Tcp => Ok(Transport::Tcp(stream)),
-        Wrap::Tls(acceptor) => {
+        Wrap::Tcp => Ok((Transport::Tcp(stream), None)),
+        Wrap::Tls(acceptor, cn) => {
             let tls = acceptor.accept(stream).await.map_err(|e| format!("TLS: {e}"))?;
-            Ok(Transport::Other(Box::new(tls)))
+            let identity = identity(&tls, cn)?;
+            Ok((Transport::Other(Box::new(tls)), identity))
         }
-        Wrap::Ws(path) => websocket(stream, &path).await,
-        Wrap::Wss(acceptor, path) => {
+        Wrap::Ws(path) => Ok((websocket(stream, &path).await?, None)),
+        Wrap::Wss(acceptor, cn, path) => {
             let tls = acceptor.accept(stream).await.map_err(|e| format!("TLS: {e}"))?;
-            websocket(tls, &path).await
+            let identity = identity(&tls, cn)?;
+            Ok((websocket(tls, &path).await?, identity))
         }
     }
+}
+
+/// The subject CN of the client's (verified) certificate, when the listener uses it as the
+/// username; a client without a usable certificate is refused then.
+fn identity(tls: &tokio_rustls::server::TlsStream<TcpStream>, wanted: bool) -> Result<Option<String>, String> {
+    if !wanted {
+        return Ok(None);
+    }
+    let cert = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .ok_or("no client certificate, and this listener takes the username from it")?;
+    let (_, parsed) =
+        x509_parser::parse_x509_certificate(cert.as_ref()).map_err(|e| format!("client certificate: {e}"))?;
+    let cn = parsed
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .ok_or("the client certificate has no subject CN to use as username")?;
+    Ok(Some(cn.to_string()))
 }
 
 /// Upgrades to WebSocket (checking the path and offering the `mqtt` subprotocol) and
