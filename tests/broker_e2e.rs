@@ -572,3 +572,27 @@ fn slowloris_connect_is_cut_off_and_others_are_served() {
     let mut ok = Client::connect(b.addr, "normal", V5);
     ok.subscribe("x", QoS::AtMostOnce);
 }
+
+/// A burst that arrives while the subscriber's connection is busy writing is all sent, even
+/// when no further message comes to wake the writer (each of these fills a write batch).
+#[test]
+fn a_burst_of_large_messages_is_delivered_without_further_traffic() {
+    let (_d, b) = broker();
+    let mut sub = Client::connect(b.addr, "sub", V5);
+    sub.subscribe("burst", QoS::AtMostOnce);
+    let mut publ = Client::connect(b.addr, "pub", V5);
+    for i in 0..10u8 {
+        // Sent back to back, without waiting for anything (QoS 0).
+        publ.send(&Packet::Publish(Publish {
+            dup: false,
+            qos: QoS::AtMostOnce,
+            retain: false,
+            topic: "burst".into(),
+            packet_id: None,
+            properties: Properties::default(),
+            payload: bytes::Bytes::from(vec![i; 200_000]),
+        }));
+    }
+    let got: Vec<u8> = drain(&mut sub, Duration::from_secs(2)).iter().map(|p| p.payload[0]).collect();
+    assert_eq!(got, (0..10).collect::<Vec<_>>());
+}

@@ -289,3 +289,112 @@ fn passwd_manages_users_and_sighup_reloads_auth() {
     assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
     assert!(child.wait().unwrap().success());
 }
+
+/// Publishes `n` QoS 0 messages of `size` bytes to `topic` over a raw MQTT 3.1.1 connection.
+fn flood(addr: &str, topic: &str, n: usize, size: usize) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(&[0x10, 0x0d, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x02, 0x00, 0x00, 0x00, 0x01, b'f']).unwrap();
+    let mut ack = [0u8; 4];
+    s.read_exact(&mut ack).unwrap();
+    let mut packet = Vec::new();
+    let remaining = 2 + topic.len() + size;
+    packet.push(0x30);
+    let mut r = remaining;
+    loop {
+        let mut byte = (r % 128) as u8;
+        r /= 128;
+        if r > 0 {
+            byte |= 0x80;
+        }
+        packet.push(byte);
+        if r == 0 {
+            break;
+        }
+    }
+    packet.extend_from_slice(&(topic.len() as u16).to_be_bytes());
+    packet.extend_from_slice(topic.as_bytes());
+    packet.resize(packet.len() + size, b'x');
+    for _ in 0..n {
+        s.write_all(&packet).unwrap();
+    }
+}
+
+/// A connection the broker cannot finish (its client reads nothing, the socket is full)
+/// makes the graceful shutdown wait; a second SIGTERM exits at once (status 130).
+#[test]
+fn a_second_signal_exits_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, mqtt, _) = spawn_serve(dir.path());
+    // A subscriber that never reads.
+    let mut sub = TcpStream::connect(&mqtt).unwrap();
+    sub.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    sub.write_all(&[0x10, 0x0d, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x02, 0x00, 0x00, 0x00, 0x01, b's']).unwrap();
+    let mut ack = [0u8; 4];
+    sub.read_exact(&mut ack).unwrap();
+    // SUBSCRIBE packet id 1 to "f" QoS 0.
+    sub.write_all(&[0x82, 0x06, 0x00, 0x01, 0x00, 0x01, b'f', 0x00]).unwrap();
+    let mut suback = [0u8; 5];
+    sub.read_exact(&mut suback).unwrap();
+    flood(&mqtt, "f", 40, 900_000);
+    std::thread::sleep(Duration::from_millis(300));
+    let pid = child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the first signal waits for the stuck connection: {:?}",
+        child.try_wait()
+    );
+    let asked = std::time::Instant::now();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(asked.elapsed() < Duration::from_secs(3), "the second signal exits at once");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(130));
+    drop(sub);
+}
+
+/// `logging.format: json` writes one JSON object per line, and each connect and disconnect
+/// is one line naming the client, its address and the reason.
+#[test]
+fn json_logs_with_one_line_per_connect_and_disconnect() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = promptmq()
+        .args(["serve", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--log", "info", "--data-dir"])
+        .arg(dir.path())
+        .env("PROMPTMQ_LOGGING__FORMAT", "json")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mqtt = loop {
+        let mut line = String::new();
+        assert!(out.read_line(&mut line).unwrap() > 0);
+        if let Some(a) = line.trim().strip_prefix("promptmq listening on ") {
+            break a.to_string();
+        }
+    };
+    assert_eq!(anonymous_connack(&mqtt), 0); // connects as "a", then the socket closes
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    let output = child.wait_with_output().unwrap();
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&output.stderr)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let find = |msg: &str| {
+        lines.iter().find(|v| v["fields"]["message"] == msg).unwrap_or_else(|| panic!("no {msg:?} line in {lines:#?}"))
+    };
+    let connected = find("client connected");
+    assert_eq!(connected["fields"]["client"], "a");
+    assert!(connected["fields"]["peer"].as_str().unwrap().starts_with("127.0.0.1:"));
+    let gone = find("client disconnected");
+    assert_eq!(gone["fields"]["client"], "a");
+    assert!(gone["fields"]["reason"].as_str().is_some_and(|r| !r.is_empty()), "{gone}");
+}

@@ -394,9 +394,10 @@ impl Conn {
                 Ok(more) => more,
                 Err(e) => return e,
             };
-            if let Err(e) = self.fill_from_queue() {
-                return e;
-            }
+            let more_queued = match self.fill_from_queue() {
+                Ok(more) => more,
+                Err(e) => return e,
+            };
             if let Err(e) = self.flush_outbox() {
                 return e;
             }
@@ -438,8 +439,9 @@ impl Conn {
                         Err(e) => return e,
                     }
                 }
-                // Catching up from the log: go round again at once, after anything ready above.
-                _ = std::future::ready(()), if more_in_log => {}
+                // Catching up from the log, or a full batch written with more queued: go round
+                // again at once, after anything ready above.
+                _ = std::future::ready(()), if more_in_log || more_queued => {}
             }
         }
     }
@@ -950,7 +952,9 @@ impl Conn {
     }
 
     /// Moves queued deliveries into the write buffer, within the client's receive maximum.
-    fn fill_from_queue(&mut self) -> Result<(), End> {
+    /// Returns whether more could be sent right away (the batch filled up first): the caller
+    /// must come back without waiting for a new notification.
+    fn fill_from_queue(&mut self) -> Result<bool, End> {
         let acl = self.acl();
         let session = self.session.clone();
         let mut s = lock(&session);
@@ -1000,7 +1004,9 @@ impl Conn {
             // which bounds what a crash makes the client receive again.
             self.shared.queue_position_save(&self.client_id, &session, &mut s);
         }
-        Ok(())
+        let more = self.wbuf.len() >= WRITE_BATCH
+            && s.queue.front().is_some_and(|f| f.qos == QoS::AtMostOnce || s.inflight.len() < self.client_receive_max);
+        Ok(more)
     }
 
     /// Sends `p` once `stored` (if any) is durable, after everything already waiting.
