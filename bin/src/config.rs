@@ -522,6 +522,7 @@ impl Config {
         let st = &self.storage;
         let limit = |v: u64| (v > 0).then_some(v);
         b.storage = promptmq_broker::StorageSettings {
+            backend: None,
             shards: (st.shards > 0).then_some(st.shards),
             segment_bytes: st.segment_mb << 20,
             recovery: match st.recovery {

@@ -8,8 +8,11 @@ use std::time::Duration;
 use promptmq_wal::SyncMode;
 
 /// How the log is laid out and kept.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct StorageSettings {
+    /// The log's I/O backend (`None`: the default file backend). For tests that inject
+    /// faults (`promptmq_wal::io::FaultyBackend`) and for special devices.
+    pub backend: Option<std::sync::Arc<dyn promptmq_wal::io::Backend>>,
     /// Shard logs for a new data directory (`None`: one per core); an existing directory
     /// keeps its count.
     pub shards: Option<u32>,
@@ -32,6 +35,7 @@ pub struct StorageSettings {
 impl Default for StorageSettings {
     fn default() -> Self {
         StorageSettings {
+            backend: None,
             shards: None,
             segment_bytes: 64 << 20,
             recovery: promptmq_wal::RecoveryMode::Strict,

@@ -54,7 +54,10 @@ impl Store {
         if let Some(n) = settings.shards {
             opts = opts.shards(n);
         }
-        let mut store = Self::with_options(dir, opts)?;
+        let mut store = match &settings.backend {
+            Some(b) => Self::from_wal(Wal::open_with_backend(dir, opts, b.clone())?)?,
+            None => Self::with_options(dir, opts)?,
+        };
         store.retention = settings.retention;
         store.compress = settings.compress;
         for s in store.wal.streams().into_iter().filter(|s| s.name.starts_with(TOPIC_PREFIX)) {
@@ -68,7 +71,10 @@ impl Store {
     }
 
     fn with_options(dir: &std::path::Path, opts: Options) -> Result<Store, StoreError> {
-        let wal = Wal::open(dir, opts)?;
+        Self::from_wal(Wal::open(dir, opts)?)
+    }
+
+    fn from_wal(wal: Wal) -> Result<Store, StoreError> {
         let r = wal.recovery_report();
         tracing::info!(
             records = r.records_scanned(),

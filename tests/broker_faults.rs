@@ -1,0 +1,108 @@
+//! Faults at the broker level: the disk fills up under it (an injected ENOSPC in the log's
+//! I/O backend), and a subscriber that never reads. Publishes are refused with a clear
+//! reason, nothing acknowledged is lost, the broker recovers when space returns, and other
+//! clients are unaffected.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use promptmq_broker::codec::*;
+use promptmq_tests::{drain, Client, ConnectOptions, TestBroker};
+use promptmq_wal::io::{FaultyBackend, StdBackend};
+
+const V5: ProtocolVersion = ProtocolVersion::V5;
+
+fn persistent() -> ConnectOptions {
+    ConnectOptions {
+        clean: false,
+        properties: Properties { session_expiry_interval: Some(3600), ..Default::default() },
+        ..Default::default()
+    }
+}
+
+#[test]
+fn a_full_disk_refuses_publishes_loses_nothing_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (backend, plan) = FaultyBackend::new(StdBackend);
+    let backend: Arc<dyn promptmq_wal::io::Backend> = Arc::new(backend);
+    let b = TestBroker::start_with(dir.path(), |c| c.storage.backend = Some(backend));
+    let (mut s, _) = Client::connect_with(b.addr, "keeper", V5, persistent());
+    s.subscribe("disk/#", QoS::ExactlyOnce);
+    s.disconnect();
+    let mut p = Client::connect(b.addr, "pub", V5);
+    let mut acked = Vec::new();
+    for i in 0..10 {
+        assert_eq!(p.publish("disk/a", format!("before-{i}"), QoS::AtLeastOnce, false), ReasonCode::Success);
+        acked.push(format!("before-{i}"));
+    }
+    // The disk is full.
+    plan.lock().unwrap().space_left = Some(0);
+    assert_eq!(p.publish("disk/a", "refused-1", QoS::AtLeastOnce, false), ReasonCode::QuotaExceeded);
+    assert_eq!(p.publish("disk/a", "refused-2", QoS::ExactlyOnce, false), ReasonCode::QuotaExceeded);
+    // A 3.1.1 client cannot be told "not stored": it is disconnected so that it resends.
+    let mut old = Client::connect(b.addr, "old", ProtocolVersion::V3_1_1);
+    old.send(&Packet::Publish(Publish {
+        dup: false,
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        topic: "disk/a".into(),
+        packet_id: Some(1),
+        properties: Properties::default(),
+        payload: bytes::Bytes::from_static(b"refused-3"),
+    }));
+    let (closed, packets) = old.closed_within(Duration::from_secs(5));
+    assert!(closed && !packets.iter().any(|p| matches!(p, Packet::PubAck(_))), "{packets:?}");
+    // The broker keeps serving: QoS 0 still flows to online subscribers.
+    let mut live = Client::connect(b.addr, "live", V5);
+    live.subscribe("disk/#", QoS::AtMostOnce);
+    p.publish("disk/live", "qos0 while full", QoS::AtMostOnce, false);
+    assert_eq!(&live.next_publish(Duration::from_secs(5)).expect("qos 0 flows").payload[..], b"qos0 while full");
+    // Space returns: publishes are accepted again, without a restart.
+    plan.lock().unwrap().space_left = None;
+    for i in 0..5 {
+        assert_eq!(p.publish("disk/a", format!("after-{i}"), QoS::AtLeastOnce, false), ReasonCode::Success);
+        acked.push(format!("after-{i}"));
+    }
+    b.stop();
+    // Every acknowledged message is there after a restart, and nothing refused is.
+    let b = TestBroker::start(dir.path());
+    let (mut s, _) = Client::connect_with(b.addr, "keeper", V5, persistent());
+    let got: Vec<String> = drain(&mut s, Duration::from_millis(700))
+        .into_iter()
+        .filter(|p| p.topic.as_str() == "disk/a")
+        .map(|p| String::from_utf8(p.payload.to_vec()).unwrap())
+        .collect();
+    assert_eq!(got, acked);
+}
+
+#[test]
+fn a_subscriber_that_never_reads_is_cut_off_and_others_are_unaffected() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = TestBroker::start_with(dir.path(), |c| c.write_timeout = Duration::from_secs(1));
+    // The stuck one subscribes and then never reads a byte.
+    let (mut stuck, _) =
+        Client::connect_with(b.addr, "stuck", V5, ConnectOptions { clean: true, ..Default::default() });
+    stuck.subscribe("load", QoS::AtMostOnce);
+    let mut good = Client::connect(b.addr, "good", V5);
+    good.subscribe("load", QoS::AtMostOnce);
+    let mut p = Client::connect(b.addr, "pub", V5);
+    let started = Instant::now();
+    let payload = vec![b'x'; 100_000];
+    // About 20 MB: more than the stuck client's socket buffers hold.
+    for _ in 0..200 {
+        p.publish("load", payload.clone(), QoS::AtMostOnce, false);
+    }
+    let mut received = 0;
+    while received < 200 {
+        match good.next_publish(Duration::from_secs(5)) {
+            Some(_) => received += 1,
+            None => break,
+        }
+    }
+    assert_eq!(received, 200, "the reading subscriber got everything");
+    assert!(started.elapsed() < Duration::from_secs(10), "and was not held up: {:?}", started.elapsed());
+    // The stuck one is disconnected once a write to it has stalled for the write timeout.
+    std::thread::sleep(Duration::from_secs(2));
+    let (closed, _) = stuck.closed_within(Duration::from_secs(5));
+    assert!(closed, "a client that does not read is disconnected");
+}
