@@ -196,7 +196,8 @@ impl Acl {
         Acl::parse(&text).map_err(|(line, reason)| AuthError::Syntax { path: path.into(), line, reason })
     }
 
-    fn parse(text: &str) -> Result<Acl, (usize, String)> {
+    /// Parses ACL text: the ACL, or (line number, what is wrong).
+    pub(crate) fn parse(text: &str) -> Result<Acl, (usize, String)> {
         let mut acl = Acl::default();
         let mut user: Option<String> = None;
         for (i, raw) in text.lines().enumerate() {

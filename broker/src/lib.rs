@@ -11,6 +11,8 @@ mod auth;
 pub mod codec;
 mod config;
 mod connection;
+#[doc(hidden)]
+pub mod fuzzing;
 mod limits;
 mod listener;
 mod message;
