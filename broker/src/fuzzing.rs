@@ -6,6 +6,18 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+/// The `stored_state` fuzz target's input: the first byte chooses stored records (even:
+/// the next byte modulo 40 is the key length) or ACL text (odd).
+pub fn stored_state(data: &[u8]) {
+    let Some((&mode, rest)) = data.split_first() else { return };
+    if mode & 1 == 0 {
+        let split = (rest.first().copied().unwrap_or(0) as usize % 40).min(rest.len());
+        decode_stored(&String::from_utf8_lossy(&rest[..split]), &rest[split..]);
+    } else {
+        parse_acl(&String::from_utf8_lossy(rest));
+    }
+}
+
 /// Decodes `value` as every kind of record the sessions and topic streams hold, with `key`
 /// where a key matters; must never panic whatever the bytes.
 pub fn decode_stored(key: &str, value: &[u8]) {

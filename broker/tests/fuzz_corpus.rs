@@ -1,4 +1,4 @@
-//! Replays the codec fuzz corpora through the checks the fuzz targets run.
+//! Replays the codec and stored-state fuzz corpora through the checks the fuzz targets run.
 
 #[path = "../../fuzz/checks/codec.rs"]
 mod checks;
@@ -28,4 +28,15 @@ fn codec_v311_corpus() {
 #[test]
 fn codec_v5_corpus() {
     assert!(replay("codec_v5", ProtocolVersion::V5) >= 8);
+}
+
+#[test]
+fn stored_state_corpus() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/stored_state");
+    let mut files = 0;
+    for e in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+        promptmq_broker::fuzzing::stored_state(&std::fs::read(e.unwrap().path()).unwrap());
+        files += 1;
+    }
+    assert!(files > 0, "empty corpus {}", dir.display());
 }
