@@ -75,13 +75,15 @@ fn retention_by_bytes_and_age() {
         wal.append(&by_bytes, vec![b'x'; 100]).wait().unwrap();
         wal.append(&by_age, format!("old-{i}")).wait().unwrap();
     }
-    std::thread::sleep(Duration::from_millis(120));
+    // Generous margins: the appends and policy changes below each sync, and CI machines are
+    // shared; the new records must stay younger than max_age until apply_retention runs.
+    std::thread::sleep(Duration::from_millis(1200));
     for i in 0..5u64 {
         wal.append(&by_age, format!("new-{i}")).wait().unwrap();
     }
     // Each record is 48 bytes of header + 100 of payload: 1500 bytes hold 10 records.
     wal.set_retention(&by_bytes, Retention { max_bytes: Some(1500), ..Retention::FOREVER }).unwrap();
-    wal.set_retention(&by_age, Retention { max_age: Some(Duration::from_millis(60)), ..Retention::FOREVER }).unwrap();
+    wal.set_retention(&by_age, Retention { max_age: Some(Duration::from_millis(600)), ..Retention::FOREVER }).unwrap();
     let report = wal.apply_retention().unwrap();
     assert_eq!(by_bytes.first_offset(), 190);
     assert_eq!(by_age.first_offset(), 200);
@@ -93,7 +95,7 @@ fn retention_by_bytes_and_age() {
     let wal = Wal::open(dir.path(), opts()).unwrap();
     assert_eq!(wal.lookup("by-bytes").unwrap().first_offset(), 190);
     let info = wal.streams().into_iter().find(|s| s.name == "by-age").unwrap();
-    assert_eq!(info.retention.max_age, Some(Duration::from_millis(60)));
+    assert_eq!(info.retention.max_age, Some(Duration::from_millis(600)));
 }
 
 #[test]
