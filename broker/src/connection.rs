@@ -394,6 +394,10 @@ impl Conn {
                 Ok(more) => more,
                 Err(e) => return e,
             };
+            let more_in_log = match self.replay_groups_step().await {
+                Ok(more) => more || more_in_log,
+                Err(e) => return e,
+            };
             let more_queued = match self.fill_from_queue() {
                 Ok(more) => more,
                 Err(e) => return e,
@@ -464,7 +468,7 @@ impl Conn {
             Packet::PubAck(r) => {
                 let mut s = lock(&self.session);
                 if let Some(Outbound::Publish(d)) = s.take_inflight(r.packet_id) {
-                    s.done(d.logged());
+                    self.shared.finished(&mut s, d.logged(), d.shared.as_deref());
                 }
                 Ok(())
             }
@@ -475,25 +479,25 @@ impl Conn {
                         let logged = d.logged().map(|(t, o)| (Arc::from(t), o));
                         // PUBREL goes out only once "released" is durable: after a restart
                         // the broker then never sends this PUBLISH again.
-                        let stored = match (&logged, s.persistent()) {
+                        let stored = match (&logged, s.persistent() && d.shared.is_none()) {
                             (Some((t, o)), true) => {
                                 let state = Some((r.packet_id, Qos2State::Released));
                                 Some(self.shared.save_outbound(&self.client_id, s.incarnation, t, *o, state))
                             }
                             _ => None,
                         };
-                        s.inflight.push_back((r.packet_id, Outbound::Released(logged)));
+                        s.inflight.push_back((r.packet_id, Outbound::Released(logged, d.shared.clone())));
                         drop(s);
                         self.send_after(stored, Packet::PubRel(PubResp::ok(r.packet_id)))?;
                     }
                     // The client refused it: the exchange is over.
                     Some(Outbound::Publish(d)) => {
-                        if let (Some((t, o)), true) = (d.logged(), s.persistent()) {
+                        if let (Some((t, o)), true) = (d.logged(), s.persistent() && d.shared.is_none()) {
                             s.positions.complete_qos2(t, o);
                             let state = Some((r.packet_id, Qos2State::Complete));
                             drop(self.shared.save_outbound(&self.client_id, s.incarnation, t, o, state));
                         }
-                        s.done(d.logged())
+                        self.shared.finished(&mut s, d.logged(), d.shared.as_deref())
                     }
                     Some(other) => s.inflight.push_front((r.packet_id, other)),
                     None => {}
@@ -503,15 +507,15 @@ impl Conn {
             Packet::PubComp(r) => {
                 let mut s = lock(&self.session);
                 match s.take_inflight(r.packet_id) {
-                    Some(Outbound::Released(logged)) => {
-                        if let (Some((t, o)), true) = (&logged, s.persistent()) {
+                    Some(Outbound::Released(logged, shared)) => {
+                        if let (Some((t, o)), true) = (&logged, s.persistent() && shared.is_none()) {
                             // Not waited for: if lost, the restarted broker resends PUBREL,
                             // which the client answers whether it remembers the id or not.
                             s.positions.complete_qos2(t, *o);
                             let state = Some((r.packet_id, Qos2State::Complete));
                             drop(self.shared.save_outbound(&self.client_id, s.incarnation, t, *o, state));
                         }
-                        s.done(logged.as_ref().map(|(t, o)| (t.as_ref(), *o)))
+                        self.shared.finished(&mut s, logged.as_ref().map(|(t, o)| (t.as_ref(), *o)), shared.as_deref())
                     }
                     Some(other) => s.inflight.push_front((r.packet_id, other)),
                     None => {}
@@ -844,6 +848,82 @@ impl Conn {
         Ok(s.positions.replaying())
     }
 
+    /// Reads, for the shared subscription groups this client is a member of, messages the
+    /// group has waiting in the log into this client's queue.
+    async fn replay_groups_step(&mut self) -> Result<bool, End> {
+        let limit = self.shared.limits.queue();
+        let filters: Vec<(String, SubOptions)> = {
+            let s = lock(&self.session);
+            if s.queue.len() >= limit.messages / 2 {
+                return Ok(false);
+            }
+            s.subs.iter().filter(|(f, _)| topic::parse_shared(f).is_some()).map(|(f, o)| (f.clone(), *o)).collect()
+        };
+        let mut more = false;
+        for (filter, opts) in filters {
+            let Some(group) = self.shared.group(&filter) else { continue };
+            let wanted: Vec<(String, u64)> =
+                lock(&group).replays(REPLAY_STREAMS).into_iter().map(|(t, f)| (t.to_owned(), f)).collect();
+            if wanted.is_empty() {
+                continue;
+            }
+            let per_stream = (REPLAY_BATCH / wanted.len()).max(16);
+            let store = self.shared.store.clone();
+            let read = tokio::task::spawn_blocking(move || {
+                wanted
+                    .into_iter()
+                    .map(|(topic, from)| {
+                        let (records, read_to) = store.read_topic(&topic, from, per_stream)?;
+                        let complete = records.len() < per_stream;
+                        Ok(Batch { topic, from, records, read_to, complete })
+                    })
+                    .collect::<Result<Vec<Batch>, crate::store::StoreError>>()
+            })
+            .await;
+            let batches = match read {
+                Ok(Ok(b)) => b,
+                Ok(Err(e)) => {
+                    tracing::error!(client = %self.client_id, %filter, error = %e, "cannot read the log for a shared subscription");
+                    return Err(End::Refused(ReasonCode::UnspecifiedError, format!("cannot read the log: {e}")));
+                }
+                Err(e) => return Err(End::Refused(ReasonCode::UnspecifiedError, format!("log read task failed: {e}"))),
+            };
+            let streams: Vec<(String, u64)> = batches.iter().map(|b| (b.topic.clone(), b.from)).collect();
+            let order = |r: &promptmq_wal::Record| {
+                Message::record_stamp(&r.payload).unwrap_or(r.timestamp_ms.saturating_mul(1_000_000))
+            };
+            let (records, reached) = replay::merge(batches, order);
+            let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+            let shared_filter: Arc<str> = Arc::from(filter.as_str());
+            let mut s = lock(&self.session);
+            let mut g = lock(&group);
+            let mut taken: Vec<Vec<u64>> = vec![Vec::new(); streams.len()];
+            for (i, r) in records {
+                let topic = streams[i].0.as_str();
+                if g.handed(topic, r.offset) {
+                    continue;
+                }
+                let age = Duration::from_millis(now_ms.saturating_sub(r.timestamp_ms));
+                let Some(msg) = Message::from_record(r.payload, age) else { continue };
+                taken[i].push(r.offset);
+                s.queue_push(Delivery {
+                    qos: msg.qos.min(opts.qos),
+                    retain: false,
+                    ids: opts.id.into_iter().collect(),
+                    shared: Some(shared_filter.clone()),
+                    pos: Some(r.offset),
+                    msg: Arc::new(msg),
+                });
+            }
+            for (i, (topic, from)) in streams.iter().enumerate() {
+                let end = self.shared.store.topic_end(topic);
+                g.replayed(topic, *from, &taken[i], reached[i], end);
+            }
+            more |= g.replaying();
+        }
+        Ok(more)
+    }
+
     fn ack_publish(&mut self, p: &Publish, code: ReasonCode) -> Result<(), End> {
         let Some(id) = p.packet_id else { return Ok(()) };
         let code = if self.v5() { code } else { ReasonCode::Success };
@@ -869,6 +949,7 @@ impl Conn {
                 let mut s = lock(&self.session);
                 s.subs.insert(sub.filter.clone(), opts);
                 self.shared.follow_new_subscription(&mut s, &sub.filter);
+                self.shared.ensure_group(&sub.filter);
             }
             codes.push(match sub.qos {
                 QoS::AtMostOnce => ReasonCode::Success,
@@ -910,6 +991,7 @@ impl Conn {
                 s.positions.retain(|t| filters.iter().any(|f| topic::matches(f, t)));
             }
             codes.push(if existed { ReasonCode::Success } else { ReasonCode::NoSubscriptionExisted });
+            self.shared.drop_group_if_unused(f);
         }
         let unsuback = Packet::UnsubAck(UnsubAck { packet_id: u.packet_id, properties: Properties::default(), codes });
         self.reply_when_durable(unsuback, Vec::new())
@@ -945,7 +1027,7 @@ impl Conn {
                         self.queue_packet(&p)?;
                     }
                 }
-                Outbound::Released(_) => self.queue_packet(&Packet::PubRel(PubResp::ok(pid)))?,
+                Outbound::Released(..) => self.queue_packet(&Packet::PubRel(PubResp::ok(pid)))?,
             }
         }
         Ok(())
@@ -967,7 +1049,7 @@ impl Conn {
             let qos = d.qos;
             if acl.as_ref().is_some_and(|a| !a.may_receive(d.msg.topic.as_str())) {
                 // A deny rule inside what the subscription covers.
-                s.done(d.logged());
+                self.shared.finished(&mut s, d.logged(), d.shared.as_deref());
                 continue;
             }
             let pid = if d.qos == QoS::AtMostOnce { None } else { s.alloc_pid() };
@@ -977,7 +1059,7 @@ impl Conn {
             }
             let Some(p) = self.publish_packet(&d, pid, false) else {
                 // Expired, or too large for the client: it will never be sent.
-                s.done(d.logged());
+                self.shared.finished(&mut s, d.logged(), d.shared.as_deref());
                 continue;
             };
             // A QoS 2 PUBLISH of a persistent session goes out once its packet id is stored
@@ -985,7 +1067,8 @@ impl Conn {
             // client then knows it), never as a new message.
             let mut stored = None;
             match (pid, d.logged()) {
-                (Some(id), Some((t, o))) if d.qos == QoS::ExactlyOnce && s.persistent() => {
+                // (Not for shared subscriptions: their group's positions redeliver instead.)
+                (Some(id), Some((t, o))) if d.qos == QoS::ExactlyOnce && s.persistent() && d.shared.is_none() => {
                     let state = Some((id, Qos2State::Published));
                     stored = Some(self.shared.save_outbound(&self.client_id, s.incarnation, t, o, state));
                 }
@@ -993,7 +1076,7 @@ impl Conn {
             }
             match pid {
                 Some(id) => s.inflight.push_back((id, Outbound::Publish(d))),
-                None => s.done(d.logged()),
+                None => self.shared.finished(&mut s, d.logged(), d.shared.as_deref()),
             }
             self.send_after(stored, p)?;
             self.shared.stats.messages_sent.fetch_add(1, Ordering::Relaxed);
@@ -1196,12 +1279,13 @@ pub(crate) fn end_session_later(
             return;
         }
         let subs: Vec<String> = s.subs.keys().cloned().collect();
+        let shared_filters: Vec<String> = subs.iter().filter(|f| topic::parse_shared(f).is_some()).cloned().collect();
         let mut pending: Vec<Delivery> = s
             .inflight
             .drain(..)
             .filter_map(|(_, o)| match o {
                 Outbound::Publish(d) => Some(d),
-                Outbound::Released(_) => None,
+                Outbound::Released(..) => None,
             })
             .collect();
         pending.extend(s.queue_drain());
@@ -1216,6 +1300,9 @@ pub(crate) fn end_session_later(
             }
         }
         shared.redeliver_shared(&client, pending);
+        for f in shared_filters {
+            shared.drop_group_if_unused(&f);
+        }
     };
     match expiry {
         0 => remove(),

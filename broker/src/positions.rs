@@ -137,6 +137,16 @@ impl Positions {
         }
     }
 
+    /// `topic`@`offset` was handed over but will not be acknowledged by whoever had it (a
+    /// shared subscription member left and no other member took it): read it again.
+    pub(crate) fn return_to_log(&mut self, topic: &str, offset: u64) {
+        if let Some(p) = self.streams.get_mut(topic) {
+            p.outstanding.remove(&offset);
+            p.replay_from = Some(p.replay_from.map_or(offset, |r| r.min(offset)));
+            self.dirty = true;
+        }
+    }
+
     /// Up to `max` streams waiting to be read from the log, and where from.
     pub(crate) fn replays(&self, max: usize) -> Vec<(&str, u64)> {
         self.streams.iter().filter_map(|(t, p)| p.replay_from.map(|r| (t.as_str(), r))).take(max).collect()

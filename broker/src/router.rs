@@ -156,6 +156,32 @@ impl Router {
         node.shared.get_mut(group)?.pick(Some(exclude))
     }
 
+    /// Whether the shared subscription `filter` (`$share/{group}/{filter}`) has members.
+    pub fn has_shared(&mut self, filter: &str) -> bool {
+        let (Some(group), plain) = split_shared(filter) else { return false };
+        let mut node = &self.root;
+        for level in plain.split('/') {
+            match node.children.get(level) {
+                Some(n) => node = n,
+                None => return false,
+            }
+        }
+        node.shared.get(group).is_some_and(|g| !g.members.is_empty())
+    }
+
+    /// The members of the shared subscription `filter`.
+    pub fn shared_members(&self, filter: &str) -> Vec<String> {
+        let (Some(group), plain) = split_shared(filter) else { return Vec::new() };
+        let mut node = &self.root;
+        for level in plain.split('/') {
+            match node.children.get(level) {
+                Some(n) => node = n,
+                None => return Vec::new(),
+            }
+        }
+        node.shared.get(group).map(|g| g.members.iter().map(|(c, _)| c.clone()).collect()).unwrap_or_default()
+    }
+
     /// The deliveries of a message on `topic` from `publisher`.
     pub fn route(&mut self, topic_name: &str, publisher: &str) -> Vec<Target> {
         let levels: Vec<&str> = topic_name.split('/').collect();

@@ -79,6 +79,10 @@ pub(crate) struct Shared {
     pub(crate) stats: Stats,
     /// Client ids that have a session record in the log.
     persisted: Mutex<std::collections::HashSet<String>>,
+    /// Positions of shared subscription groups in the topic streams, by full filter
+    /// (`$share/{group}/{filter}`): which messages the group as a whole has handed to a
+    /// member and not had acknowledged, so a kill -9 loses none of them.
+    pub(crate) groups: Mutex<HashMap<String, Arc<Mutex<Positions>>>>,
     /// Sessions whose positions moved, to save at the next tick.
     to_save: Mutex<Vec<(Arc<str>, SessionRef)>>,
     pub(crate) started: Instant,
@@ -109,8 +113,29 @@ impl Shared {
         let sessions = lock(&self.sessions);
         for t in targets {
             let Some(s) = sessions.get(&t.client) else { continue };
-            // Shared subscriptions hand each message to one member, so a member's view of a
-            // stream has gaps: they are not followed by position.
+            let group = t.shared.as_deref().and_then(|f| self.group(f));
+            if let (Some(filter), Some(off), Some(group)) = (t.shared.clone(), offset, group) {
+                // A shared subscription: the group's positions say whether the member takes
+                // it now or the group reads it from the log later.
+                let d = Delivery {
+                    msg: msg.clone(),
+                    qos: msg.qos.min(t.qos),
+                    retain: msg.retain && t.retain_as_published,
+                    ids: t.ids,
+                    shared: Some(filter.clone()),
+                    pos: Some(off),
+                };
+                let mut member = lock(s);
+                let room = member.connected && !member.queue_full(self.limits.queue());
+                if lock(&group).offer(msg.topic.as_str(), off, room) == crate::positions::Offer::Take {
+                    member.enqueue_unchecked(d);
+                } else {
+                    drop(member);
+                    self.wake_members(&filter, &sessions);
+                }
+                continue;
+            }
+            // Shared subscriptions without group positions (QoS 0) are plain copies.
             let pos = if t.shared.is_none() { offset } else { None };
             let d = Delivery {
                 msg: msg.clone(),
@@ -212,6 +237,7 @@ impl Shared {
     /// Saves the positions of persistent sessions that moved since they were last saved
     /// (not waited for: a position saved late only means more is delivered again).
     fn save_moved_positions(&self) {
+        self.save_moved_groups();
         let sessions: Vec<(String, Arc<Mutex<Session>>)> =
             lock(&self.sessions).iter().map(|(c, s)| (c.clone(), s.clone())).collect();
         for (client, s) in sessions {
@@ -236,19 +262,105 @@ impl Shared {
     }
 
     /// Hands the unacknowledged deliveries a leaving shared-subscription member had to other
-    /// members of the same groups (MQTT 5 section 4.8.2); QoS 0 ones are simply dropped.
+    /// members of the same groups (MQTT 5 section 4.8.2); with no other member, logged ones
+    /// go back to the group's log position, to be read again when a member comes.
     pub(crate) fn redeliver_shared(&self, leaving: &str, pending: Vec<Delivery>) {
         for d in pending {
             let Some(filter) = d.shared.clone() else { continue };
-            if d.qos == QoS::AtMostOnce {
+            if d.qos == QoS::AtMostOnce && d.pos.is_none() {
                 continue;
             }
-            let Some((client, opts)) = lock(&self.router).pick_shared(&filter, leaving) else { continue };
+            let picked = lock(&self.router).pick_shared(&filter, leaving);
             let sessions = lock(&self.sessions);
-            let Some(s) = sessions.get(&client) else { continue };
-            let d = Delivery { qos: d.msg.qos.min(opts.qos), pos: None, ..d };
-            if !lock(s).enqueue(d, self.limits.queue()) {
-                self.stats.messages_dropped.fetch_add(1, Ordering::Relaxed);
+            let target = picked.and_then(|(client, opts)| Some((sessions.get(&client)?.clone(), opts)));
+            match target {
+                Some((s, opts)) => {
+                    let d = Delivery { qos: d.msg.qos.min(opts.qos), ..d };
+                    lock(&s).enqueue_unchecked(d);
+                }
+                None => {
+                    if let (Some((topic, off)), Some(group)) = (d.logged(), self.group(&filter)) {
+                        lock(&group).return_to_log(topic, off);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The positions of shared subscription group `filter`, if it exists.
+    pub(crate) fn group(&self, filter: &str) -> Option<Arc<Mutex<Positions>>> {
+        lock(&self.groups).get(filter).cloned()
+    }
+
+    /// Makes sure group `filter` has positions: a new group starts at the end of every
+    /// stream it matches.
+    pub(crate) fn ensure_group(&self, filter: &str) {
+        let Some(Ok(parsed)) = topic::parse_shared(filter) else { return };
+        if lock(&self.groups).contains_key(filter) {
+            return;
+        }
+        let mut p = Positions::default();
+        for (t, end) in self.store.topics() {
+            if topic::matches(parsed.filter, &t) {
+                p.start_at_end(&t, end);
+            }
+        }
+        // Saved at once, before the member's session record that the SUBACK waits for: one
+        // stream is durable in order, so a SUBACK means the group's start is saved too.
+        self.save_group(filter, &mut p);
+        lock(&self.groups).entry(filter.to_string()).or_insert_with(|| Arc::new(Mutex::new(p)));
+    }
+
+    fn save_group(&self, filter: &str, p: &mut Positions) {
+        p.dirty = false;
+        let record = SessionRecord { expiry: u32::MAX, positions: p.cursors(), ..Default::default() };
+        drop(self.store.save_session(&group_key(filter), Some(record.encode())));
+    }
+
+    /// Forgets group `filter` once it has no members left (and its saved positions).
+    pub(crate) fn drop_group_if_unused(&self, filter: &str) {
+        if topic::parse_shared(filter).is_none() || lock(&self.router).has_shared(filter) {
+            return;
+        }
+        if lock(&self.groups).remove(filter).is_some() {
+            drop(self.store.save_session(&group_key(filter), None));
+        }
+    }
+
+    /// Wakes the connected members of group `filter` (one of them reads the log for it).
+    fn wake_members(&self, filter: &str, sessions: &HashMap<String, Arc<Mutex<Session>>>) {
+        for m in lock(&self.router).shared_members(filter) {
+            if let Some(s) = sessions.get(&m) {
+                let s = lock(s);
+                if s.connected {
+                    s.wake.notify_one();
+                }
+            }
+        }
+    }
+
+    /// A delivery is finished with (acknowledged, or never to be sent): its position is no
+    /// longer outstanding — the group's for a shared subscription, the session's otherwise.
+    pub(crate) fn finished(&self, s: &mut Session, logged: Option<(&str, u64)>, shared: Option<&str>) {
+        match (shared, logged) {
+            (Some(filter), Some((topic, off))) => {
+                if let Some(g) = self.group(filter) {
+                    lock(&g).done(topic, off);
+                }
+            }
+            (Some(_), None) => {}
+            (None, logged) => s.done(logged),
+        }
+    }
+
+    /// Saves the positions of shared subscription groups that moved.
+    fn save_moved_groups(&self) {
+        let groups: Vec<(String, Arc<Mutex<Positions>>)> =
+            lock(&self.groups).iter().map(|(f, g)| (f.clone(), g.clone())).collect();
+        for (filter, g) in groups {
+            let mut p = lock(&g);
+            if p.dirty {
+                self.save_group(&filter, &mut p);
             }
         }
     }
@@ -349,6 +461,8 @@ impl Broker {
         .await
         .map_err(|e| BrokerError::Startup(e.to_string()))??;
         let recovery_seconds = started.elapsed().as_secs_f64();
+        let mut saved = saved;
+        let groups = restore_groups(&store, &mut saved);
         let listeners: Vec<(&'static str, SocketAddr)> = bound.iter().map(|(k, b)| (*k, b.addr)).collect();
         let local_addr = listeners[0].1;
         for (kind, addr) in &listeners {
@@ -364,6 +478,7 @@ impl Broker {
             stats: Stats::default(),
             persisted: Mutex::new(saved.keys().cloned().collect()),
             to_save: Mutex::new(Vec::new()),
+            groups: Mutex::new(groups),
             started: Instant::now(),
             next_client: AtomicU64::new(1),
             timers: crate::monitor::Timers::new(),
@@ -373,6 +488,11 @@ impl Broker {
             limits,
         });
         restore_sessions(&shared, saved);
+        // Groups whose members did not come back (clean sessions) are gone.
+        let filters: Vec<String> = lock(&shared.groups).keys().cloned().collect();
+        for f in filters {
+            shared.drop_group_if_unused(&f);
+        }
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (done_tx, done) = mpsc::channel::<()>(1);
         let limit = Arc::new(Semaphore::new(shared.cfg.max_connections));
@@ -441,6 +561,33 @@ impl Broker {
     }
 }
 
+/// The sessions-stream key of shared subscription group `filter`'s positions. MQTT strings
+/// never contain U+0000, so no client id looks like it.
+fn group_key(filter: &str) -> String {
+    format!("\0share\0{filter}")
+}
+
+/// Takes the saved positions of shared subscription groups out of `saved` and restores them
+/// (streams created since they were saved are read from the start).
+fn restore_groups(store: &Store, saved: &mut HashMap<String, SessionRecord>) -> HashMap<String, Arc<Mutex<Positions>>> {
+    let keys: Vec<String> = saved.keys().filter(|k| k.starts_with("\0share\0")).cloned().collect();
+    let topics = store.topics();
+    let mut out = HashMap::new();
+    for key in keys {
+        let Some(record) = saved.remove(&key) else { continue };
+        let filter = key.trim_start_matches("\0share\0").to_string();
+        let Some(Ok(parsed)) = topic::parse_shared(&filter) else { continue };
+        let mut p = Positions::restored(record.positions);
+        for (t, _) in &topics {
+            if topic::matches(parsed.filter, t) {
+                p.replay(t, 0);
+            }
+        }
+        out.insert(filter, Arc::new(Mutex::new(p)));
+    }
+    out
+}
+
 /// Recreates the persistent sessions found in the log, disconnected, with their
 /// subscriptions, so messages published from now on are queued for them.
 fn restore_sessions(shared: &Arc<Shared>, saved: HashMap<String, SessionRecord>) {
@@ -506,7 +653,8 @@ fn restore_outbound_qos2(shared: &Shared, s: &mut Session, exchanges: &[Outbound
             Qos2State::Complete => s.positions.complete_qos2(&x.topic, x.offset),
             Qos2State::Released => {
                 s.positions.restore_handed(&x.topic, x.offset);
-                s.inflight.push_back((x.pid, Outbound::Released(Some((Arc::from(x.topic.as_str()), x.offset)))));
+                let logged = Some((Arc::from(x.topic.as_str()), x.offset));
+                s.inflight.push_back((x.pid, Outbound::Released(logged, None)));
             }
             Qos2State::Published => {
                 let rec = match shared.store.read_topic(&x.topic, x.offset, 1) {

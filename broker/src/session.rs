@@ -59,8 +59,9 @@ pub(crate) enum Queued {
 pub(crate) enum Outbound {
     /// PUBLISH sent; awaiting PUBACK (QoS 1) or PUBREC (QoS 2).
     Publish(Delivery),
-    /// PUBREL sent; awaiting PUBCOMP. Keeps the (topic, offset) the message had in the log.
-    Released(Option<(Arc<str>, u64)>),
+    /// PUBREL sent; awaiting PUBCOMP. Keeps the (topic, offset) the message had in the log
+    /// and the shared subscription it came through, if any.
+    Released(Option<(Arc<str>, u64)>, Option<Arc<str>>),
 }
 
 #[derive(Debug)]
@@ -191,6 +192,12 @@ impl Session {
         true
     }
 
+    /// Queues a delivery whatever the bound (the caller checked, or it is a redelivery).
+    pub(crate) fn enqueue_unchecked(&mut self, d: Delivery) {
+        self.queue_push(d);
+        self.wake.notify_one();
+    }
+
     /// Whether the in-memory queue is at its bound (messages or bytes).
     pub(crate) fn queue_full(&self, max: QueueLimit) -> bool {
         self.queue.len() >= max.messages || self.queue_bytes >= max.bytes
@@ -281,8 +288,8 @@ mod tests {
         let mut s = Session::new();
         s.next_pid = u16::MAX;
         assert_eq!(s.alloc_pid(), Some(u16::MAX));
-        s.inflight.push_back((u16::MAX, Outbound::Released(None)));
-        s.inflight.push_back((1, Outbound::Released(None)));
+        s.inflight.push_back((u16::MAX, Outbound::Released(None, None)));
+        s.inflight.push_back((1, Outbound::Released(None, None)));
         assert_eq!(s.alloc_pid(), Some(2), "wraps past 0 and skips 1, which is in flight");
         assert!(s.take_inflight(1).is_some());
         assert!(s.take_inflight(1).is_none());
