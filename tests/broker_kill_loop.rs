@@ -228,8 +228,12 @@ fn acknowledged_messages_survive_repeated_sigkill() {
         let b = BrokerProcess::start(exe, dir.path());
         let (mut c, _) = Client::connect_with(b.addr, "subscriber", ProtocolVersion::V5, persistent());
         assert_eq!(c.subscribe("kill/#", QoS::ExactlyOnce), vec![ReasonCode::GrantedQoS2]);
+        // And the only member of a shared subscription on the same topics.
+        let (mut w, _) = Client::connect_with(b.addr, "worker", ProtocolVersion::V5, persistent());
+        assert_eq!(w.subscribe("$share/pool/kill/#", QoS::AtLeastOnce), vec![ReasonCode::GrantedQoS1]);
         b.kill9();
     }
+    let mut worker = Subscriber::default();
 
     let n = cycles();
     for cycle in 0..n {
@@ -243,6 +247,16 @@ fn acknowledged_messages_survive_repeated_sigkill() {
                 if let Some((mut c, _)) =
                     Client::try_connect_with(addr, "subscriber", ProtocolVersion::V5, persistent())
                 {
+                    s.run(&mut c, &stop, Duration::from_millis(200));
+                }
+                s
+            })
+        };
+        let working = {
+            let stop = stop.clone();
+            let mut s = std::mem::take(&mut worker);
+            std::thread::spawn(move || {
+                if let Some((mut c, _)) = Client::try_connect_with(addr, "worker", ProtocolVersion::V5, persistent()) {
                     s.run(&mut c, &stop, Duration::from_millis(200));
                 }
                 s
@@ -263,6 +277,7 @@ fn acknowledged_messages_survive_repeated_sigkill() {
         publisher = p;
         acked.extend(a);
         sub = subscriber.join().expect("subscriber thread");
+        worker = working.join().expect("worker thread");
         eprintln!("cycle {cycle}: {} acknowledged so far, {} received so far", acked.len(), sub.got.len());
     }
 
@@ -280,16 +295,28 @@ fn acknowledged_messages_survive_repeated_sigkill() {
         // Generous: after a restart the backlog is read from the log first, which on a
         // loaded machine can take longer than the cycles' 200 ms quiet window.
         sub.run(&mut c, &stop, Duration::from_secs(3));
+        let (mut w, _) = Client::connect_with(b.addr, "worker", ProtocolVersion::V5, persistent());
+        worker.run(&mut w, &stop, Duration::from_secs(3));
     }
     b.stop_gracefully();
 
     check(&acked, &sub.got);
+    // The shared subscription (QoS 1): every acknowledged message reached its member.
+    let reached: HashSet<&Got> = worker.got.iter().map(|(g, _)| g).collect();
+    let lost: Vec<&Got> = acked.iter().map(|(g, _)| g).filter(|g| !reached.contains(g)).collect();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged messages never reached the shared subscription, e.g. {:?}",
+        lost.len(),
+        &lost[..lost.len().min(10)]
+    );
     let qos2 = acked.iter().filter(|(_, q)| *q == QoS::ExactlyOnce).count();
     eprintln!(
-        "{n} cycles: {} acknowledged ({} QoS 2), {} received, lost 0, QoS 2 duplicates 0",
+        "{n} cycles: {} acknowledged ({} QoS 2), {} received, lost 0, QoS 2 duplicates 0; shared member: {} received, lost 0",
         acked.len(),
         qos2,
-        sub.got.len()
+        sub.got.len(),
+        worker.got.len()
     );
 }
 

@@ -224,6 +224,8 @@ impl Shared {
 
     /// Saves the positions of the sessions queued by `queue_position_save`.
     fn save_queued_positions(&self) {
+        // Groups are few; their moved positions are saved on the same short interval.
+        self.save_moved_groups();
         let queued = std::mem::take(&mut *lock(&self.to_save));
         for (client, session) in queued {
             let mut s = lock(&session);
@@ -237,7 +239,6 @@ impl Shared {
     /// Saves the positions of persistent sessions that moved since they were last saved
     /// (not waited for: a position saved late only means more is delivered again).
     fn save_moved_positions(&self) {
-        self.save_moved_groups();
         let sessions: Vec<(String, Arc<Mutex<Session>>)> =
             lock(&self.sessions).iter().map(|(c, s)| (c.clone(), s.clone())).collect();
         for (client, s) in sessions {
@@ -554,6 +555,7 @@ impl Broker {
         let shared = self.shared.clone();
         let _ = tokio::task::spawn_blocking(move || {
             shared.save_moved_positions();
+            shared.save_moved_groups();
             shared.store.close()
         })
         .await;
