@@ -294,3 +294,34 @@ fn limits_change_for_connected_clients() {
     let (_c, ack) = Client::connect_with(b.addr, "new", V5, v5_with(Properties::default()));
     assert_eq!(ack.properties.maximum_packet_size, Some(1000), "new clients are told the new maximum");
 }
+
+/// A listener's own connection limit: a second client waits (is not accepted) until the
+/// first leaves.
+#[test]
+fn a_listener_accepts_no_more_than_its_own_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = TestBroker::start_with(dir.path(), |c| {
+        c.listeners.push(promptmq_broker::ListenerConfig {
+            bind: "127.0.0.1:0".parse().unwrap(),
+            kind: promptmq_broker::ListenerKind::Tcp,
+            max_connections: Some(1),
+        })
+    });
+    let addr = b.broker().listeners()[1].1;
+    let first = Client::connect(addr, "first", V5);
+    // The second TCP connection is queued by the kernel but not served: no CONNACK.
+    let mut second = std::net::TcpStream::connect(addr).unwrap();
+    use std::io::{Read, Write};
+    second
+        .write_all(&[0x10, 0x0d, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x02, 0x00, 0x00, 0x00, 0x01, b's'])
+        .unwrap();
+    second.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    let mut ack = [0u8; 4];
+    assert!(second.read_exact(&mut ack).is_err(), "not accepted while the first is connected");
+    // The primary listener is not affected by it.
+    let _other = Client::connect(b.addr, "elsewhere", V5);
+    first.disconnect();
+    second.set_read_timeout(Some(T)).unwrap();
+    second.read_exact(&mut ack).unwrap();
+    assert_eq!(ack, [0x20, 0x02, 0x00, 0x00], "accepted once the first left");
+}

@@ -161,8 +161,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Mqtt<S> {
 
 fn broker_with(dir: &Path, kinds: Vec<ListenerKind>) -> TestBroker {
     TestBroker::start_with(dir, move |c| {
-        c.listeners =
-            kinds.into_iter().map(|kind| ListenerConfig { bind: "127.0.0.1:0".parse().unwrap(), kind }).collect();
+        c.listeners = kinds
+            .into_iter()
+            .map(|kind| ListenerConfig { bind: "127.0.0.1:0".parse().unwrap(), kind, max_connections: None })
+            .collect();
     })
 }
 
@@ -238,6 +240,7 @@ fn a_bad_certificate_file_is_refused_at_start_naming_the_file() {
     let mut cfg = promptmq_broker::BrokerConfig::new("127.0.0.1:0".parse().unwrap(), &cfg_dir);
     cfg.listeners.push(ListenerConfig {
         bind: "127.0.0.1:0".parse().unwrap(),
+        max_connections: None,
         kind: ListenerKind::Tls(TlsFiles {
             cert: missing.clone(),
             key: missing.clone(),
@@ -385,7 +388,11 @@ fn tls_client_certificate_cn_as_username() {
     files.require_client_cert = true;
     files.use_identity_as_username = true;
     let b = TestBroker::start_with(dir.path(), move |c| {
-        c.listeners = vec![ListenerConfig { bind: "127.0.0.1:0".parse().unwrap(), kind: ListenerKind::Tls(files) }];
+        c.listeners = vec![ListenerConfig {
+            bind: "127.0.0.1:0".parse().unwrap(),
+            kind: ListenerKind::Tls(files),
+            max_connections: None,
+        }];
         c.allow_anonymous = false;
         c.acl_file = Some(acl);
     });

@@ -106,6 +106,8 @@ pub struct TlsListener {
     pub enabled: bool,
     /// Address and port.
     pub bind: SocketAddr,
+    /// Most simultaneous connections on this listener (0: only the overall limit).
+    pub max_connections: usize,
     /// Certificates.
     #[serde(flatten)]
     pub certs: Certs,
@@ -113,7 +115,12 @@ pub struct TlsListener {
 
 impl Default for TlsListener {
     fn default() -> Self {
-        TlsListener { enabled: false, bind: SocketAddr::from(([127, 0, 0, 1], 8883)), certs: Certs::default() }
+        TlsListener {
+            enabled: false,
+            bind: SocketAddr::from(([127, 0, 0, 1], 8883)),
+            max_connections: 0,
+            certs: Certs::default(),
+        }
     }
 }
 
@@ -125,13 +132,20 @@ pub struct WsListener {
     pub enabled: bool,
     /// Address and port.
     pub bind: SocketAddr,
+    /// Most simultaneous connections on this listener (0: only the overall limit).
+    pub max_connections: usize,
     /// HTTP path of the upgrade request.
     pub path: String,
 }
 
 impl Default for WsListener {
     fn default() -> Self {
-        WsListener { enabled: false, bind: SocketAddr::from(([127, 0, 0, 1], 8080)), path: "/mqtt".into() }
+        WsListener {
+            enabled: false,
+            bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_connections: 0,
+            path: "/mqtt".into(),
+        }
     }
 }
 
@@ -143,6 +157,8 @@ pub struct WssListener {
     pub enabled: bool,
     /// Address and port.
     pub bind: SocketAddr,
+    /// Most simultaneous connections on this listener (0: only the overall limit).
+    pub max_connections: usize,
     /// HTTP path of the upgrade request.
     pub path: String,
     /// Certificates.
@@ -155,6 +171,7 @@ impl Default for WssListener {
         WssListener {
             enabled: false,
             bind: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            max_connections: 0,
             path: "/mqtt".into(),
             certs: Certs::default(),
         }
@@ -487,22 +504,26 @@ impl Config {
     fn extra_listeners(&self) -> Result<Vec<promptmq_broker::ListenerConfig>, String> {
         use promptmq_broker::{ListenerConfig, ListenerKind};
         let l = &self.listeners;
+        let own = |n: usize| (n > 0).then_some(n);
         let mut out = Vec::new();
         if l.tls.enabled {
-            out.push(ListenerConfig { bind: l.tls.bind, kind: ListenerKind::Tls(l.tls.certs.files("listeners.tls")?) });
+            let kind = ListenerKind::Tls(l.tls.certs.files("listeners.tls")?);
+            out.push(ListenerConfig { bind: l.tls.bind, kind, max_connections: own(l.tls.max_connections) });
         }
         if l.ws.enabled {
             if !l.ws.path.starts_with('/') {
                 return Err(format!("listeners.ws.path: {:?} must start with /", l.ws.path));
             }
-            out.push(ListenerConfig { bind: l.ws.bind, kind: ListenerKind::Ws { path: l.ws.path.clone() } });
+            let kind = ListenerKind::Ws { path: l.ws.path.clone() };
+            out.push(ListenerConfig { bind: l.ws.bind, kind, max_connections: own(l.ws.max_connections) });
         }
         if l.wss.enabled {
             if !l.wss.path.starts_with('/') {
                 return Err(format!("listeners.wss.path: {:?} must start with /", l.wss.path));
             }
             let tls = l.wss.certs.files("listeners.wss")?;
-            out.push(ListenerConfig { bind: l.wss.bind, kind: ListenerKind::Wss { path: l.wss.path.clone(), tls } });
+            let kind = ListenerKind::Wss { path: l.wss.path.clone(), tls };
+            out.push(ListenerConfig { bind: l.wss.bind, kind, max_connections: own(l.wss.max_connections) });
         }
         Ok(out)
     }

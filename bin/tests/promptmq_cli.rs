@@ -81,6 +81,43 @@ fn sigterm_disconnects_clients_and_exits_cleanly() {
 }
 
 #[test]
+fn serve_help_documents_every_option() {
+    let out = promptmq().args(["serve", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    let example =
+        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../promptmq.example.yaml"))
+            .unwrap();
+    // Every key of the example file (a `key:` at the start of a line, comments aside).
+    let keys: Vec<&str> = example
+        .lines()
+        .map(str::trim_start)
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once(':').map(|(k, _)| k))
+        .filter(|k| !k.is_empty() && k.chars().all(|c| c.is_ascii_lowercase() || c == '_' || c.is_ascii_digit()))
+        .collect();
+    assert!(keys.len() > 40, "{keys:?}");
+    for k in &keys {
+        assert!(help.contains(&format!("{k}:")), "serve --help does not document {k}");
+    }
+    // And the example documents every option there is (the effective config's keys).
+    let out = promptmq().args(["config", "print"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    fn walk(v: &serde_json::Value, out: &mut Vec<String>) {
+        if let Some(m) = v.as_object() {
+            for (k, child) in m {
+                out.push(k.clone());
+                walk(child, out);
+            }
+        }
+    }
+    let mut all = Vec::new();
+    walk(&v, &mut all);
+    for k in all {
+        assert!(keys.contains(&k.as_str()), "option {k} is missing from promptmq.example.yaml");
+    }
+}
+
+#[test]
 fn config_check_print_and_layers() {
     let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../promptmq.example.yaml");
     let out = promptmq().args(["config", "check"]).arg(&example).output().unwrap();

@@ -81,6 +81,8 @@ pub struct ListenerConfig {
     pub bind: SocketAddr,
     /// Protocol.
     pub kind: ListenerKind,
+    /// Most simultaneous connections on this listener (`None`: only the broker-wide limit).
+    pub max_connections: Option<usize>,
 }
 
 /// Why a listener could not be set up.
@@ -113,6 +115,7 @@ pub(crate) struct Bound {
     pub(crate) socket: TcpListener,
     pub(crate) addr: SocketAddr,
     wrap: Wrap,
+    own_limit: Option<Arc<Semaphore>>,
 }
 
 #[derive(Clone)]
@@ -175,7 +178,8 @@ pub(crate) async fn bind(cfg: &ListenerConfig) -> Result<Bound, ListenerError> {
     let bind_err = |source| ListenerError::Bind { addr: cfg.bind, kind: cfg.kind.name(), source };
     let socket = TcpListener::bind(cfg.bind).await.map_err(bind_err)?;
     let addr = socket.local_addr().map_err(bind_err)?;
-    Ok(Bound { socket, addr, wrap })
+    let own_limit = cfg.max_connections.map(|n| Arc::new(Semaphore::new(n)));
+    Ok(Bound { socket, addr, wrap, own_limit })
 }
 
 /// Accepts connections until shutdown; each runs in its own task holding a permit of the
@@ -188,6 +192,17 @@ pub(crate) async fn accept_loop(
     done: mpsc::Sender<()>,
 ) {
     loop {
+        // This listener's own limit first, then the broker-wide one.
+        let own = match &bound.own_limit {
+            None => None,
+            Some(l) => tokio::select! {
+                _ = shutdown.changed() => return,
+                p = l.clone().acquire_owned() => match p {
+                    Ok(p) => Some(p),
+                    Err(_) => return,
+                },
+            },
+        };
         let permit = tokio::select! {
             _ = shutdown.changed() => return,
             p = limit.clone().acquire_owned() => match p {
@@ -210,6 +225,7 @@ pub(crate) async fn accept_loop(
         let (shared, shutdown, done, wrap) = (shared.clone(), shutdown.clone(), done.clone(), bound.wrap.clone());
         tokio::spawn(async move {
             serve_one(shared, stream, peer, wrap, shutdown, permit).await;
+            drop(own);
             drop(done);
         });
     }

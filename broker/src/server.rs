@@ -442,7 +442,7 @@ impl Broker {
     pub async fn start(cfg: BrokerConfig) -> Result<Broker, BrokerError> {
         // Listeners first: a taken port or a bad certificate fails at once, not after a long
         // recovery. Connections wait in the backlog until recovery is done.
-        let primary = ListenerConfig { bind: cfg.listen, kind: ListenerKind::Tcp };
+        let primary = ListenerConfig { bind: cfg.listen, kind: ListenerKind::Tcp, max_connections: None };
         let mut bound = Vec::with_capacity(1 + cfg.listeners.len());
         for l in std::iter::once(&primary).chain(&cfg.listeners) {
             bound.push((l.kind.name(), listener::bind(l).await?));

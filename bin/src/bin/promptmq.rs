@@ -61,7 +61,16 @@ enum ConfigCmd {
     },
 }
 
+/// Every configuration option with its doc line and default (the shipped example file), shown
+/// by `promptmq serve --help`.
+const CONFIG_REFERENCE: &str = concat!(
+    "Configuration file reference (promptmq.example.yaml; every key can also be set as\n",
+    "PROMPTMQ_<SECTION>__<KEY> in the environment):\n\n",
+    include_str!("../../../promptmq.example.yaml")
+);
+
 #[derive(Parser)]
+#[command(after_long_help = CONFIG_REFERENCE)]
 struct Serve {
     /// Config file (YAML, TOML or JSON, by extension); see promptmq.example.yaml.
     #[arg(long)]
