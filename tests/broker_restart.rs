@@ -188,6 +188,17 @@ fn persistent_subscriptions_survive_sigkill() {
 /// sees each message exactly once.
 #[test]
 fn outbound_qos2_state_survives_sigkill_at_every_step() {
+    outbound_qos2_across_kills("q2/#");
+}
+
+/// The same through a shared subscription (its only member): the member's QoS 2 state is
+/// kept, and the group does not hand the message out again.
+#[test]
+fn outbound_qos2_through_a_shared_subscription_survives_sigkill_at_every_step() {
+    outbound_qos2_across_kills("$share/g/q2/#");
+}
+
+fn outbound_qos2_across_kills(filter: &str) {
     let dir = tempfile::tempdir().unwrap();
     let persistent = ConnectOptions {
         clean: false,
@@ -197,7 +208,7 @@ fn outbound_qos2_state_survives_sigkill_at_every_step() {
     let v5 = ProtocolVersion::V5;
     let b = start(dir.path());
     let (mut c, _) = Client::connect_with(b.addr, "q2", v5, persistent.clone());
-    c.subscribe("q2/#", QoS::ExactlyOnce);
+    c.subscribe(filter, QoS::ExactlyOnce);
     let mut publ = Client::connect(b.addr, "pub", v5);
     publ.publish("q2/a", "unacked", QoS::ExactlyOnce, false);
     let first = match c.recv(Duration::from_secs(5)) {

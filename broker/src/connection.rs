@@ -479,10 +479,11 @@ impl Conn {
                         let logged = d.logged().map(|(t, o)| (Arc::from(t), o));
                         // PUBREL goes out only once "released" is durable: after a restart
                         // the broker then never sends this PUBLISH again.
-                        let stored = match (&logged, s.persistent() && d.shared.is_none()) {
+                        let stored = match (&logged, s.persistent()) {
                             (Some((t, o)), true) => {
                                 let state = Some((r.packet_id, Qos2State::Released));
-                                Some(self.shared.save_outbound(&self.client_id, s.incarnation, t, *o, state))
+                                let via = d.shared.as_deref();
+                                Some(self.shared.save_outbound_via(&self.client_id, s.incarnation, t, *o, state, via))
                             }
                             _ => None,
                         };
@@ -492,10 +493,8 @@ impl Conn {
                     }
                     // The client refused it: the exchange is over.
                     Some(Outbound::Publish(d)) => {
-                        if let (Some((t, o)), true) = (d.logged(), s.persistent() && d.shared.is_none()) {
-                            s.positions.complete_qos2(t, o);
-                            let state = Some((r.packet_id, Qos2State::Complete));
-                            drop(self.shared.save_outbound(&self.client_id, s.incarnation, t, o, state));
+                        if let (Some((t, o)), true) = (d.logged(), s.persistent()) {
+                            self.shared.qos2_complete(&self.client_id, &mut s, r.packet_id, t, o, d.shared.as_deref());
                         }
                         self.shared.finished(&mut s, d.logged(), d.shared.as_deref())
                     }
@@ -508,12 +507,10 @@ impl Conn {
                 let mut s = lock(&self.session);
                 match s.take_inflight(r.packet_id) {
                     Some(Outbound::Released(logged, shared)) => {
-                        if let (Some((t, o)), true) = (&logged, s.persistent() && shared.is_none()) {
+                        if let (Some((t, o)), true) = (&logged, s.persistent()) {
                             // Not waited for: if lost, the restarted broker resends PUBREL,
                             // which the client answers whether it remembers the id or not.
-                            s.positions.complete_qos2(t, *o);
-                            let state = Some((r.packet_id, Qos2State::Complete));
-                            drop(self.shared.save_outbound(&self.client_id, s.incarnation, t, *o, state));
+                            self.shared.qos2_complete(&self.client_id, &mut s, r.packet_id, t, *o, shared.as_deref());
                         }
                         self.shared.finished(&mut s, logged.as_ref().map(|(t, o)| (t.as_ref(), *o)), shared.as_deref())
                     }
@@ -1067,10 +1064,10 @@ impl Conn {
             // client then knows it), never as a new message.
             let mut stored = None;
             match (pid, d.logged()) {
-                // (Not for shared subscriptions: their group's positions redeliver instead.)
-                (Some(id), Some((t, o))) if d.qos == QoS::ExactlyOnce && s.persistent() && d.shared.is_none() => {
+                (Some(id), Some((t, o))) if d.qos == QoS::ExactlyOnce && s.persistent() => {
                     let state = Some((id, Qos2State::Published));
-                    stored = Some(self.shared.save_outbound(&self.client_id, s.incarnation, t, o, state));
+                    let via = d.shared.as_deref();
+                    stored = Some(self.shared.save_outbound_via(&self.client_id, s.incarnation, t, o, state, via));
                 }
                 _ => {}
             }

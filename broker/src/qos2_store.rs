@@ -55,14 +55,19 @@ pub(crate) struct OutboundQos2 {
     pub(crate) offset: u64,
     pub(crate) pid: u16,
     pub(crate) state: Qos2State,
+    /// The shared subscription the message came through, if any.
+    pub(crate) group: Option<String>,
 }
 
 /// A decoded entry: `value` is `None` for a cleared one, else (incarnation, state).
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Entry {
     Inbound { client: String, pid: u16, value: Option<(u64, InboundIntent)> },
-    Outbound { client: String, topic: String, offset: u64, value: Option<(u64, u16, Qos2State)> },
+    Outbound { client: String, topic: String, offset: u64, value: Option<OutboundValue> },
 }
+
+/// A stored outbound exchange: incarnation, packet id, state, shared subscription.
+pub(crate) type OutboundValue = (u64, u16, Qos2State, Option<String>);
 
 pub(crate) fn inbound_key(client: &str, pid: u16) -> Vec<u8> {
     format!("{client}{INBOUND_MARK}{pid}").into_bytes()
@@ -84,12 +89,21 @@ pub(crate) fn encode_inbound(incarnation: u64, i: &InboundIntent) -> Bytes {
     b.freeze()
 }
 
+#[cfg(test)]
 pub(crate) fn encode_outbound(incarnation: u64, pid: u16, state: Qos2State) -> Bytes {
-    let mut b = BytesMut::with_capacity(12);
+    encode_outbound_group(incarnation, pid, state, None)
+}
+
+/// An outbound exchange of a message that came through shared subscription `group`.
+pub(crate) fn encode_outbound_group(incarnation: u64, pid: u16, state: Qos2State, group: Option<&str>) -> Bytes {
+    let mut b = BytesMut::with_capacity(12 + group.map_or(0, str::len));
     b.put_u8(VERSION);
     b.put_u64(incarnation);
     b.put_u16(pid);
     b.put_u8(state as u8);
+    if let Some(g) = group {
+        b.put_slice(g.as_bytes());
+    }
     b.freeze()
 }
 
@@ -121,8 +135,8 @@ fn decode_inbound(pid: u16, mut b: &[u8]) -> Option<(u64, InboundIntent)> {
     Some((incarnation, InboundIntent { pid, topic, from, stamp, offset: known.then_some(offset) }))
 }
 
-fn decode_outbound(mut b: &[u8]) -> Option<(u64, u16, Qos2State)> {
-    if b.remaining() != 12 || b.get_u8() != VERSION {
+fn decode_outbound(mut b: &[u8]) -> Option<OutboundValue> {
+    if b.remaining() < 12 || b.get_u8() != VERSION {
         return None;
     }
     let incarnation = b.get_u64();
@@ -133,7 +147,8 @@ fn decode_outbound(mut b: &[u8]) -> Option<(u64, u16, Qos2State)> {
         3 => Qos2State::Complete,
         _ => return None,
     };
-    Some((incarnation, pid, state))
+    let group = if b.is_empty() { None } else { Some(std::str::from_utf8(b).ok()?.to_owned()) };
+    Some((incarnation, pid, state, group))
 }
 
 /// Splits a restored session's inbound intents into the packet ids whose messages are in
@@ -223,7 +238,7 @@ mod tests {
                 client: "c".into(),
                 topic: "x/y".into(),
                 offset: 9,
-                value: Some((42, 5, Qos2State::Released))
+                value: Some((42, 5, Qos2State::Released, None))
             })
         );
         assert_eq!(

@@ -209,8 +209,50 @@ impl Shared {
         offset: u64,
         state: Option<(u16, Qos2State)>,
     ) -> promptmq_wal::Completion<u64> {
-        let value = state.map(|(pid, st)| qos2_store::encode_outbound(incarnation, pid, st)).unwrap_or_default();
+        self.save_outbound_via(client, incarnation, topic, offset, state, None)
+    }
+
+    /// [`Shared::save_outbound`] for a message that came through shared subscription `group`.
+    pub(crate) fn save_outbound_via(
+        &self,
+        client: &str,
+        incarnation: u64,
+        topic: &str,
+        offset: u64,
+        state: Option<(u16, Qos2State)>,
+        group: Option<&str>,
+    ) -> promptmq_wal::Completion<u64> {
+        let value =
+            state.map(|(pid, st)| qos2_store::encode_outbound_group(incarnation, pid, st, group)).unwrap_or_default();
         self.store.save_session_entry(qos2_store::outbound_key(client, topic, offset), value)
+    }
+
+    /// An outbound QoS 2 exchange completed (PUBCOMP, or the client refused it): the message
+    /// is never sent again, even if the saved cursor is still below it. For a shared
+    /// subscription the mark belongs to the group (any member could get it again).
+    pub(crate) fn qos2_complete(
+        &self,
+        client: &str,
+        s: &mut Session,
+        pid: u16,
+        topic: &str,
+        offset: u64,
+        group: Option<&str>,
+    ) {
+        let state = Some((pid, Qos2State::Complete));
+        match group {
+            None => {
+                s.positions.complete_qos2(topic, offset);
+                drop(self.save_outbound(client, s.incarnation, topic, offset, state));
+            }
+            Some(filter) => {
+                if let Some(g) = self.group(filter) {
+                    lock(&g).complete_qos2(topic, offset);
+                }
+                drop(self.save_outbound(&group_key(filter), 0, topic, offset, state));
+                drop(self.save_outbound(client, s.incarnation, topic, offset, None));
+            }
+        }
     }
 
     /// Queues a connected persistent session whose acknowledged position moved, for the next
@@ -315,7 +357,12 @@ impl Shared {
     fn save_group(&self, filter: &str, p: &mut Positions) {
         p.dirty = false;
         let record = SessionRecord { expiry: u32::MAX, positions: p.cursors(), ..Default::default() };
-        drop(self.store.save_session(&group_key(filter), Some(record.encode())));
+        let key = group_key(filter);
+        drop(self.store.save_session(&key, Some(record.encode())));
+        // After the record whose cursors passed them (one stream is durable in order).
+        for (topic, offset) in p.take_passed() {
+            drop(self.save_outbound(&key, 0, &topic, offset, None));
+        }
     }
 
     /// Forgets group `filter` once it has no members left (and its saved positions).
@@ -585,6 +632,9 @@ fn restore_groups(store: &Store, saved: &mut HashMap<String, SessionRecord>) -> 
                 p.replay(t, 0);
             }
         }
+        for x in record.outbound.iter().filter(|x| x.state == Qos2State::Complete) {
+            p.complete_qos2(&x.topic, x.offset);
+        }
         out.insert(filter, Arc::new(Mutex::new(p)));
     }
     out
@@ -651,12 +701,19 @@ fn restore_outbound_qos2(shared: &Shared, s: &mut Session, exchanges: &[Outbound
     let now_ms =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
     for x in exchanges {
+        // A shared subscription's message is the group's to track, not the member's.
+        let group = x.group.as_deref().and_then(|f| shared.group(f));
+        let handed = |s: &mut Session| match &group {
+            Some(g) => lock(g).restore_handed(&x.topic, x.offset),
+            None => s.positions.restore_handed(&x.topic, x.offset),
+        };
+        let via: Option<Arc<str>> = x.group.as_deref().map(Arc::from);
         match x.state {
             Qos2State::Complete => s.positions.complete_qos2(&x.topic, x.offset),
             Qos2State::Released => {
-                s.positions.restore_handed(&x.topic, x.offset);
+                handed(s);
                 let logged = Some((Arc::from(x.topic.as_str()), x.offset));
-                s.inflight.push_back((x.pid, Outbound::Released(logged, None)));
+                s.inflight.push_back((x.pid, Outbound::Released(logged, via)));
             }
             Qos2State::Published => {
                 let rec = match shared.store.read_topic(&x.topic, x.offset, 1) {
@@ -671,12 +728,12 @@ fn restore_outbound_qos2(shared: &Shared, s: &mut Session, exchanges: &[Outbound
                 let Some(msg) = msg else { continue }; // expired, or removed by retention
                 let (retain_as_published, ids) =
                     s.delivery_options(&x.topic, "").map(|(_, rap, ids)| (rap, ids)).unwrap_or_default();
-                s.positions.restore_handed(&x.topic, x.offset);
+                handed(s);
                 let d = Delivery {
                     qos: QoS::ExactlyOnce,
-                    retain: msg.retain && retain_as_published,
+                    retain: msg.retain && retain_as_published && via.is_none(),
                     ids,
-                    shared: None,
+                    shared: via,
                     pos: Some(x.offset),
                     msg: Arc::new(msg),
                 };

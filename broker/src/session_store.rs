@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::codec::QoS;
-use crate::qos2_store::{self, Entry, InboundIntent, OutboundQos2, Qos2State};
+use crate::qos2_store::{self, Entry, InboundIntent, OutboundQos2};
 use crate::router::SubOptions;
 
 /// What is stored for one persistent session.
@@ -130,7 +130,7 @@ impl SessionRecord {
 pub(crate) fn fold(records: impl IntoIterator<Item = (String, Bytes)>) -> HashMap<String, SessionRecord> {
     let mut out = HashMap::new();
     let mut inbound: HashMap<(String, u16), (u64, InboundIntent)> = HashMap::new();
-    let mut outbound: HashMap<(String, String, u64), (u64, u16, Qos2State)> = HashMap::new();
+    let mut outbound: HashMap<(String, String, u64), crate::qos2_store::OutboundValue> = HashMap::new();
     for (key, payload) in records {
         match qos2_store::decode(&key, &payload) {
             Some(Entry::Inbound { client, pid, value: Some(v) }) => {
@@ -160,9 +160,9 @@ pub(crate) fn fold(records: impl IntoIterator<Item = (String, Bytes)>) -> HashMa
             r.inbound.push(intent);
         }
     }
-    for ((client, topic, offset), (incarnation, pid, state)) in outbound {
+    for ((client, topic, offset), (incarnation, pid, state, group)) in outbound {
         if let Some(r) = out.get_mut(&client).filter(|r| r.incarnation == incarnation) {
-            r.outbound.push(OutboundQos2 { topic, offset, pid, state });
+            r.outbound.push(OutboundQos2 { topic, offset, pid, state, group });
         }
     }
     for r in out.values_mut() {
@@ -176,6 +176,7 @@ pub(crate) fn fold(records: impl IntoIterator<Item = (String, Bytes)>) -> HashMa
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::qos2_store::Qos2State;
 
     #[test]
     fn records_round_trip_and_empty_ends_a_session() {
@@ -236,7 +237,7 @@ mod tests {
         assert_eq!(live["c"].inbound, vec![intent(7)]);
         assert_eq!(
             live["c"].outbound,
-            vec![OutboundQos2 { topic: "a/b".into(), offset: 7, pid: 5, state: Qos2State::Released }]
+            vec![OutboundQos2 { topic: "a/b".into(), offset: 7, pid: 5, state: Qos2State::Released, group: None }]
         );
     }
 }
