@@ -361,3 +361,61 @@ fn shared_subscription_messages_survive_sigkill() {
         .collect();
     assert_eq!(again, vec!["unacked"], "not acknowledged, so delivered again after the kill");
 }
+
+/// QoS 1 messages in flight (sent, not acknowledged) when the broker stops gracefully come
+/// again after the restart with their original packet ids and DUP set [MQTT-4.4.0-1].
+#[test]
+fn qos1_in_flight_keeps_its_packet_ids_across_a_graceful_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let v5 = ProtocolVersion::V5;
+    let persistent = || ConnectOptions {
+        clean: false,
+        properties: Properties { session_expiry_interval: Some(600), ..Default::default() },
+        ..Default::default()
+    };
+    let b = start(dir.path());
+    let (mut c, _) = Client::connect_with(b.addr, "q1", v5, persistent());
+    c.subscribe("q1/#", QoS::AtLeastOnce);
+    let mut publ = Client::connect(b.addr, "pub", v5);
+    // Move the session's packet ids on, so a fresh allocation would not match by chance.
+    for i in 0..5 {
+        publ.publish("q1/warm", format!("w{i}"), QoS::AtLeastOnce, false);
+        assert!(c.next_publish(Duration::from_secs(5)).is_some());
+    }
+    for i in 0..3 {
+        publ.publish(&format!("q1/{i}"), format!("m{i}"), QoS::AtLeastOnce, false);
+    }
+    let mut first = Vec::new();
+    while first.len() < 3 {
+        match c.recv(Duration::from_secs(5)) {
+            Some(Packet::Publish(p)) => first.push((p.packet_id, p.payload.clone())),
+            Some(_) => {}
+            None => panic!("expected 3 PUBLISH, got {first:?}"),
+        }
+    }
+    drop(c);
+    b.stop_gracefully();
+    let b = start(dir.path());
+    let (mut c, _) = Client::connect_with(b.addr, "q1", v5, persistent());
+    let mut again = Vec::new();
+    while again.len() < 3 {
+        match c.recv(Duration::from_secs(5)) {
+            Some(Packet::Publish(p)) => {
+                assert!(p.dup, "resent with DUP");
+                again.push((p.packet_id, p.payload.clone()));
+                c.send(&Packet::PubAck(PubResp::ok(p.packet_id.unwrap())));
+            }
+            Some(_) => {}
+            None => panic!("expected 3 resent PUBLISH, got {again:?}"),
+        }
+    }
+    assert_eq!(again, first, "the same messages with the same packet ids");
+    assert!(c.recv(Duration::from_millis(500)).is_none(), "nothing else");
+    std::thread::sleep(Duration::from_millis(300)); // the position is saved
+    drop(c);
+    b.stop_gracefully();
+    let b = start(dir.path());
+    let (mut c, _) = Client::connect_with(b.addr, "q1", v5, persistent());
+    assert!(c.next_publish(Duration::from_millis(700)).is_none(), "acknowledged: not sent again");
+    drop(b);
+}

@@ -46,6 +46,9 @@ pub(crate) enum Qos2State {
     Released = 2,
     /// Complete: the message must not be sent again (kept until the cursor passes it).
     Complete = 3,
+    /// A QoS 1 PUBLISH sent with this packet id and not acknowledged when the broker shut
+    /// down (written at a graceful stop only), so it is resent with its original id.
+    Qos1Published = 4,
 }
 
 /// One outbound QoS 2 exchange: the message's place in the log and the packet id used.
@@ -145,6 +148,7 @@ fn decode_outbound(mut b: &[u8]) -> Option<OutboundValue> {
         1 => Qos2State::Published,
         2 => Qos2State::Released,
         3 => Qos2State::Complete,
+        4 => Qos2State::Qos1Published,
         _ => return None,
     };
     let group = if b.is_empty() { None } else { Some(std::str::from_utf8(b).ok()?.to_owned()) };

@@ -401,6 +401,30 @@ impl Shared {
         }
     }
 
+    /// At a graceful stop: the unacknowledged QoS 1 messages of persistent sessions with
+    /// their packet ids, so that after the restart they are resent with the same ids
+    /// [MQTT-4.4.0-1]. (After a crash they come again from the log with new ids: QoS 1's
+    /// at-least-once holds either way, and saving every id as it is sent would cost two log
+    /// records per delivery.)
+    fn save_qos1_inflight(&self) {
+        let sessions: Vec<(String, Arc<Mutex<Session>>)> =
+            lock(&self.sessions).iter().map(|(c, s)| (c.clone(), s.clone())).collect();
+        for (client, s) in sessions {
+            let s = lock(&s);
+            if !s.persistent() {
+                continue;
+            }
+            for (pid, o) in &s.inflight {
+                if let Outbound::Publish(d) = o {
+                    if let (QoS::AtLeastOnce, Some((t, off))) = (d.qos, d.logged()) {
+                        let state = Some((*pid, Qos2State::Qos1Published));
+                        drop(self.save_outbound_via(&client, s.incarnation, t, off, state, d.shared.as_deref()));
+                    }
+                }
+            }
+        }
+    }
+
     /// Saves the positions of shared subscription groups that moved.
     fn save_moved_groups(&self) {
         let groups: Vec<(String, Arc<Mutex<Positions>>)> =
@@ -601,6 +625,7 @@ impl Broker {
         let _ = tokio::time::timeout(Duration::from_secs(10), self.done.recv()).await;
         let shared = self.shared.clone();
         let _ = tokio::task::spawn_blocking(move || {
+            shared.save_qos1_inflight();
             shared.save_moved_positions();
             shared.save_moved_groups();
             shared.store.close()
@@ -698,6 +723,7 @@ fn restore_inbound_qos2(
 /// Puts a restored session's outbound QoS 2 exchanges back in flight (resent with the same
 /// packet ids when the client reconnects), and marks completed ones as never to send again.
 fn restore_outbound_qos2(shared: &Shared, s: &mut Session, exchanges: &[OutboundQos2]) {
+    let client_key: String = s.client_id.as_deref().unwrap_or_default().to_string();
     let now_ms =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
     for x in exchanges {
@@ -715,7 +741,12 @@ fn restore_outbound_qos2(shared: &Shared, s: &mut Session, exchanges: &[Outbound
                 let logged = Some((Arc::from(x.topic.as_str()), x.offset));
                 s.inflight.push_back((x.pid, Outbound::Released(logged, via)));
             }
-            Qos2State::Published => {
+            Qos2State::Published | Qos2State::Qos1Published => {
+                let qos = if x.state == Qos2State::Published { QoS::ExactlyOnce } else { QoS::AtLeastOnce };
+                if qos == QoS::AtLeastOnce {
+                    // Used once: a later crash resends from the log (new ids), not again from here.
+                    drop(shared.save_outbound(&client_key, s.incarnation, &x.topic, x.offset, None));
+                }
                 let rec = match shared.store.read_topic(&x.topic, x.offset, 1) {
                     Ok((recs, _)) => recs.into_iter().find(|r| r.offset == x.offset),
                     Err(e) => {
@@ -730,7 +761,7 @@ fn restore_outbound_qos2(shared: &Shared, s: &mut Session, exchanges: &[Outbound
                     s.delivery_options(&x.topic, "").map(|(_, rap, ids)| (rap, ids)).unwrap_or_default();
                 handed(s);
                 let d = Delivery {
-                    qos: QoS::ExactlyOnce,
+                    qos,
                     retain: msg.retain && retain_as_published && via.is_none(),
                     ids,
                     shared: via,
