@@ -596,3 +596,44 @@ fn a_burst_of_large_messages_is_delivered_without_further_traffic() {
     let got: Vec<u8> = drain(&mut sub, Duration::from_secs(2)).iter().map(|p| p.payload[0]).collect();
     assert_eq!(got, (0..10).collect::<Vec<_>>());
 }
+
+/// A publisher that pipelines its PUBLISHes (not waiting for acknowledgements) to a new
+/// topic — a persistent one with QoS 2, whose messages wait for an intent record, and a
+/// clean one with QoS 1 — has its messages delivered in the order it sent them.
+#[test]
+fn pipelined_publishes_keep_their_order_in_the_log() {
+    let (_d, b) = broker();
+    let mut sub = Client::connect(b.addr, "sub", V5);
+    sub.subscribe("order/#", QoS::ExactlyOnce);
+    for (client, qos, topic) in [("p2", QoS::ExactlyOnce, "order/q2"), ("p1", QoS::AtLeastOnce, "order/q1")] {
+        let opts = ConnectOptions {
+            clean: qos == QoS::AtLeastOnce,
+            properties: Properties { session_expiry_interval: Some(60), ..Default::default() },
+            ..Default::default()
+        };
+        let (mut p, _) = Client::connect_with(b.addr, client, V5, opts);
+        for id in 1..=60u16 {
+            p.send(&Packet::Publish(Publish {
+                dup: false,
+                qos,
+                retain: false,
+                topic: topic.into(),
+                packet_id: Some(id),
+                properties: Properties::default(),
+                payload: bytes::Bytes::from(id.to_string()),
+            }));
+        }
+        let mut done = 0;
+        while done < 60 {
+            match p.recv(T) {
+                Some(Packet::PubRec(r)) => p.send(&Packet::PubRel(PubResp::ok(r.packet_id))),
+                Some(Packet::PubComp(_) | Packet::PubAck(_)) => done += 1,
+                Some(_) => {}
+                None => panic!("{client}: {done} of 60 acknowledged"),
+            }
+        }
+        let got: Vec<u16> =
+            drain(&mut sub, QUIET).iter().map(|m| std::str::from_utf8(&m.payload).unwrap().parse().unwrap()).collect();
+        assert_eq!(got, (1..=60).collect::<Vec<_>>(), "{client}: in the order sent");
+    }
+}

@@ -58,10 +58,11 @@ struct PendingAck {
 enum MessageAppend {
     /// Issued at once.
     Now(Completion<u64>),
-    /// Issued by a task once the inbound QoS 2 intent before it is durable (the task lets
-    /// it go ahead of the pending queue's head, so intents and messages of many PUBLISHes
-    /// share group commits).
-    AfterIntent(tokio::task::JoinHandle<Result<u64, promptmq_wal::Error>>),
+    /// Issued by a task once what must come first is done: the inbound QoS 2 intent is
+    /// durable, or the topic's stream is created (off the runtime's threads: it waits for
+    /// an fsync). The task lets it go ahead of the pending queue's head, so the appends of
+    /// many PUBLISHes still share group commits.
+    Chained(tokio::task::JoinHandle<Result<u64, promptmq_wal::Error>>),
 }
 
 enum AfterDurable {
@@ -93,6 +94,8 @@ struct Conn {
     pending: VecDeque<PendingAck>,
     /// Packets to send, in order, each once the log record it waits for (if any) is durable.
     outbox: VecDeque<(Option<Completion<u64>>, Packet)>,
+    /// Fires when the latest chained append (see `chain`) has been issued.
+    issue_order: Option<oneshot::Receiver<()>>,
     username: Option<String>,
     /// This client's ACL rules (`None`: no ACL file, everything allowed), as of
     /// `auth_generation`.
@@ -332,6 +335,7 @@ async fn accept(
             out_aliases: OutboundAliases::new(if v5 { c.properties.topic_alias_maximum.unwrap_or(0) } else { 0 }),
             pending: VecDeque::new(),
             outbox: VecDeque::new(),
+            issue_order: None,
             username,
             acl,
             auth_generation,
@@ -645,13 +649,19 @@ impl Conn {
                     };
                     let written = self.shared.save_inbound(&self.client_id, incarnation, id, Some(&intent));
                     let (store, m) = (self.shared.store.clone(), msg.clone());
-                    let chained = tokio::spawn(async move {
+                    let (store2, m2) = (store.clone(), msg.clone());
+                    let before = async move {
                         written.await?;
-                        store.append_stamped(&m, stamp).await
-                    });
-                    (MessageAppend::AfterIntent(chained), Some(intent))
-                } else {
+                        ensure_topic(&store, &m).await
+                    };
+                    (self.chain(before, move || store2.append_stamped(&m2, stamp)), Some(intent))
+                } else if !self.chain_pending() && self.shared.store.has_topic(msg.topic.as_str()) {
                     (MessageAppend::Now(self.shared.store.append(&msg)), None)
+                } else {
+                    let (store, m) = (self.shared.store.clone(), msg.clone());
+                    let (store2, m2) = (store.clone(), msg.clone());
+                    let before = async move { ensure_topic(&store, &m).await };
+                    (self.chain(before, move || store2.append(&m2)), None)
                 };
                 let then = AfterDurable::Publish { msg, packet_id: id, intent };
                 let issued = Instant::now();
@@ -757,6 +767,42 @@ impl Conn {
                 Ok(())
             }
         }
+    }
+
+    /// Whether an append chained behind something (an intent, a stream creation) has not
+    /// been issued yet: a later append must then wait for it, or the publisher's messages
+    /// would reach the log out of order.
+    fn chain_pending(&mut self) -> bool {
+        let Some(rx) = self.issue_order.as_mut() else { return false };
+        match rx.try_recv() {
+            Err(tokio::sync::oneshot::error::TryRecvError::Empty) => true,
+            _ => {
+                self.issue_order = None;
+                false
+            }
+        }
+    }
+
+    /// An append issued by a task once `before` is done and every earlier chained append of
+    /// this connection is issued (the publisher's order is the log's order).
+    fn chain<B, A>(&mut self, before: B, append: A) -> MessageAppend
+    where
+        B: std::future::Future<Output = Result<(), promptmq_wal::Error>> + Send + 'static,
+        A: FnOnce() -> Completion<u64> + Send + 'static,
+    {
+        let previous = self.issue_order.take();
+        let (issued, rx) = oneshot::channel();
+        self.issue_order = Some(rx);
+        MessageAppend::Chained(tokio::spawn(async move {
+            let ready = before.await;
+            if let Some(p) = previous {
+                // Fires when the earlier append is issued, or its task is gone.
+                let _ = p.await;
+            }
+            let completion = ready.map(|()| append());
+            let _ = issued.send(());
+            completion?.await
+        }))
     }
 
     /// Stores the inbound QoS 2 ids awaiting PUBREL of a persistent session (not waited for:
@@ -1191,7 +1237,7 @@ async fn wait_head(pending: &mut VecDeque<PendingAck>) -> Result<(), promptmq_wa
     if let Some(m) = head.message.as_mut() {
         let r = match m {
             MessageAppend::Now(c) => c.await,
-            MessageAppend::AfterIntent(task) => match task.await {
+            MessageAppend::Chained(task) => match task.await {
                 Ok(r) => r,
                 // Cancelled: the runtime is shutting down, and the log with it.
                 Err(_) => Err(promptmq_wal::Error::Closed),
@@ -1216,6 +1262,16 @@ async fn wait_outbox(outbox: &mut VecDeque<(Option<Completion<u64>>, Packet)>) -
     let r = c.await;
     *slot = None;
     r.err()
+}
+
+/// Creates the message's topic stream if it is new, off the async runtime.
+async fn ensure_topic(store: &crate::store::Store, m: &Message) -> Result<(), promptmq_wal::Error> {
+    if store.has_topic(m.topic.as_str()) {
+        return Ok(());
+    }
+    let (store, topic) = (store.clone(), m.topic.to_string());
+    // Cancelled only when the runtime shuts down, and the log with it.
+    tokio::task::spawn_blocking(move || store.create_topic(&topic)).await.map_err(|_| promptmq_wal::Error::Closed)?
 }
 
 fn publish_will(
@@ -1248,7 +1304,7 @@ fn publish_will(
             }
         }
         let mut offset = None;
-        if msg.qos != QoS::AtMostOnce {
+        if msg.qos != QoS::AtMostOnce && ensure_topic(&shared.store, &msg).await.is_ok() {
             offset = shared.store.append(&msg).await.ok();
         }
         if msg.retain {

@@ -100,6 +100,19 @@ impl Store {
         }
     }
 
+    /// Whether `topic` has its stream yet (appending to a new topic first creates it, which
+    /// waits for a synced catalogue record: see [`Store::create_topic`]).
+    pub fn has_topic(&self, topic: &str) -> bool {
+        self.wal.lookup(&format!("{TOPIC_PREFIX}{topic}")).is_some()
+    }
+
+    /// Creates `topic`'s stream if missing. Blocks for an `fdatasync`: call it off the
+    /// async runtime.
+    pub fn create_topic(&self, topic: &str) -> Result<(), StoreError> {
+        let opts = StreamOptions { retention: Some(self.retention), compacted: false };
+        self.wal.stream_with(&format!("{TOPIC_PREFIX}{topic}"), opts).map(drop)
+    }
+
     /// Looks for the message stored with `stamp` in `topic`'s stream, at or after offset
     /// `from`: its offset, if it is there.
     pub fn find_stamp(&self, topic: &str, from: u64, stamp: u64) -> Result<Option<u64>, StoreError> {
