@@ -833,34 +833,7 @@ impl Conn {
             }
             (w, (max - s.queue.len()).min(REPLAY_BATCH))
         };
-        let per_stream = (room / wanted.len()).max(16);
-        let store = self.shared.store.clone();
-        let read = tokio::task::spawn_blocking(move || {
-            wanted
-                .into_iter()
-                .map(|(topic, from)| {
-                    let (records, read_to) = store.read_topic(&topic, from, per_stream)?;
-                    let complete = records.len() < per_stream;
-                    Ok(Batch { topic, from, records, read_to, complete })
-                })
-                .collect::<Result<Vec<Batch>, crate::store::StoreError>>()
-        })
-        .await;
-        let batches = match read {
-            Ok(Ok(b)) => b,
-            Ok(Err(e)) => {
-                // The session keeps its positions: a later connection tries again.
-                tracing::error!(client = %self.client_id, error = %e, "cannot read the log for a session");
-                return Err(End::Refused(ReasonCode::UnspecifiedError, format!("cannot read the log: {e}")));
-            }
-            Err(e) => return Err(End::Refused(ReasonCode::UnspecifiedError, format!("log read task failed: {e}"))),
-        };
-        let streams: Vec<(String, u64)> = batches.iter().map(|b| (b.topic.clone(), b.from)).collect();
-        // Stamps are nanoseconds; records of the first format fall back to the log's time.
-        let order = |r: &promptmq_wal::Record| {
-            Message::record_stamp(&r.payload).unwrap_or(r.timestamp_ms.saturating_mul(1_000_000))
-        };
-        let (records, reached) = replay::merge(batches, order);
+        let (streams, records, reached) = self.read_backlog(wanted, room, "a session").await?;
         let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
         let mut s = lock(&self.session);
         let mut taken: Vec<Vec<u64>> = vec![Vec::new(); streams.len()];
@@ -891,6 +864,47 @@ impl Conn {
         Ok(s.positions.replaying())
     }
 
+    /// Reads the streams in `wanted` from their offsets (about `budget` records in all) off
+    /// the runtime's threads, and merges them in publish order: the streams read (topic,
+    /// offset read from), the records in delivery order (by index into the streams), and
+    /// where each stream continues. A read error ends the connection; the positions stay, so
+    /// a later connection tries again.
+    async fn read_backlog(
+        &mut self,
+        wanted: Vec<(String, u64)>,
+        budget: usize,
+        whose: &'static str,
+    ) -> Result<(Vec<(String, u64)>, Vec<(usize, promptmq_wal::Record)>, Vec<u64>), End> {
+        let per_stream = (budget / wanted.len().max(1)).max(16);
+        let store = self.shared.store.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            wanted
+                .into_iter()
+                .map(|(topic, from)| {
+                    let (records, read_to) = store.read_topic(&topic, from, per_stream)?;
+                    let complete = records.len() < per_stream;
+                    Ok(Batch { topic, from, records, read_to, complete })
+                })
+                .collect::<Result<Vec<Batch>, crate::store::StoreError>>()
+        })
+        .await;
+        let batches = match read {
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) => {
+                tracing::error!(client = %self.client_id, error = %e, "cannot read the log for {whose}");
+                return Err(End::Refused(ReasonCode::UnspecifiedError, format!("cannot read the log: {e}")));
+            }
+            Err(e) => return Err(End::Refused(ReasonCode::UnspecifiedError, format!("log read task failed: {e}"))),
+        };
+        let streams: Vec<(String, u64)> = batches.iter().map(|b| (b.topic.clone(), b.from)).collect();
+        // Stamps are nanoseconds; records of the first format fall back to the log's time.
+        let order = |r: &promptmq_wal::Record| {
+            Message::record_stamp(&r.payload).unwrap_or(r.timestamp_ms.saturating_mul(1_000_000))
+        };
+        let (records, reached) = replay::merge(batches, order);
+        Ok((streams, records, reached))
+    }
+
     /// Reads, for the shared subscription groups this client is a member of, messages the
     /// group has waiting in the log into this client's queue.
     async fn replay_groups_step(&mut self) -> Result<bool, End> {
@@ -910,32 +924,7 @@ impl Conn {
             if wanted.is_empty() {
                 continue;
             }
-            let per_stream = (REPLAY_BATCH / wanted.len()).max(16);
-            let store = self.shared.store.clone();
-            let read = tokio::task::spawn_blocking(move || {
-                wanted
-                    .into_iter()
-                    .map(|(topic, from)| {
-                        let (records, read_to) = store.read_topic(&topic, from, per_stream)?;
-                        let complete = records.len() < per_stream;
-                        Ok(Batch { topic, from, records, read_to, complete })
-                    })
-                    .collect::<Result<Vec<Batch>, crate::store::StoreError>>()
-            })
-            .await;
-            let batches = match read {
-                Ok(Ok(b)) => b,
-                Ok(Err(e)) => {
-                    tracing::error!(client = %self.client_id, %filter, error = %e, "cannot read the log for a shared subscription");
-                    return Err(End::Refused(ReasonCode::UnspecifiedError, format!("cannot read the log: {e}")));
-                }
-                Err(e) => return Err(End::Refused(ReasonCode::UnspecifiedError, format!("log read task failed: {e}"))),
-            };
-            let streams: Vec<(String, u64)> = batches.iter().map(|b| (b.topic.clone(), b.from)).collect();
-            let order = |r: &promptmq_wal::Record| {
-                Message::record_stamp(&r.payload).unwrap_or(r.timestamp_ms.saturating_mul(1_000_000))
-            };
-            let (records, reached) = replay::merge(batches, order);
+            let (streams, records, reached) = self.read_backlog(wanted, REPLAY_BATCH, "a shared subscription").await?;
             let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
             let shared_filter: Arc<str> = Arc::from(filter.as_str());
             let mut s = lock(&self.session);
