@@ -13,11 +13,7 @@ use promptmq_wal::io::{FaultyBackend, StdBackend};
 const V5: ProtocolVersion = ProtocolVersion::V5;
 
 fn persistent() -> ConnectOptions {
-    ConnectOptions {
-        clean: false,
-        properties: Properties { session_expiry_interval: Some(3600), ..Default::default() },
-        ..Default::default()
-    }
+    ConnectOptions::persistent(3600)
 }
 
 #[test]

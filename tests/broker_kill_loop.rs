@@ -26,11 +26,7 @@ fn cycles() -> usize {
 }
 
 fn persistent() -> ConnectOptions {
-    ConnectOptions {
-        clean: false,
-        properties: Properties { session_expiry_interval: Some(3600), ..Default::default() },
-        ..Default::default()
-    }
+    ConnectOptions::persistent(3600)
 }
 
 /// A message as the subscriber's application sees it.

@@ -162,16 +162,7 @@ fn a_will_waits_for_its_delay_and_a_reconnect_cancels_it() {
     drop(flaky);
     // flaky comes back within the delay: its will is cancelled.
     std::thread::sleep(Duration::from_millis(300));
-    let _back = Client::connect_with(
-        b.addr,
-        "flaky",
-        V5,
-        ConnectOptions {
-            clean: false,
-            properties: Properties { session_expiry_interval: Some(60), ..Default::default() },
-            ..Default::default()
-        },
-    );
+    let _back = Client::connect_with(b.addr, "flaky", V5, ConnectOptions::persistent(60));
     let p = watcher.next_publish(T).expect("dying's will");
     assert_eq!(p.topic.as_str(), "will/dying");
     assert!(dropped_at.elapsed() >= Duration::from_millis(900), "not before its 1 s delay");
@@ -248,11 +239,7 @@ fn max_inflight_caps_what_a_client_gets_unacknowledged() {
 fn max_message_expiry_caps_how_long_a_message_waits() {
     let dir = tempfile::tempdir().unwrap();
     let b = TestBroker::start_with(dir.path(), |c| c.max_message_expiry = 1);
-    let persistent = ConnectOptions {
-        clean: false,
-        properties: Properties { session_expiry_interval: Some(60), ..Default::default() },
-        ..Default::default()
-    };
+    let persistent = ConnectOptions::persistent(60);
     let (mut s, _) = Client::connect_with(b.addr, "late", V5, persistent.clone());
     s.subscribe("exp/#", QoS::AtLeastOnce);
     s.disconnect();

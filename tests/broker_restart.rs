@@ -34,11 +34,7 @@ impl Stop {
 fn offline_session_gets_everything_after_restart(stop: Stop, version: ProtocolVersion) {
     let dir = tempfile::tempdir().unwrap();
     let b = start(dir.path());
-    let persistent = ConnectOptions {
-        clean: false,
-        properties: Properties { session_expiry_interval: Some(3600), ..Default::default() },
-        ..Default::default()
-    };
+    let persistent = ConnectOptions::persistent(3600);
     let (mut c, _) = Client::connect_with(b.addr, "offline", version, persistent.clone());
     c.subscribe("box/#", QoS::ExactlyOnce);
     c.disconnect();
@@ -62,16 +58,7 @@ fn offline_session_gets_everything_after_restart(stop: Stop, version: ProtocolVe
     assert_eq!(got, want, "{stop:?} {version:?}: every message once, in publish order");
     // Acknowledged: nothing comes again on the next connection.
     drop(c);
-    let (mut c, _) = Client::connect_with(
-        b.addr,
-        "offline",
-        version,
-        ConnectOptions {
-            clean: false,
-            properties: Properties { session_expiry_interval: Some(3600), ..Default::default() },
-            ..Default::default()
-        },
-    );
+    let (mut c, _) = Client::connect_with(b.addr, "offline", version, ConnectOptions::persistent(3600));
     assert!(c.next_publish(Duration::from_millis(500)).is_none(), "{stop:?}: nothing is delivered twice");
 }
 
@@ -200,11 +187,7 @@ fn outbound_qos2_through_a_shared_subscription_survives_sigkill_at_every_step() 
 
 fn outbound_qos2_across_kills(filter: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let persistent = ConnectOptions {
-        clean: false,
-        properties: Properties { session_expiry_interval: Some(600), ..Default::default() },
-        ..Default::default()
-    };
+    let persistent = ConnectOptions::persistent(600);
     let v5 = ProtocolVersion::V5;
     let b = start(dir.path());
     let (mut c, _) = Client::connect_with(b.addr, "q2", v5, persistent.clone());
@@ -256,11 +239,7 @@ fn outbound_qos2_across_kills(filter: &str) {
 fn inbound_qos2_is_stored_once_whenever_the_broker_dies() {
     let dir = tempfile::tempdir().unwrap();
     let v5 = ProtocolVersion::V5;
-    let persistent = || ConnectOptions {
-        clean: false,
-        properties: Properties { session_expiry_interval: Some(600), ..Default::default() },
-        ..Default::default()
-    };
+    let persistent = || ConnectOptions::persistent(600);
     let b = start(dir.path());
     let (mut sub, _) = Client::connect_with(b.addr, "in-sub", v5, persistent());
     sub.subscribe("in/#", QoS::ExactlyOnce);
@@ -315,11 +294,7 @@ fn inbound_qos2_is_stored_once_whenever_the_broker_dies() {
 fn shared_subscription_messages_survive_sigkill() {
     let dir = tempfile::tempdir().unwrap();
     let v5 = ProtocolVersion::V5;
-    let persistent = || ConnectOptions {
-        clean: false,
-        properties: Properties { session_expiry_interval: Some(600), ..Default::default() },
-        ..Default::default()
-    };
+    let persistent = || ConnectOptions::persistent(600);
     let b = start(dir.path());
     let (mut w, _) = Client::connect_with(b.addr, "worker-1", v5, persistent());
     w.subscribe("$share/pool/jobs/#", QoS::AtLeastOnce);
@@ -368,11 +343,7 @@ fn shared_subscription_messages_survive_sigkill() {
 fn qos1_in_flight_keeps_its_packet_ids_across_a_graceful_restart() {
     let dir = tempfile::tempdir().unwrap();
     let v5 = ProtocolVersion::V5;
-    let persistent = || ConnectOptions {
-        clean: false,
-        properties: Properties { session_expiry_interval: Some(600), ..Default::default() },
-        ..Default::default()
-    };
+    let persistent = || ConnectOptions::persistent(600);
     let b = start(dir.path());
     let (mut c, _) = Client::connect_with(b.addr, "q1", v5, persistent());
     c.subscribe("q1/#", QoS::AtLeastOnce);

@@ -12,11 +12,7 @@ use promptmq_tests::{drain, Client, ConnectOptions, TestBroker};
 const V5: ProtocolVersion = ProtocolVersion::V5;
 
 fn persistent() -> ConnectOptions {
-    ConnectOptions {
-        clean: false,
-        properties: Properties { session_expiry_interval: Some(3600), ..Default::default() },
-        ..Default::default()
-    }
+    ConnectOptions::persistent(3600)
 }
 
 fn segments(dir: &Path) -> Vec<PathBuf> {

@@ -83,6 +83,18 @@ pub struct ConnectOptions {
     pub password: Option<Bytes>,
 }
 
+impl ConnectOptions {
+    /// A persistent session: no clean start, and (v5) a session expiry of `expiry_secs`
+    /// (3.1.1 clients keep the session regardless).
+    pub fn persistent(expiry_secs: u32) -> ConnectOptions {
+        ConnectOptions {
+            clean: false,
+            properties: Properties { session_expiry_interval: Some(expiry_secs), ..Default::default() },
+            ..Default::default()
+        }
+    }
+}
+
 impl Client {
     /// Connects with clean start and no will; panics if the broker refuses.
     pub fn connect(addr: SocketAddr, client_id: &str, version: ProtocolVersion) -> Client {
