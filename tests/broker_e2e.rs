@@ -356,6 +356,37 @@ fn keep_alive_timeout_closes_a_silent_client() {
     );
 }
 
+/// The keep-alive clock runs from what the client *sent*: a half-open subscriber that keeps
+/// being sent messages is still found out.
+#[test]
+fn keep_alive_counts_only_what_the_client_sends() {
+    let (_d, b) = broker();
+    let (mut c, _) =
+        Client::connect_with(b.addr, "deaf", V5, ConnectOptions { clean: true, keep_alive: 1, ..Default::default() });
+    c.subscribe("tick", QoS::AtMostOnce);
+    let mut publ = Client::connect(b.addr, "ticker", V5);
+    let start = std::time::Instant::now();
+    let mut closed = false;
+    let mut got = Vec::new();
+    // A message every 200 ms, for at most 5 s: the broker must close at about 1.5 s anyway.
+    while start.elapsed() < Duration::from_secs(5) {
+        publ.publish("tick", "t", QoS::AtMostOnce, false);
+        let (c_closed, packets) = c.closed_within(Duration::from_millis(200));
+        got.extend(packets);
+        if c_closed {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "still open after {:?}", start.elapsed());
+    assert!(start.elapsed() < Duration::from_secs(4), "closed late: {:?}", start.elapsed());
+    assert!(got.iter().any(|p| matches!(p, Packet::Publish(_))), "it did receive messages meanwhile");
+    assert!(
+        got.iter().any(|p| matches!(p, Packet::Disconnect(d) if d.code == ReasonCode::KeepAliveTimeout)),
+        "{got:?}"
+    );
+}
+
 #[test]
 fn an_absent_subscriber_waits_in_the_log_not_in_memory_and_others_are_unaffected() {
     let dir = tempfile::tempdir().unwrap();

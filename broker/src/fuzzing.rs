@@ -23,7 +23,7 @@ pub fn stored_state(data: &[u8]) {
 pub fn decode_stored(key: &str, value: &[u8]) {
     let _ = crate::session_store::SessionRecord::decode(value);
     let _ = crate::qos2_store::decode(key, value);
-    let _ = crate::session_store::fold([(key.to_string(), Bytes::copy_from_slice(value))]);
+    let _ = crate::session_store::fold([(key.to_string(), Bytes::copy_from_slice(value))]).stale;
     if let Some(m) = crate::message::Message::from_record(Bytes::copy_from_slice(value), Duration::from_secs(1)) {
         // Whatever decodes must encode again.
         let _ = m.to_record(std::time::Instant::now());

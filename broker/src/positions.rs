@@ -192,6 +192,11 @@ impl Positions {
         self.streams.get(topic).is_some_and(|p| p.outstanding.contains(&offset) || p.complete.contains(&offset))
     }
 
+    /// The cursor of `topic`'s stream, if the session follows it.
+    pub(crate) fn cursor_of(&self, topic: &str) -> Option<u64> {
+        self.streams.get(topic).map(StreamPos::cursor)
+    }
+
     /// A QoS 2 exchange for `topic`@`offset` was restored in flight (after a restart).
     pub(crate) fn restore_handed(&mut self, topic: &str, offset: u64) {
         if let Some(p) = self.streams.get_mut(topic) {

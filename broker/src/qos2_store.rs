@@ -8,6 +8,11 @@
 //!   forgotten, and the resent PUBLISH is stored). Empty once the client released it.
 //! - `<client>\0out\0<offset>\0<topic>`: a QoS 2 message the broker sends (outbound): the
 //!   packet id and how far the exchange got. Empty once the cursor has passed it.
+//! - `<client>\0q1\0<pid>`: the QoS 1 message last sent with packet id `pid` (topic and
+//!   offset), written before the PUBLISH goes out, so that after a crash an unacknowledged
+//!   one is resent with its original id [MQTT-4.4.0-1]. Keyed by packet id, a later use of the
+//!   id replaces it: no clearing record per delivery, and a session holds at most as many of
+//!   these as its in-flight window. One whose message the cursor has passed is stale.
 //!
 //! Every value carries the *incarnation* of the session that wrote it, so entries of an
 //! earlier session with the same client id are never mistaken for the current one's.
@@ -22,6 +27,7 @@ use crate::store::Store;
 
 const INBOUND_MARK: &str = "\0in\0";
 const OUTBOUND_MARK: &str = "\0out\0";
+const QOS1_MARK: &str = "\0q1\0";
 const VERSION: u8 = 2;
 
 /// A QoS 2 PUBLISH received from a persistent session and not yet released (PUBREL).
@@ -46,8 +52,8 @@ pub(crate) enum Qos2State {
     Released = 2,
     /// Complete: the message must not be sent again (kept until the cursor passes it).
     Complete = 3,
-    /// A QoS 1 PUBLISH sent with this packet id and not acknowledged when the broker shut
-    /// down (written at a graceful stop only), so it is resent with its original id.
+    /// A QoS 1 PUBLISH sent with this packet id (from a `\0q1\0` entry; earlier versions
+    /// wrote these under the outbound key at a graceful stop).
     Qos1Published = 4,
 }
 
@@ -67,7 +73,11 @@ pub(crate) struct OutboundQos2 {
 pub(crate) enum Entry {
     Inbound { client: String, pid: u16, value: Option<(u64, InboundIntent)> },
     Outbound { client: String, topic: String, offset: u64, value: Option<OutboundValue> },
+    Qos1 { client: String, pid: u16, value: Option<Qos1Value> },
 }
+
+/// A QoS 1 message sent with a packet id: incarnation, topic, offset, shared subscription.
+pub(crate) type Qos1Value = (u64, String, u64, Option<String>);
 
 /// A stored outbound exchange: incarnation, packet id, state, shared subscription.
 pub(crate) type OutboundValue = (u64, u16, Qos2State, Option<String>);
@@ -78,6 +88,25 @@ pub(crate) fn inbound_key(client: &str, pid: u16) -> Vec<u8> {
 
 pub(crate) fn outbound_key(client: &str, topic: &str, offset: u64) -> Vec<u8> {
     format!("{client}{OUTBOUND_MARK}{offset}\0{topic}").into_bytes()
+}
+
+pub(crate) fn qos1_key(client: &str, pid: u16) -> Vec<u8> {
+    format!("{client}{QOS1_MARK}{pid}").into_bytes()
+}
+
+/// The QoS 1 message at `topic`@`offset` (through shared subscription `group`, if any) sent
+/// with the packet id of the key.
+pub(crate) fn encode_qos1(incarnation: u64, topic: &str, offset: u64, group: Option<&str>) -> Bytes {
+    let mut b = BytesMut::with_capacity(19 + topic.len() + group.map_or(0, str::len));
+    b.put_u8(VERSION);
+    b.put_u64(incarnation);
+    b.put_u64(offset);
+    b.put_u16(topic.len() as u16);
+    b.put_slice(topic.as_bytes());
+    if let Some(g) = group {
+        b.put_slice(g.as_bytes());
+    }
+    b.freeze()
 }
 
 pub(crate) fn encode_inbound(incarnation: u64, i: &InboundIntent) -> Bytes {
@@ -118,6 +147,11 @@ pub(crate) fn decode(key: &str, value: &[u8]) -> Option<Entry> {
         let value = if value.is_empty() { None } else { Some(decode_inbound(pid, value)?) };
         return Some(Entry::Inbound { client: client.to_owned(), pid, value });
     }
+    if let Some((client, pid)) = key.split_once(QOS1_MARK) {
+        let pid: u16 = pid.parse().ok()?;
+        let value = if value.is_empty() { None } else { Some(decode_qos1(value)?) };
+        return Some(Entry::Qos1 { client: client.to_owned(), pid, value });
+    }
     let (client, rest) = key.split_once(OUTBOUND_MARK)?;
     let (offset, topic) = rest.split_once('\0')?;
     let offset: u64 = offset.parse().ok()?;
@@ -136,6 +170,22 @@ fn decode_inbound(pid: u16, mut b: &[u8]) -> Option<(u64, InboundIntent)> {
     let offset = b.get_u64();
     let topic = std::str::from_utf8(b).ok()?.to_owned();
     Some((incarnation, InboundIntent { pid, topic, from, stamp, offset: known.then_some(offset) }))
+}
+
+fn decode_qos1(mut b: &[u8]) -> Option<Qos1Value> {
+    if b.remaining() < 19 || b.get_u8() != VERSION {
+        return None;
+    }
+    let incarnation = b.get_u64();
+    let offset = b.get_u64();
+    let len = b.get_u16() as usize;
+    if b.remaining() < len {
+        return None;
+    }
+    let topic = std::str::from_utf8(&b[..len]).ok()?.to_owned();
+    b.advance(len);
+    let group = if b.is_empty() { None } else { Some(std::str::from_utf8(b).ok()?.to_owned()) };
+    Some((incarnation, topic, offset, group))
 }
 
 fn decode_outbound(mut b: &[u8]) -> Option<OutboundValue> {
@@ -249,6 +299,18 @@ mod tests {
             decode(&key(outbound_key("c", "x", 1)), &[]),
             Some(Entry::Outbound { client: "c".into(), topic: "x".into(), offset: 1, value: None })
         );
+        assert_eq!(
+            decode(&key(qos1_key("c", 65535)), &encode_qos1(42, "a/b", 7, Some("$share/g/a/+"))),
+            Some(Entry::Qos1 {
+                client: "c".into(),
+                pid: 65535,
+                value: Some((42, "a/b".into(), 7, Some("$share/g/a/+".into())))
+            })
+        );
+        assert_eq!(
+            decode(&key(qos1_key("c", 3)), &encode_qos1(1, "t", 0, None)),
+            Some(Entry::Qos1 { client: "c".into(), pid: 3, value: Some((1, "t".into(), 0, None)) })
+        );
         assert_eq!(decode("plain-client", &[1, 2, 3]), None, "a session record's key");
     }
 
@@ -258,6 +320,9 @@ mod tests {
         let v = encode_inbound(1, &i);
         assert_eq!(decode(&key(inbound_key("c", 1)), &v[..10]), None);
         assert_eq!(decode(&key(outbound_key("c", "t", 1)), &[VERSION, 0, 0]), None);
+        let q = encode_qos1(1, "topic", 1, None);
+        assert_eq!(decode(&key(qos1_key("c", 1)), &q[..q.len() - 1]), None, "topic cut short");
+        assert_eq!(decode("c\0q1\0x", &q), None, "not a packet id");
         let mut bad = encode_outbound(1, 1, Qos2State::Complete).to_vec();
         bad[11] = 9;
         assert_eq!(decode(&key(outbound_key("c", "t", 1)), &bad), None);

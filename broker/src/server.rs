@@ -227,6 +227,23 @@ impl Shared {
         self.store.save_session_entry(qos2_store::outbound_key(client, topic, offset), value)
     }
 
+    /// Stores, before the PUBLISH goes out, that packet id `pid` of a persistent session now
+    /// carries the QoS 1 message at `topic`@`offset`: after a crash the message is resent with
+    /// this id [MQTT-4.4.0-1]. One record per delivery and none to clear it: the next use of
+    /// the id replaces it, and the cursor passing the message makes it stale.
+    pub(crate) fn save_qos1(
+        &self,
+        client: &str,
+        incarnation: u64,
+        pid: u16,
+        topic: &str,
+        offset: u64,
+        group: Option<&str>,
+    ) -> promptmq_wal::Completion<u64> {
+        let value = qos2_store::encode_qos1(incarnation, topic, offset, group);
+        self.store.save_session_entry(qos2_store::qos1_key(client, pid), value)
+    }
+
     /// An outbound QoS 2 exchange completed (PUBCOMP, or the client refused it): the message
     /// is never sent again, even if the saved cursor is still below it. For a shared
     /// subscription the mark belongs to the group (any member could get it again).
@@ -401,30 +418,6 @@ impl Shared {
         }
     }
 
-    /// At a graceful stop: the unacknowledged QoS 1 messages of persistent sessions with
-    /// their packet ids, so that after the restart they are resent with the same ids
-    /// [MQTT-4.4.0-1]. (After a crash they come again from the log with new ids: QoS 1's
-    /// at-least-once holds either way, and saving every id as it is sent would cost two log
-    /// records per delivery.)
-    fn save_qos1_inflight(&self) {
-        let sessions: Vec<(String, Arc<Mutex<Session>>)> =
-            lock(&self.sessions).iter().map(|(c, s)| (c.clone(), s.clone())).collect();
-        for (client, s) in sessions {
-            let s = lock(&s);
-            if !s.persistent() {
-                continue;
-            }
-            for (pid, o) in &s.inflight {
-                if let Outbound::Publish(d) = o {
-                    if let (QoS::AtLeastOnce, Some((t, off))) = (d.qos, d.logged()) {
-                        let state = Some((*pid, Qos2State::Qos1Published));
-                        drop(self.save_outbound_via(&client, s.incarnation, t, off, state, d.shared.as_deref()));
-                    }
-                }
-            }
-        }
-    }
-
     /// Saves the positions of shared subscription groups that moved.
     fn save_moved_groups(&self) {
         let groups: Vec<(String, Arc<Mutex<Positions>>)> =
@@ -527,8 +520,15 @@ impl Broker {
             let observer = Arc::new(crate::monitor::WalObserver::new());
             let store = Store::open_configured(&dir, sync, &storage, observer)?;
             let retained = store.load_retained()?;
-            let saved = session_store::fold(store.session_records()?);
-            Ok((store, retained, saved))
+            let folded = session_store::fold(store.session_records()?);
+            for key in &folded.stale {
+                // Not waited for: should the broker stop first, they are found stale again.
+                drop(store.save_session_entry(key.clone(), bytes::Bytes::new()));
+            }
+            if !folded.stale.is_empty() {
+                tracing::debug!(entries = folded.stale.len(), "cleared stale session entries");
+            }
+            Ok((store, retained, folded.sessions))
         })
         .await
         .map_err(|e| BrokerError::Startup(e.to_string()))??;
@@ -625,7 +625,6 @@ impl Broker {
         let _ = tokio::time::timeout(Duration::from_secs(10), self.done.recv()).await;
         let shared = self.shared.clone();
         let _ = tokio::task::spawn_blocking(move || {
-            shared.save_qos1_inflight();
             shared.save_moved_positions();
             shared.save_moved_groups();
             shared.store.close()
@@ -720,10 +719,10 @@ fn restore_inbound_qos2(
     stored
 }
 
-/// Puts a restored session's outbound QoS 2 exchanges back in flight (resent with the same
-/// packet ids when the client reconnects), and marks completed ones as never to send again.
+/// Puts a restored session's outbound QoS 2 exchanges and unacknowledged QoS 1 messages back
+/// in flight (resent with the same packet ids when the client reconnects), and marks
+/// completed QoS 2 exchanges as never to send again.
 fn restore_outbound_qos2(shared: &Shared, s: &mut Session, exchanges: &[OutboundQos2]) {
-    let client_key: String = s.client_id.as_deref().unwrap_or_default().to_string();
     let now_ms =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
     for x in exchanges {
@@ -743,9 +742,17 @@ fn restore_outbound_qos2(shared: &Shared, s: &mut Session, exchanges: &[Outbound
             }
             Qos2State::Published | Qos2State::Qos1Published => {
                 let qos = if x.state == Qos2State::Published { QoS::ExactlyOnce } else { QoS::AtLeastOnce };
-                if qos == QoS::AtLeastOnce {
-                    // Used once: a later crash resends from the log (new ids), not again from here.
-                    drop(shared.save_outbound(&client_key, s.incarnation, &x.topic, x.offset, None));
+                // A QoS 1 entry stays until its packet id is used again: one whose message
+                // the cursor passed was acknowledged. (QoS 2 entries are cleared instead.)
+                let cursor = match &group {
+                    Some(g) => lock(g).cursor_of(&x.topic),
+                    None => s.positions.cursor_of(&x.topic),
+                };
+                if qos == QoS::AtLeastOnce && cursor.is_none_or(|c| x.offset < c) {
+                    continue;
+                }
+                if s.inflight.iter().any(|(pid, _)| *pid == x.pid) {
+                    continue; // an id is in flight once (two entries for one id: old format)
                 }
                 let rec = match shared.store.read_topic(&x.topic, x.offset, 1) {
                     Ok((recs, _)) => recs.into_iter().find(|r| r.offset == x.offset),

@@ -228,12 +228,18 @@ impl Session {
         self.queue.drain(..).collect()
     }
 
-    /// A packet identifier not used by any in-flight message.
-    pub(crate) fn alloc_pid(&mut self) -> Option<u16> {
+    /// A packet identifier not used by any in-flight message, taken in turn from
+    /// `1..=window` (widened to one more than is in flight): a persistent session stores one
+    /// entry per id it uses (`qos2_store`), so a small window keeps those few.
+    pub(crate) fn alloc_pid(&mut self, window: usize) -> Option<u16> {
         if self.inflight.len() >= u16::MAX as usize - 1 {
             return None;
         }
+        let top = window.max(self.inflight.len() + 1).min(u16::MAX as usize) as u16;
         loop {
+            if self.next_pid > top || self.next_pid == 0 {
+                self.next_pid = 1;
+            }
             let id = self.next_pid;
             self.next_pid = self.next_pid.checked_add(1).unwrap_or(1);
             if !self.inflight.iter().any(|(p, _)| *p == id) {
@@ -285,13 +291,29 @@ mod tests {
 
     #[test]
     fn packet_ids_skip_those_in_flight_and_wrap() {
+        let all = u16::MAX as usize;
         let mut s = Session::new();
         s.next_pid = u16::MAX;
-        assert_eq!(s.alloc_pid(), Some(u16::MAX));
+        assert_eq!(s.alloc_pid(all), Some(u16::MAX));
         s.inflight.push_back((u16::MAX, Outbound::Released(None, None)));
         s.inflight.push_back((1, Outbound::Released(None, None)));
-        assert_eq!(s.alloc_pid(), Some(2), "wraps past 0 and skips 1, which is in flight");
+        assert_eq!(s.alloc_pid(all), Some(2), "wraps past 0 and skips 1, which is in flight");
         assert!(s.take_inflight(1).is_some());
         assert!(s.take_inflight(1).is_none());
+    }
+
+    #[test]
+    fn packet_ids_stay_in_the_window() {
+        let mut s = Session::new();
+        let ids: Vec<_> = (0..7).filter_map(|_| s.alloc_pid(3)).collect();
+        assert_eq!(ids, vec![1, 2, 3, 1, 2, 3, 1]);
+        // Ids in flight from a wider window (an earlier connection) are skipped, and a full
+        // window widens by one rather than failing.
+        s.inflight.push_back((1, Outbound::Released(None, None)));
+        s.inflight.push_back((2, Outbound::Released(None, None)));
+        s.inflight.push_back((900, Outbound::Released(None, None)));
+        assert_eq!(s.alloc_pid(3), Some(3));
+        s.inflight.push_back((3, Outbound::Released(None, None)));
+        assert_eq!(s.alloc_pid(3), Some(4));
     }
 }

@@ -125,14 +125,31 @@ impl SessionRecord {
     }
 }
 
+/// The sessions stream folded: the live sessions, and the keys of entries to clear.
+#[derive(Debug, Default)]
+pub(crate) struct Folded {
+    pub(crate) sessions: HashMap<String, SessionRecord>,
+    /// QoS 1 entries no live session owns (the session ended), and entries in the format of
+    /// earlier versions that the restored state now holds: cleared once restored.
+    pub(crate) stale: Vec<Vec<u8>>,
+}
+
 /// Folds the records of the sessions stream (oldest first) into the live sessions, each
-/// with the QoS 2 entries its incarnation wrote.
-pub(crate) fn fold(records: impl IntoIterator<Item = (String, Bytes)>) -> HashMap<String, SessionRecord> {
+/// with the QoS 1 and QoS 2 entries its incarnation wrote.
+pub(crate) fn fold(records: impl IntoIterator<Item = (String, Bytes)>) -> Folded {
     let mut out = HashMap::new();
     let mut inbound: HashMap<(String, u16), (u64, InboundIntent)> = HashMap::new();
     let mut outbound: HashMap<(String, String, u64), crate::qos2_store::OutboundValue> = HashMap::new();
+    let mut qos1: HashMap<(String, u16), qos2_store::Qos1Value> = HashMap::new();
+    let mut stale = Vec::new();
     for (key, payload) in records {
         match qos2_store::decode(&key, &payload) {
+            Some(Entry::Qos1 { client, pid, value: Some(v) }) => {
+                qos1.insert((client, pid), v);
+            }
+            Some(Entry::Qos1 { client, pid, value: None }) => {
+                qos1.remove(&(client, pid));
+            }
             Some(Entry::Inbound { client, pid, value: Some(v) }) => {
                 inbound.insert((client, pid), v);
             }
@@ -162,7 +179,20 @@ pub(crate) fn fold(records: impl IntoIterator<Item = (String, Bytes)>) -> HashMa
     }
     for ((client, topic, offset), (incarnation, pid, state, group)) in outbound {
         if let Some(r) = out.get_mut(&client).filter(|r| r.incarnation == incarnation) {
+            if state == qos2_store::Qos2State::Qos1Published {
+                // Written at a graceful stop by earlier versions: used once, then cleared.
+                stale.push(qos2_store::outbound_key(&client, &topic, offset));
+            }
             r.outbound.push(OutboundQos2 { topic, offset, pid, state, group });
+        }
+    }
+    for ((client, pid), (incarnation, topic, offset, group)) in qos1 {
+        match out.get_mut(&client).filter(|r| r.incarnation == incarnation) {
+            Some(r) => {
+                let state = qos2_store::Qos2State::Qos1Published;
+                r.outbound.push(OutboundQos2 { topic, offset, pid, state, group });
+            }
+            None => stale.push(qos2_store::qos1_key(&client, pid)),
         }
     }
     for r in out.values_mut() {
@@ -170,7 +200,8 @@ pub(crate) fn fold(records: impl IntoIterator<Item = (String, Bytes)>) -> HashMa
         r.outbound.sort_by(|a, b| (&a.topic, a.offset).cmp(&(&b.topic, b.offset)));
         r.inbound.sort_by_key(|i| i.stamp);
     }
-    out
+    stale.sort();
+    Folded { sessions: out, stale }
 }
 
 #[cfg(test)]
@@ -199,7 +230,8 @@ mod tests {
         };
         assert_eq!(SessionRecord::decode(&r.encode()), Some(r.clone()));
         let live =
-            fold([("c1".to_string(), r.encode()), ("c2".to_string(), r.encode()), ("c1".to_string(), Bytes::new())]);
+            fold([("c1".to_string(), r.encode()), ("c2".to_string(), r.encode()), ("c1".to_string(), Bytes::new())])
+                .sessions;
         assert_eq!(live.keys().collect::<Vec<_>>(), vec!["c2"]);
         assert_eq!(SessionRecord::decode(&[1, 0, 0]), None, "truncated");
         let enc = r.encode();
@@ -216,7 +248,7 @@ mod tests {
 
     #[test]
     fn qos2_entries_join_only_the_incarnation_that_wrote_them() {
-        use crate::qos2_store::{encode_inbound, encode_outbound, inbound_key, outbound_key};
+        use crate::qos2_store::{encode_inbound, encode_outbound, encode_qos1, inbound_key, outbound_key, qos1_key};
         let key = |k: Vec<u8>| String::from_utf8(k).unwrap();
         let r = SessionRecord { incarnation: 2, expiry: 1, ..Default::default() };
         let intent = |pid| InboundIntent { pid, topic: "t".into(), from: 0, stamp: pid as u64, offset: None };
@@ -232,12 +264,23 @@ mod tests {
             (key(outbound_key("c", "x", 1)), encode_outbound(2, 6, Qos2State::Published)),
             (key(outbound_key("c", "x", 1)), Bytes::new()),
             (key(outbound_key("c", "x", 2)), encode_outbound(1, 6, Qos2State::Complete)),
+            (key(qos1_key("c", 1)), encode_qos1(2, "q", 3, None)),
+            (key(qos1_key("c", 1)), encode_qos1(2, "q", 9, None)), // the id used again
+            (key(qos1_key("c", 2)), encode_qos1(1, "q", 4, None)), // an earlier session's
+            (key(qos1_key("c", 3)), encode_qos1(2, "q", 5, None)),
+            (key(qos1_key("c", 3)), Bytes::new()),
+            (key(qos1_key("gone", 1)), encode_qos1(7, "q", 1, None)),
         ]);
+        let Folded { sessions: live, stale } = live;
         assert_eq!(live.len(), 1, "entries of a session without a record are ignored");
         assert_eq!(live["c"].inbound, vec![intent(7)]);
         assert_eq!(
             live["c"].outbound,
-            vec![OutboundQos2 { topic: "a/b".into(), offset: 7, pid: 5, state: Qos2State::Released, group: None }]
+            vec![
+                OutboundQos2 { topic: "a/b".into(), offset: 7, pid: 5, state: Qos2State::Released, group: None },
+                OutboundQos2 { topic: "q".into(), offset: 9, pid: 1, state: Qos2State::Qos1Published, group: None },
+            ]
         );
+        assert_eq!(stale, vec![qos1_key("c", 2), qos1_key("gone", 1)], "QoS 1 entries no live session owns");
     }
 }
