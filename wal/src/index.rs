@@ -10,7 +10,11 @@
 //! Offset index: for each stream, *blocks* of up to [`BLOCK_LEN`] consecutive record
 //! positions, keyed by (stream, first offset of the block). A lookup takes the last block
 //! whose first offset is at or below the wanted one. Every record's position is indexed,
-//! so a read never scans unrelated records of other streams sharing the shard.
+//! so a read never scans unrelated records of other streams sharing the shard. A block's
+//! positions are delta-encoded (`block_codec`, about 4 bytes each). The newest positions of
+//! a stream wait in memory until its block is full or the shard checkpoints; a checkpoint
+//! stores them as a (shorter) block and drops them from memory, so the memory they take is
+//! bounded by what the log took in since the last checkpoint, however many streams there are.
 
 use std::ops::Bound;
 use std::path::Path;
@@ -20,8 +24,11 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use crate::error::{Error, Result};
 use crate::options::{Retention, SyncMode};
 
-/// Positions per index block.
-pub(crate) const BLOCK_LEN: usize = 64;
+/// Positions per full index block. Larger blocks mean fewer index entries to write, flush
+/// and replay (recovery re-indexed 2 M records in 278 ms with 256 against 436 ms with 64)
+/// at the cost of decoding more positions per random lookup (sequential reads reuse the
+/// decoded block).
+pub(crate) const BLOCK_LEN: usize = 256;
 
 /// Where a record is: the segment (by its first LSN), the byte position in it (in the
 /// segment's uncompressed layout) and the record's encoded length.
@@ -35,8 +42,10 @@ pub(crate) struct Pos {
 /// `at` of a position whose record was removed by compaction.
 pub(crate) const REMOVED: u64 = u64::MAX;
 
-/// Size of one encoded position.
-const POS_LEN: usize = 20;
+/// The layout of index blocks (`block_codec`). An index of another layout is upgraded on
+/// open by dropping its blocks and checkpoints, so the log is re-indexed.
+const INDEX_FORMAT: u64 = 2;
+const INDEX_FORMAT_KEY: &str = "index_format";
 
 /// Per-stream contents of one sealed segment, used by retention to tell when nothing live
 /// remains in a segment.
@@ -133,6 +142,9 @@ pub(crate) struct Index {
     cursors: Keyspace,
     meta: Keyspace,
     sync: SyncMode,
+    /// Serialises the two writers of stored positions: a checkpoint (snapshot of the open
+    /// blocks, commit, dropping them from memory) and compaction's position updates.
+    positions: std::sync::Mutex<()>,
 }
 
 const STREAM_NAME_PREFIX: u8 = b'n';
@@ -225,13 +237,7 @@ fn checkpoint_key(shard: u32) -> Vec<u8> {
 }
 
 fn encode_positions(positions: &[Pos]) -> Vec<u8> {
-    let mut v = Vec::with_capacity(positions.len() * POS_LEN);
-    for p in positions {
-        v.extend_from_slice(&p.segment.to_le_bytes());
-        v.extend_from_slice(&p.at.to_le_bytes());
-        v.extend_from_slice(&p.len.to_le_bytes());
-    }
-    v
+    crate::block_codec::encode(positions)
 }
 
 fn encode_checkpoint(cp: &Checkpoint) -> Vec<u8> {
@@ -250,22 +256,14 @@ fn segment_key(shard: u32, first_lsn: u64) -> [u8; 12] {
 }
 
 fn decode_positions(b: &[u8]) -> Result<Vec<Pos>> {
-    if !b.len().is_multiple_of(POS_LEN) {
-        return Err(Error::Index(format!("index block of {} bytes is not a whole number of positions", b.len())));
-    }
-    b.chunks_exact(POS_LEN)
-        .map(|c| {
-            let len = u32::from_le_bytes([c[16], c[17], c[18], c[19]]);
-            Ok(Pos { segment: read_u64(c, 0)?, at: read_u64(c, 8)?, len })
-        })
-        .collect()
+    crate::block_codec::decode(b)
 }
 
 impl Index {
     pub(crate) fn open(dir: &Path, sync: SyncMode) -> Result<Index> {
         let db = Database::builder(dir).open()?;
         let ks = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default);
-        Ok(Index {
+        let index = Index {
             streams: ks("streams")?,
             blocks: ks("blocks")?,
             segments: ks("segments")?,
@@ -273,7 +271,38 @@ impl Index {
             meta: ks("meta")?,
             db,
             sync,
-        })
+            positions: std::sync::Mutex::new(()),
+        };
+        index.upgrade_format()?;
+        Ok(index)
+    }
+
+    /// An index written with another block layout (or a new one) gets the current layout:
+    /// its blocks are dropped together with the checkpoints that vouch for them, so the next
+    /// recovery re-indexes every shard. Durable before anything else is written, so a crash
+    /// during the re-index just re-indexes again.
+    fn upgrade_format(&self) -> Result<()> {
+        if self.get_meta_u64(INDEX_FORMAT_KEY)? == Some(INDEX_FORMAT) {
+            return Ok(());
+        }
+        if !self.blocks.is_empty()? {
+            tracing::info!("index blocks are in an older layout; the log will be re-indexed");
+        }
+        self.blocks.clear()?;
+        let checkpoints: Vec<_> = self.meta.prefix("checkpoint/").map(|g| g.key()).collect::<Result<_, _>>()?;
+        let mut b = self.db.batch();
+        for k in checkpoints {
+            b.remove(&self.meta, k);
+        }
+        b.insert(&self.meta, INDEX_FORMAT_KEY, INDEX_FORMAT.to_le_bytes().to_vec());
+        b.commit()?;
+        self.db.persist(PersistMode::SyncData)?;
+        Ok(())
+    }
+
+    /// See `Index::positions`.
+    pub(crate) fn positions_guard(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.positions.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Makes everything written so far durable, if the sync mode promises durability.
@@ -348,6 +377,20 @@ impl Index {
         Ok(())
     }
 
+    /// Writes many blocks (stream, first offset, positions) as one batch: one journal write
+    /// instead of one per block (recovery re-indexes in bulk).
+    pub(crate) fn put_blocks(&self, blocks: &[(u64, u64, Vec<Pos>)]) -> Result<()> {
+        if blocks.is_empty() {
+            return Ok(());
+        }
+        let mut b = self.db.batch();
+        for (stream, first, positions) in blocks {
+            b.insert(&self.blocks, block_key(*stream, *first).to_vec(), encode_positions(positions));
+        }
+        b.commit()?;
+        Ok(())
+    }
+
     /// The position of `offset` in `stream`, from the block that covers it, together with
     /// the whole block (readers walk it for the following offsets).
     pub(crate) fn find_block(&self, stream: u64, offset: u64) -> Result<Option<(u64, Vec<Pos>)>> {
@@ -367,9 +410,11 @@ impl Index {
     /// Removes every index block of a stream (before a full re-index).
     pub(crate) fn delete_blocks(&self, stream: u64) -> Result<()> {
         let keys: Vec<_> = self.blocks.prefix(be(stream)).map(|g| g.key()).collect::<Result<_, _>>()?;
+        let mut b = self.db.batch();
         for k in keys {
-            self.blocks.remove(k)?;
+            b.remove(&self.blocks, k);
         }
+        b.commit()?;
         Ok(())
     }
 
@@ -380,12 +425,12 @@ impl Index {
         let keys: Vec<Vec<u8>> = self
             .blocks
             .range::<&[u8], _>((Bound::Included(&lo[..]), Bound::Excluded(&hi[..])))
-            .map(|g| g.into_inner().map(|(k, v)| (k.to_vec(), v.len())))
+            .map(|g| g.into_inner().map(|(k, v)| (k.to_vec(), crate::block_codec::count(&v).unwrap_or(u64::MAX))))
             .collect::<Result<Vec<_>, _>>()?
             .into_iter()
-            .filter(|(k, len)| {
+            .filter(|(k, n)| {
                 let start = block_start(k).unwrap_or(u64::MAX);
-                start.saturating_add((*len / POS_LEN) as u64) <= first
+                start.saturating_add(*n) <= first
             })
             .map(|(k, _)| k)
             .collect();
@@ -467,5 +512,39 @@ impl Index {
             out.push((String::from_utf8_lossy(name).into_owned(), read_u64(&v, 0)?));
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_index_of_the_old_block_layout_is_dropped_for_a_re_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let pos = Pos { segment: 1, at: 32, len: 100 };
+        {
+            let index = Index::open(dir.path(), SyncMode::Always).unwrap();
+            // What an index written before the layout change holds: 20-byte positions, no
+            // format key, and a checkpoint that vouches for the blocks.
+            let mut old = Vec::new();
+            old.extend_from_slice(&1u64.to_le_bytes());
+            old.extend_from_slice(&32u64.to_le_bytes());
+            old.extend_from_slice(&100u32.to_le_bytes());
+            index.blocks.insert(block_key(7, 0), old).unwrap();
+            index.meta.remove(INDEX_FORMAT_KEY).unwrap();
+            let cp = Checkpoint { pos, next_lsn: 5 };
+            index.commit_checkpoint(0, Some(&cp), &[]).unwrap();
+            assert!(index.checkpoint(0).unwrap().is_some());
+        }
+        let index = Index::open(dir.path(), SyncMode::Always).unwrap();
+        assert!(index.blocks.is_empty().unwrap(), "old blocks dropped");
+        assert_eq!(index.checkpoint(0).unwrap(), None, "so recovery re-indexes the shard");
+        assert_eq!(index.get_meta_u64(INDEX_FORMAT_KEY).unwrap(), Some(INDEX_FORMAT));
+        // New blocks survive the next open.
+        index.put_block(7, 0, &[pos]).unwrap();
+        drop(index);
+        let index = Index::open(dir.path(), SyncMode::Always).unwrap();
+        assert_eq!(index.find_block(7, 0).unwrap(), Some((0, vec![pos])));
     }
 }

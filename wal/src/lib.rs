@@ -31,6 +31,7 @@
 
 #![warn(missing_docs)]
 
+mod block_codec;
 mod commit;
 mod error;
 pub mod format;

@@ -168,6 +168,10 @@ pub(crate) fn recover_shard(
         }
     }
 
+    // The streams this scan indexes, with their offsets and open blocks taken out of their
+    // shared state (no lock or atomic per record); put back by `indexed.finish()`.
+    let mut indexed = Indexing::default();
+    // One buffer for every segment: a fresh one per segment would fault in its pages anew.
     let mut buf = Vec::new();
     let mut i = start_idx;
     while i < segs.len() {
@@ -219,6 +223,8 @@ pub(crate) fn recover_shard(
         }
         let mut orphans = 0u64;
         let mut summary = SegSummary::default();
+        // Full index blocks, written as one batch per segment.
+        let mut blocks: Vec<(u64, u64, Vec<Pos>)> = Vec::new();
         let scan = segment::scan(&path, data, from, lsn0, max_body, |r, at| {
             let len = format::encoded_len(r.key.as_ref().map_or(0, |k| k.len()), r.payload.len()) as u32;
             if r.meta.stream == CATALOG_STREAM {
@@ -250,25 +256,29 @@ pub(crate) fn recover_shard(
                 }
                 return Ok(());
             }
-            let Some(s) = streams.get(&r.meta.stream) else {
+            let Some(s) = indexed.get(streams, r.meta.stream) else {
                 return bad(format!("record of unknown stream id {}", r.meta.stream));
             };
-            let next = s.next_offset.load(Ordering::Acquire);
-            if r.meta.offset < s.first_offset.load(Ordering::Acquire) {
+            let next = s.next;
+            if r.meta.offset < s.first_offset {
                 return Ok(()); // expired by retention, not yet compacted away
             }
             if r.meta.offset < next {
-                return bad(format!("stream {:?} offset {} repeats (expected {next})", s.name, r.meta.offset));
+                return bad(format!("stream {:?} offset {} repeats (expected {next})", s.state.name, r.meta.offset));
             }
             // Compaction leaves gaps in compacted streams; anywhere else a gap is lost data.
-            if r.meta.offset > next && mode == RecoveryMode::Strict && !s.compacted {
-                return bad(format!("stream {:?} jumps from offset {next} to {}", s.name, r.meta.offset));
+            if r.meta.offset > next && mode == RecoveryMode::Strict && !s.state.compacted {
+                return bad(format!("stream {:?} jumps from offset {next} to {}", s.state.name, r.meta.offset));
             }
-            s.push_position(index, r.meta.offset, Pos { segment: first, at, len });
-            s.next_offset.store(r.meta.offset + 1, Ordering::Release);
-            s.dirty.store(true, Ordering::Release);
+            let id = s.state.id;
+            s.block.push(&s.state.name, r.meta.offset, Pos { segment: first, at, len }, |f, p| {
+                blocks.push((id, f, p.to_vec()));
+                Ok(())
+            });
+            s.next = r.meta.offset + 1;
             Ok(())
         })?;
+        index.put_blocks(&blocks)?;
         report.orphan_records += orphans;
         report.segments_scanned += 1;
         report.records_scanned += scan.records;
@@ -289,14 +299,59 @@ pub(crate) fn recover_shard(
         }
         next_lsn = scan.last_lsn.map(|l| l + 1).unwrap_or(lsn0).max(next_lsn);
         if newest {
+            indexed.finish();
             let start = ShardStart { active: Some((first, scan.valid_end)), next_lsn, summary };
             return Ok(Recovered { start, segments: segs.iter().map(|(f, _)| *f).collect(), report });
         }
         index.put_segment(shard, first, &summary)?;
         i += 1;
     }
+    indexed.finish();
     let start = ShardStart { active: None, next_lsn, summary: SegSummary::default() };
     Ok(Recovered { start, segments: segs.iter().map(|(f, _)| *f).collect(), report })
+}
+
+/// One stream being indexed by a recovery scan.
+struct Indexed {
+    state: Arc<StreamState>,
+    next: u64,
+    first_offset: u64,
+    block: OpenBlock,
+}
+
+/// The streams a recovery scan has met so far.
+#[derive(Default)]
+struct Indexing {
+    streams: crate::hash::IdMap<Indexed>,
+}
+
+impl Indexing {
+    /// Stream `id`, taken out of `known` on first use (`None`: no such stream).
+    fn get(&mut self, known: &crate::hash::IdMap<Arc<StreamState>>, id: u64) -> Option<&mut Indexed> {
+        use std::collections::hash_map::Entry;
+        match self.streams.entry(id) {
+            Entry::Occupied(e) => Some(e.into_mut()),
+            Entry::Vacant(e) => {
+                let state = known.get(&id)?.clone();
+                let block = std::mem::take(&mut *state.open.lock().unwrap_or_else(|p| p.into_inner()));
+                Some(e.insert(Indexed {
+                    next: state.next_offset.load(Ordering::Acquire),
+                    first_offset: state.first_offset.load(Ordering::Acquire),
+                    block,
+                    state,
+                }))
+            }
+        }
+    }
+
+    /// Puts the offsets and open blocks back into the streams' shared state.
+    fn finish(&mut self) {
+        for (_, s) in self.streams.drain() {
+            s.state.next_offset.store(s.next, Ordering::Release);
+            *s.state.open.lock().unwrap_or_else(|p| p.into_inner()) = s.block;
+            s.state.dirty.store(true, Ordering::Release);
+        }
+    }
 }
 
 pub(crate) fn finish_streams(streams: &crate::hash::IdMap<Arc<StreamState>>) {

@@ -343,10 +343,21 @@ impl ShardWriter {
         }
         let cp =
             Checkpoint { pos: Pos { segment: self.seg_first, at: self.synced_len, len: 0 }, next_lsn: self.next_lsn };
+        // Compaction must not change positions between the snapshot and the commit (the
+        // commit would store the old ones) nor after the blocks leave memory.
+        let _positions = self.index.positions_guard();
         let states: Vec<_> = self.touched.values().map(|s| s.checkpoint_state()).collect();
         let res = self.index.commit_checkpoint(self.shared.id, Some(&cp), &states);
         match res {
             Ok(()) => {
+                // The open blocks are in the index now: memory keeps only what came since,
+                // so it is bounded by the log written between checkpoints, not by the
+                // number of streams times the block length.
+                for (s, (_, block)) in self.touched.values().zip(&states) {
+                    if let Some((first, positions)) = block {
+                        s.checkpointed(*first, positions.len());
+                    }
+                }
                 self.touched.clear();
                 self.bytes_since_checkpoint = 0;
             }

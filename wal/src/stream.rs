@@ -15,6 +15,42 @@ pub(crate) struct OpenBlock {
     pub(crate) positions: Vec<Pos>,
 }
 
+impl OpenBlock {
+    /// Adds the position of `offset`, handing full blocks to `put` (the index, or a batch
+    /// for it). If `put` fails the positions stay in memory and the write is retried with
+    /// the next one. `stream` names the stream in the warning.
+    pub(crate) fn push(
+        &mut self,
+        stream: &str,
+        offset: u64,
+        pos: Pos,
+        mut put: impl FnMut(u64, &[Pos]) -> crate::Result<()>,
+    ) {
+        if self.positions.is_empty() || self.first + self.positions.len() as u64 != offset {
+            // A gap (a skipped damaged record) starts a new block.
+            if !self.positions.is_empty() {
+                if let Err(e) = put(self.first, &self.positions) {
+                    tracing::warn!(stream, error = %e, "index block write failed; keeping it in memory");
+                    return;
+                }
+            }
+            self.first = offset;
+            self.positions.clear();
+        }
+        self.positions.push(pos);
+        if self.positions.len() >= BLOCK_LEN {
+            match put(self.first, &self.positions) {
+                Ok(()) => {
+                    self.first += self.positions.len() as u64;
+                    // Not `clear`: an idle stream would keep a full block's capacity.
+                    self.positions = Vec::new();
+                }
+                Err(e) => tracing::warn!(stream, error = %e, "index block write failed; will retry"),
+            }
+        }
+    }
+}
+
 /// Wakes tail readers when records become visible.
 #[derive(Debug, Default)]
 pub(crate) struct Notify {
@@ -113,28 +149,16 @@ impl StreamState {
     /// write fails the positions stay in memory and the write is retried with the next one.
     pub(crate) fn push_position(&self, index: &Index, offset: u64, pos: Pos) {
         let mut b = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        if b.positions.is_empty() || b.first + b.positions.len() as u64 != offset {
-            // A gap (a skipped damaged record) starts a new block.
-            if !b.positions.is_empty() {
-                if let Err(e) = index.put_block(self.id, b.first, &b.positions) {
-                    tracing::warn!(stream = %self.name, error = %e, "index block write failed; keeping it in memory");
-                    return;
-                }
-            }
-            b.first = offset;
-            b.positions.clear();
-        }
-        b.positions.push(pos);
-        if b.positions.len() >= BLOCK_LEN {
-            match index.put_block(self.id, b.first, &b.positions) {
-                Ok(()) => {
-                    b.first += b.positions.len() as u64;
-                    b.positions.clear();
-                }
-                Err(e) => {
-                    tracing::warn!(stream = %self.name, error = %e, "index block write failed; will retry")
-                }
-            }
+        b.push(&self.name, offset, pos, |first, positions| index.put_block(self.id, first, positions))
+    }
+
+    /// The first `n` positions of the open block, from `first` on, are stored in the index
+    /// (by a checkpoint): they leave memory, and the block goes on as a new one after them.
+    pub(crate) fn checkpointed(&self, first: u64, n: usize) {
+        let mut b = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if b.first == first && b.positions.len() >= n {
+            b.positions = b.positions[n..].to_vec();
+            b.first += n as u64;
         }
     }
 
@@ -176,6 +200,7 @@ impl StreamState {
     /// Replaces the positions of some offsets (sorted), after compaction moved or removed
     /// their records. `None` marks a record as removed.
     pub(crate) fn set_positions(&self, index: &Index, updates: &[(u64, Option<Pos>)]) -> crate::Result<()> {
+        let _positions = index.positions_guard();
         let removed = |p: Option<Pos>| p.unwrap_or(Pos { segment: 0, at: REMOVED, len: 0 });
         let mut b = self.open.lock().unwrap_or_else(|p| p.into_inner());
         let mut block: Option<(u64, Vec<Pos>)> = None;
@@ -211,5 +236,70 @@ impl StreamState {
             index.put_block(self.id, b.first, &b.positions)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(at: u64) -> Pos {
+        Pos { segment: 1, at, len: 10 }
+    }
+
+    #[test]
+    fn full_blocks_go_out_and_gaps_start_new_ones() {
+        let mut b = OpenBlock { first: 0, positions: Vec::new() };
+        let mut put = Vec::new();
+        for o in 0..BLOCK_LEN as u64 + 3 {
+            b.push("s", o, p(o * 10), |f, ps| {
+                put.push((f, ps.len()));
+                Ok(())
+            });
+        }
+        assert_eq!(put, vec![(0, BLOCK_LEN)]);
+        assert_eq!((b.first, b.positions.len()), (BLOCK_LEN as u64, 3));
+        // Offset 1000 does not follow: the 3 open positions go out as a block of their own.
+        b.push("s", 1000, p(0), |f, ps| {
+            put.push((f, ps.len()));
+            Ok(())
+        });
+        assert_eq!(put.last(), Some(&(BLOCK_LEN as u64, 3)));
+        assert_eq!((b.first, b.positions.len()), (1000, 1));
+        // A failing index keeps the positions in memory, to be written with the next one.
+        let mut b = OpenBlock { first: 0, positions: Vec::new() };
+        for o in 0..BLOCK_LEN as u64 + 1 {
+            b.push("s", o, p(o), |_, _| Err(crate::Error::Closed));
+        }
+        assert_eq!((b.first, b.positions.len()), (0, BLOCK_LEN + 1));
+    }
+
+    #[test]
+    fn a_checkpoint_takes_only_what_it_stored_out_of_memory() {
+        let meta = StreamMeta {
+            id: 1,
+            name: "s".into(),
+            shard: 0,
+            first_offset: 0,
+            next_offset: 10,
+            retention: Retention::default(),
+            compacted: false,
+        };
+        let s = StreamState::from_meta(&meta);
+        let push = |o: u64| {
+            s.open.lock().unwrap().push("s", o, p(o), |_, _| Ok(()));
+        };
+        (10..15).for_each(push);
+        let (_, block) = s.checkpoint_state();
+        let (first, stored) = block.unwrap();
+        // Appended between the snapshot and the commit: stays.
+        (15..17).for_each(push);
+        s.checkpointed(first, stored.len());
+        let b = s.open.lock().unwrap();
+        assert_eq!((b.first, b.positions.clone()), (15, vec![p(15), p(16)]));
+        drop(b);
+        // A stale checkpoint (the block moved on meanwhile) changes nothing.
+        s.checkpointed(10, 5);
+        assert_eq!(s.open.lock().unwrap().first, 15);
     }
 }

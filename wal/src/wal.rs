@@ -322,12 +322,17 @@ impl Wal {
         // Checkpoint what recovery established, atomically per shard: the streams' offsets
         // now include the re-indexed tail, so the checkpoint must move to the tail's end too.
         for (shared, start) in &shards {
-            let states: Vec<_> =
-                by_id.values().filter(|s| s.shard == shared.id).map(|s| s.checkpoint_state()).collect();
+            let ours: Vec<_> = by_id.values().filter(|s| s.shard == shared.id).collect();
+            let states: Vec<_> = ours.iter().map(|s| s.checkpoint_state()).collect();
             let cp = start
                 .active
                 .map(|(segment, at)| Checkpoint { pos: Pos { segment, at, len: 0 }, next_lsn: start.next_lsn });
             index.commit_checkpoint(shared.id, cp.as_ref(), &states)?;
+            for (s, (_, block)) in ours.iter().zip(&states) {
+                if let Some((first, positions)) = block {
+                    s.checkpointed(*first, positions.len());
+                }
+            }
         }
         let mut started_shards = Vec::with_capacity(shards.len());
         for (shared, start) in shards {
