@@ -53,3 +53,27 @@ write("segment_reader", "damaged_middle", bytes(mid))
 write("segment_reader", "bad_header", b"PMQWAL\r\n" + b"\x00" * 24 + r1)
 write("segment_reader", "zero_tail", seg + b"\x00" * 64)
 write("segment_reader", "empty_segment", header(3, 100))
+
+# Offset-index blocks (wal/src/block_codec.rs): varint count, then per position a kind byte
+# (0 same segment: gap, len; 1 anywhere: segment, at, len; 2 removed: segment, len).
+def varint(v):
+    out = bytearray()
+    while v >= 0x80:
+        out.append((v & 0x7F) | 0x80)
+        v >>= 7
+    out.append(v)
+    return bytes(out)
+
+os.makedirs(os.path.join("corpus", "index_block"), exist_ok=True)
+typical = varint(4) + bytes([1]) + varint(1000) + varint(32) + varint(176)
+for gap in (0, 352, 176):
+    typical += bytes([0]) + varint(gap) + varint(176)
+write("index_block", "valid_typical", typical)
+mixed = varint(3) + bytes([1]) + varint(5) + varint(100) + varint(50) + bytes([2]) + varint(5) + varint(0) \
+    + bytes([1]) + varint(9) + varint(32) + varint(70)
+write("index_block", "valid_mixed", mixed)
+write("index_block", "valid_empty", varint(0))
+write("index_block", "truncated", typical[:-1])
+write("index_block", "delta_first", varint(1) + bytes([0, 1, 1]))
+write("index_block", "huge_count", bytes([0xFF, 0xFF, 0xFF, 0x0F]))
+

@@ -36,3 +36,9 @@ pub fn segment_reader(data: &[u8]) -> usize {
         Err(_) => 0,
     }
 }
+
+/// Any bytes decode to index-block positions or an error, never a panic; decoded positions
+/// survive encoding again. Returns the number of positions (0 if it does not decode).
+pub fn index_block(data: &[u8]) -> usize {
+    promptmq_wal::tools::check_index_block(data).unwrap_or(0)
+}

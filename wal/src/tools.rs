@@ -373,3 +373,16 @@ pub fn check_segment_bytes(data: &[u8]) -> Result<SegmentCheck> {
     out.bad = scan.bad;
     Ok(out)
 }
+
+/// Decodes an offset-index block value (the `blocks` keyspace, `FORMAT.md`) and checks that
+/// what decodes encodes to something that decodes to the same positions. Returns the number
+/// of positions, or `None` for a value that does not decode. Never panics, whatever the
+/// bytes; used by the fuzz targets.
+#[doc(hidden)]
+pub fn check_index_block(data: &[u8]) -> Option<usize> {
+    let positions = crate::block_codec::decode(data).ok()?;
+    let again = crate::block_codec::decode(&crate::block_codec::encode(&positions)).ok();
+    assert_eq!(again.as_ref(), Some(&positions), "an index block does not survive re-encoding");
+    assert_eq!(crate::block_codec::count(data).ok(), Some(positions.len() as u64));
+    Some(positions.len())
+}

@@ -46,3 +46,16 @@ fn segment_reader_corpus() {
         }
     }
 }
+
+#[test]
+fn index_block_corpus() {
+    for (name, data) in corpus("index_block") {
+        let n = checks::index_block(&data);
+        match name.as_str() {
+            "valid_typical" => assert_eq!(n, 4, "{name}"),
+            "valid_mixed" => assert_eq!(n, 3, "{name}"),
+            "truncated" | "delta_first" | "huge_count" | "valid_empty" => assert_eq!(n, 0, "{name}"),
+            _ => {}
+        }
+    }
+}
