@@ -240,7 +240,9 @@ async fn serve_one(
     permit: OwnedSemaphorePermit,
 ) {
     let limit = shared.limits.connect_timeout();
-    let (transport, identity) = match tokio::time::timeout(limit, handshake(stream, wrap)).await {
+    // Boxed: the TLS and WebSocket handshake futures are large (12 KB), and inline they would
+    // size every connection's task for its whole life, not just for the handshake.
+    let (transport, identity) = match tokio::time::timeout(limit, Box::pin(handshake(stream, wrap))).await {
         Ok(Ok(t)) => t,
         Ok(Err(why)) => {
             tracing::info!(%peer, reason = %why, "handshake failed");
