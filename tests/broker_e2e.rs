@@ -95,6 +95,25 @@ fn wildcards_and_dollar_topics() {
     let mut sys = Client::connect(b.addr, "sys", V3);
     sys.subscribe("$SYS/broker/uptime", QoS::AtMostOnce);
     assert!(sys.next_publish(T).is_some());
+    // Mosquitto's names, so its dashboards work (a sample of each kind).
+    let mut all_sys = Client::connect(b.addr, "all-sys", V3);
+    all_sys.subscribe("$SYS/broker/#", QoS::AtMostOnce);
+    let names: Vec<String> = drain(&mut all_sys, QUIET).iter().map(|p| p.topic.to_string()).collect();
+    for name in [
+        "version",
+        "clients/connected",
+        "clients/total",
+        "clients/maximum",
+        "messages/received",
+        "bytes/sent",
+        "retained messages/count",
+        "subscriptions/count",
+        "load/messages/received/1min",
+        "load/bytes/sent/15min",
+        "load/connections/5min",
+    ] {
+        assert!(names.contains(&format!("$SYS/broker/{name}")), "$SYS/broker/{name} missing from {names:?}");
+    }
     // Clients may not publish into $SYS.
     publ.publish("$SYS/fake", "x", QoS::AtLeastOnce, false);
     let mut fake = Client::connect(b.addr, "fake", V3);

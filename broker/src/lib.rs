@@ -25,6 +25,7 @@ mod server;
 mod session;
 mod session_store;
 mod store;
+mod sys_topics;
 mod topic_alias;
 mod transport;
 

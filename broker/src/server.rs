@@ -86,6 +86,8 @@ pub(crate) struct Shared {
     /// Sessions whose positions moved, to save at the next tick.
     to_save: Mutex<Vec<(Arc<str>, SessionRef)>>,
     pub(crate) started: Instant,
+    /// `$SYS` topic state (load averages) and when it was last published.
+    sys: Mutex<(crate::sys_topics::SysTopics, Instant)>,
     pub(crate) next_client: AtomicU64,
     pub(crate) timers: crate::monitor::Timers,
     pub(crate) recovery_seconds: f64,
@@ -467,18 +469,38 @@ impl Shared {
 
     fn publish_sys_all(&self) {
         let s = &self.stats;
-        self.publish_sys("uptime", format!("{} seconds", self.started.elapsed().as_secs()));
-        self.publish_sys("clients/connected", s.clients_connected.load(Ordering::Relaxed).to_string());
-        self.publish_sys("messages/received", s.messages_received.load(Ordering::Relaxed).to_string());
-        self.publish_sys("messages/sent", s.messages_sent.load(Ordering::Relaxed).to_string());
-        self.publish_sys("load/bytes/received", s.bytes_received.load(Ordering::Relaxed).to_string());
-        self.publish_sys("load/bytes/sent", s.bytes_sent.load(Ordering::Relaxed).to_string());
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         // Read counts into locals first: publish_sys takes these same locks.
-        let stored = lock(&self.retained).len();
-        let subscriptions = lock(&self.router).len();
-        self.publish_sys("messages/stored", stored.to_string());
-        self.publish_sys("subscriptions/count", subscriptions.to_string());
-        self.publish_sys("version", format!("promptmq {}", env!("CARGO_PKG_VERSION")));
+        let sessions: Vec<Arc<Mutex<Session>>> = lock(&self.sessions).values().cloned().collect();
+        let clients_disconnected = sessions
+            .iter()
+            .filter(|s| {
+                let s = lock(s);
+                !s.connected && s.persistent()
+            })
+            .count() as u64;
+        let sample = crate::sys_topics::Sample {
+            uptime: self.started.elapsed(),
+            clients_connected: get(&s.clients_connected),
+            clients_disconnected,
+            messages_received: get(&s.messages_received),
+            messages_sent: get(&s.messages_sent),
+            messages_dropped: get(&s.messages_dropped),
+            bytes_received: get(&s.bytes_received),
+            bytes_sent: get(&s.bytes_sent),
+            connections: get(&s.connections_total),
+            retained: lock(&self.retained).len() as u64,
+            subscriptions: lock(&self.router).len() as u64,
+        };
+        let topics = {
+            let mut sys = lock(&self.sys);
+            let elapsed = sys.1.elapsed();
+            sys.1 = Instant::now();
+            sys.0.update(sample, elapsed)
+        };
+        for (name, value) in topics {
+            self.publish_sys(&name, value);
+        }
     }
 }
 
@@ -552,6 +574,7 @@ impl Broker {
             to_save: Mutex::new(Vec::new()),
             groups: Mutex::new(groups),
             started: Instant::now(),
+            sys: Mutex::new((crate::sys_topics::SysTopics::default(), Instant::now())),
             next_client: AtomicU64::new(1),
             timers: crate::monitor::Timers::new(),
             recovery_seconds,
