@@ -196,12 +196,24 @@ pub(crate) fn fold(records: impl IntoIterator<Item = (String, Bytes)>) -> Folded
         }
     }
     for r in out.values_mut() {
+        drop_superseded_qos1(&mut r.outbound);
         // Resent in the order they were first sent.
         r.outbound.sort_by(|a, b| (&a.topic, a.offset).cmp(&(&b.topic, b.offset)));
         r.inbound.sort_by_key(|i| i.stamp);
     }
     stale.sort();
     Folded { sessions: out, stale }
+}
+
+/// Drops the QoS 1 entries whose packet id a QoS 2 exchange still holds (sent or released,
+/// not complete). A QoS 1 entry stays until its id is used again, so it can outlive its
+/// message's acknowledgement; an id is reused only once free, and a QoS 2 exchange holds its
+/// id until it completes — so of the two, the QoS 2 exchange is the live one.
+fn drop_superseded_qos1(exchanges: &mut Vec<OutboundQos2>) {
+    use crate::qos2_store::Qos2State::{Published, Qos1Published, Released};
+    let held: std::collections::HashSet<u16> =
+        exchanges.iter().filter(|x| matches!(x.state, Published | Released)).map(|x| x.pid).collect();
+    exchanges.retain(|x| x.state != Qos1Published || !held.contains(&x.pid));
 }
 
 #[cfg(test)]
@@ -236,6 +248,21 @@ mod tests {
         assert_eq!(SessionRecord::decode(&[1, 0, 0]), None, "truncated");
         let enc = r.encode();
         assert_eq!(SessionRecord::decode(&enc[..enc.len() - 3]), None, "truncated position");
+    }
+
+    #[test]
+    fn a_qos1_entry_gives_way_to_a_qos2_exchange_holding_its_packet_id() {
+        let x = |topic: &str, offset, pid, state| OutboundQos2 { topic: topic.into(), offset, pid, state, group: None };
+        let mut v = vec![
+            x("a", 1, 5, Qos2State::Qos1Published), // acknowledged; id 5 since used for QoS 2
+            x("b", 9, 5, Qos2State::Published),
+            x("a", 2, 6, Qos2State::Qos1Published), // in flight
+            x("c", 3, 6, Qos2State::Complete),      // an old exchange with id 6, over
+            x("c", 4, 7, Qos2State::Released),
+        ];
+        drop_superseded_qos1(&mut v);
+        let kept: Vec<(u64, u16)> = v.iter().map(|x| (x.offset, x.pid)).collect();
+        assert_eq!(kept, vec![(9, 5), (2, 6), (3, 6), (4, 7)]);
     }
 
     #[test]
