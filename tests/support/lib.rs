@@ -401,6 +401,11 @@ impl BrokerProcess {
         BrokerProcess { child, addr: SocketAddr::from(([127, 0, 0, 1], port)) }
     }
 
+    /// The broker's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGKILL, and wait for the process to be gone.
     pub fn kill9(mut self) {
         self.child.kill().expect("SIGKILL");
