@@ -353,10 +353,8 @@ impl ShardWriter {
                 // The open blocks are in the index now: memory keeps only what came since,
                 // so it is bounded by the log written between checkpoints, not by the
                 // number of streams times the block length.
-                for (s, (_, block)) in self.touched.values().zip(&states) {
-                    if let Some((first, positions)) = block {
-                        s.checkpointed(*first, positions.len());
-                    }
+                for (s, state) in self.touched.values().zip(&states) {
+                    s.checkpointed(state);
                 }
                 self.touched.clear();
                 self.bytes_since_checkpoint = 0;

@@ -152,9 +152,12 @@ impl StreamState {
         b.push(&self.name, offset, pos, |first, positions| index.put_block(self.id, first, positions))
     }
 
-    /// The first `n` positions of the open block, from `first` on, are stored in the index
-    /// (by a checkpoint): they leave memory, and the block goes on as a new one after them.
-    pub(crate) fn checkpointed(&self, first: u64, n: usize) {
+    /// `state` (from [`StreamState::checkpoint_state`]) is committed: the open block's
+    /// positions it holds are in the index now, so they leave memory, and the block goes on
+    /// as a new one after them.
+    pub(crate) fn checkpointed(&self, state: &crate::index::StreamCheckpoint) {
+        let Some((first, stored)) = &state.1 else { return };
+        let (first, n) = (*first, stored.len());
         let mut b = self.open.lock().unwrap_or_else(|p| p.into_inner());
         if b.first == first && b.positions.len() >= n {
             b.positions = b.positions[n..].to_vec();
@@ -290,16 +293,15 @@ mod tests {
             s.open.lock().unwrap().push("s", o, p(o), |_, _| Ok(()));
         };
         (10..15).for_each(push);
-        let (_, block) = s.checkpoint_state();
-        let (first, stored) = block.unwrap();
+        let state = s.checkpoint_state();
         // Appended between the snapshot and the commit: stays.
         (15..17).for_each(push);
-        s.checkpointed(first, stored.len());
+        s.checkpointed(&state);
         let b = s.open.lock().unwrap();
         assert_eq!((b.first, b.positions.clone()), (15, vec![p(15), p(16)]));
         drop(b);
         // A stale checkpoint (the block moved on meanwhile) changes nothing.
-        s.checkpointed(10, 5);
+        s.checkpointed(&state);
         assert_eq!(s.open.lock().unwrap().first, 15);
     }
 }

@@ -328,10 +328,8 @@ impl Wal {
                 .active
                 .map(|(segment, at)| Checkpoint { pos: Pos { segment, at, len: 0 }, next_lsn: start.next_lsn });
             index.commit_checkpoint(shared.id, cp.as_ref(), &states)?;
-            for (s, (_, block)) in ours.iter().zip(&states) {
-                if let Some((first, positions)) = block {
-                    s.checkpointed(*first, positions.len());
-                }
+            for (s, state) in ours.iter().zip(&states) {
+                s.checkpointed(state);
             }
         }
         let mut started_shards = Vec::with_capacity(shards.len());
