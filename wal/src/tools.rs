@@ -117,12 +117,11 @@ fn shard_count(dir: &Path) -> Result<u32> {
     parse_marker(dir, &text)
 }
 
-/// Scans every record of every segment, calling `each(shard, record)` for valid ones.
-fn scan_all(
-    dir: &Path,
-    progress: &mut dyn FnMut(Progress),
-    mut each: impl FnMut(u32, &RecordView<'_>),
-) -> Result<Inspection> {
+/// A segment file to scan: shard, first LSN, path, whether it is its shard's newest.
+type SegmentFile = (u32, u64, PathBuf, bool);
+
+/// The shard count and every segment file, by shard then LSN, with their total size.
+fn list_files(dir: &Path) -> Result<(u32, Vec<SegmentFile>, u64)> {
     let shards = shard_count(dir)?;
     let mut files = Vec::new();
     for shard in 0..shards {
@@ -134,60 +133,80 @@ fn scan_all(
         }
     }
     let total: u64 = files.iter().map(|(_, _, p, _)| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)).sum();
-    let mut done = 0u64;
-    let mut out = Inspection { shards, ..Inspection::default() };
-    for (shard, first_lsn, path, newest) in files {
-        let data = match segment::load(&path) {
-            Ok(d) => d,
-            // A compressed body that does not decompress is damage to report, not a reason
-            // to stop inspecting the rest of the log.
-            Err(Error::Corrupt { reason, .. }) => {
-                out.segments.push(SegmentInfo {
-                    shard,
-                    path: path.clone(),
-                    first_lsn,
-                    last_lsn: None,
-                    bytes: std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0),
-                    records: 0,
-                    compressed: true,
-                    newest,
-                    header_error: Some(reason),
-                    bad: Vec::new(),
-                });
-                continue;
-            }
-            Err(e) => return Err(e),
-        };
-        let mut info = SegmentInfo {
-            shard,
-            path: path.clone(),
-            first_lsn,
-            last_lsn: None,
-            bytes: std::fs::metadata(&path).map(|m| m.len()).unwrap_or(data.len() as u64),
-            records: 0,
-            compressed: false,
-            newest,
-            header_error: None,
-            bad: Vec::new(),
-        };
-        match segment::check_header(&path, &data, Some(shard), first_lsn) {
-            Err(e) => {
-                if !(newest && torn_creation(&data)) {
-                    info.header_error = Some(e.to_string());
-                }
-            }
-            Ok(h) => {
-                info.compressed = h.flags & SEGMENT_FLAG_COMPRESSED != 0;
-                let scan = segment::scan(&path, &data, 0, h.first_lsn, u32::MAX, |r, _| {
-                    each(shard, r);
-                    Ok(())
-                })?;
-                info.last_lsn = scan.last_lsn;
-                info.records = scan.records;
-                info.bad = scan.bad;
+    Ok((shards, files, total))
+}
+
+/// Scans one segment file, calling `each(shard, record)` for its valid records; returns
+/// what was found and the bytes read.
+fn scan_file(file: &SegmentFile, each: &mut impl FnMut(u32, &RecordView<'_>)) -> Result<(SegmentInfo, u64)> {
+    let (shard, first_lsn, path, newest) = (file.0, file.1, &file.2, file.3);
+    let data = match segment::load(path) {
+        Ok(d) => d,
+        // A compressed body that does not decompress is damage to report, not a reason
+        // to stop inspecting the rest of the log.
+        Err(Error::Corrupt { reason, .. }) => {
+            let bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+            let info = SegmentInfo {
+                shard,
+                path: path.clone(),
+                first_lsn,
+                last_lsn: None,
+                bytes,
+                records: 0,
+                compressed: true,
+                newest,
+                header_error: Some(reason),
+                bad: Vec::new(),
+            };
+            return Ok((info, bytes));
+        }
+        Err(e) => return Err(e),
+    };
+    let mut info = SegmentInfo {
+        shard,
+        path: path.clone(),
+        first_lsn,
+        last_lsn: None,
+        bytes: std::fs::metadata(path).map(|m| m.len()).unwrap_or(data.len() as u64),
+        records: 0,
+        compressed: false,
+        newest,
+        header_error: None,
+        bad: Vec::new(),
+    };
+    match segment::check_header(path, &data, Some(shard), first_lsn) {
+        Err(e) => {
+            if !(newest && torn_creation(&data)) {
+                info.header_error = Some(e.to_string());
             }
         }
-        done += data.len() as u64;
+        Ok(h) => {
+            info.compressed = h.flags & SEGMENT_FLAG_COMPRESSED != 0;
+            let scan = segment::scan(path, &data, 0, h.first_lsn, u32::MAX, |r, _| {
+                each(shard, r);
+                Ok(())
+            })?;
+            info.last_lsn = scan.last_lsn;
+            info.records = scan.records;
+            info.bad = scan.bad;
+        }
+    }
+    Ok((info, data.len() as u64))
+}
+
+/// Scans every record of every segment in log order, calling `each(shard, record)` for
+/// valid ones.
+fn scan_all(
+    dir: &Path,
+    progress: &mut dyn FnMut(Progress),
+    mut each: impl FnMut(u32, &RecordView<'_>),
+) -> Result<Inspection> {
+    let (shards, files, total) = list_files(dir)?;
+    let mut done = 0u64;
+    let mut out = Inspection { shards, ..Inspection::default() };
+    for file in &files {
+        let (info, bytes) = scan_file(file, &mut each)?;
+        done += bytes;
         progress(Progress { done, total });
         out.segments.push(info);
     }
@@ -208,27 +227,90 @@ fn scan_all(
 /// # Ok::<(), promptmq_wal::Error>(())
 /// ```
 pub fn inspect(dir: &Path, progress: &mut dyn FnMut(Progress)) -> Result<Inspection> {
-    let mut streams: BTreeMap<u64, StreamSummary> = BTreeMap::new();
-    let mut out = scan_all(dir, progress, |shard, r| {
-        if r.meta.stream == CATALOG_STREAM {
-            if let Ok(m) = StreamMeta::decode(r.payload) {
-                let e = streams.entry(m.id).or_default();
-                e.name = Some(m.name);
-                e.id = m.id;
-                e.shard = shard;
-            }
-            return;
+    let (shards, files, total) = list_files(dir)?;
+    // Shards are independent: scanned in parallel (one thread per core at most), each into
+    // its own summaries, merged at the end. Progress is reported from this thread.
+    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, shards.max(1) as usize);
+    let done = std::sync::atomic::AtomicU64::new(0);
+    type Found = Result<(Vec<SegmentInfo>, BTreeMap<u64, StreamSummary>)>;
+    let results: Vec<Found> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|w| {
+                let (files, done) = (&files, &done);
+                scope.spawn(move || -> Found {
+                    let mut streams = BTreeMap::new();
+                    let mut segments = Vec::new();
+                    for file in files.iter().filter(|f| f.0 as usize % workers == w) {
+                        let (info, bytes) = scan_file(file, &mut |shard, r| summarise(&mut streams, shard, r))?;
+                        done.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+                        segments.push(info);
+                    }
+                    Ok((segments, streams))
+                })
+            })
+            .collect();
+        while !handles.iter().all(|h| h.is_finished()) {
+            progress(Progress { done: done.load(std::sync::atomic::Ordering::Relaxed), total });
+            std::thread::sleep(std::time::Duration::from_millis(50));
         }
-        let e = streams.entry(r.meta.stream).or_default();
-        e.id = r.meta.stream;
-        e.shard = shard;
-        e.first_offset = Some(e.first_offset.map_or(r.meta.offset, |f| f.min(r.meta.offset)));
-        e.last_offset = Some(e.last_offset.map_or(r.meta.offset, |l| l.max(r.meta.offset)));
-        e.records += 1;
-        e.bytes += (r.payload.len() + r.key.map_or(0, |k| k.len())) as u64;
-    })?;
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(Error::Index("a scanning thread panicked".into()))))
+            .collect()
+    });
+    progress(Progress { done: done.into_inner(), total });
+    let mut out = Inspection { shards, ..Inspection::default() };
+    let mut streams: BTreeMap<u64, StreamSummary> = BTreeMap::new();
+    for r in results {
+        let (segments, found) = r?;
+        out.segments.extend(segments);
+        for (id, s) in found {
+            merge_summary(streams.entry(id).or_default(), s);
+        }
+    }
+    out.segments.sort_by_key(|s| (s.shard, s.first_lsn));
     out.streams = streams.into_values().collect();
     Ok(out)
+}
+
+/// Counts a record into the stream summaries (a catalogue record names its stream).
+fn summarise(streams: &mut BTreeMap<u64, StreamSummary>, shard: u32, r: &RecordView<'_>) {
+    if r.meta.stream == CATALOG_STREAM {
+        if let Ok(m) = StreamMeta::decode(r.payload) {
+            let e = streams.entry(m.id).or_default();
+            e.name = Some(m.name);
+            e.id = m.id;
+            e.shard = shard;
+        }
+        return;
+    }
+    let e = streams.entry(r.meta.stream).or_default();
+    e.id = r.meta.stream;
+    e.shard = shard;
+    e.first_offset = Some(e.first_offset.map_or(r.meta.offset, |f| f.min(r.meta.offset)));
+    e.last_offset = Some(e.last_offset.map_or(r.meta.offset, |l| l.max(r.meta.offset)));
+    e.records += 1;
+    e.bytes += (r.payload.len() + r.key.map_or(0, |k| k.len())) as u64;
+}
+
+/// Adds what another shard's scan found of the same stream id (a damaged log can hold
+/// records of one id in two shards).
+fn merge_summary(into: &mut StreamSummary, from: StreamSummary) {
+    if into.records == 0 && into.name.is_none() {
+        *into = from;
+        return;
+    }
+    into.name = into.name.take().or(from.name);
+    into.first_offset = match (into.first_offset, from.first_offset) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    into.last_offset = match (into.last_offset, from.last_offset) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    };
+    into.records += from.records;
+    into.bytes += from.bytes;
 }
 
 /// A record of one stream, as [`dump`] returns it.

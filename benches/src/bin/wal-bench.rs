@@ -233,7 +233,7 @@ fn recovery(log_dir: &std::path::Path) {
     let el = t.elapsed();
     let records: u64 = found.segments.iter().map(|s| s.records).sum();
     println!(
-        "scan only (decode + CRC-64, one thread, no index): {records} records in {:.0} ms = {:.2} M records/s",
+        "scan only (decode + CRC-64, shards in parallel, no index): {records} records in {:.0} ms = {:.2} M records/s",
         el.as_secs_f64() * 1e3,
         records as f64 / el.as_secs_f64() / 1e6
     );
