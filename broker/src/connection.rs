@@ -1082,6 +1082,11 @@ impl Conn {
         let acl = self.acl();
         let session = self.session.clone();
         let mut s = lock(&session);
+        // QoS 1 packet ids of a persistent session, stored in one batch for this round; the
+        // first PUBLISH that needs them waits in the outbox at `q1_first` (and the rest
+        // behind it) until the batch is durable.
+        let mut q1_batch: Vec<(Vec<u8>, bytes::Bytes)> = Vec::new();
+        let mut q1_first: Option<usize> = None;
         while self.wbuf.len() < WRITE_BATCH {
             let Some(front) = s.queue.front() else { break };
             if front.qos != QoS::AtMostOnce && s.inflight.len() >= self.client_receive_max {
@@ -1109,23 +1114,37 @@ impl Conn {
             // resends it with that id [MQTT-4.4.0-1] (for QoS 2 the client then knows it),
             // never as a new message.
             let mut stored = None;
+            let mut in_q1_batch = false;
             if let (Some(id), Some((t, o)), true) = (pid, d.logged(), s.persistent()) {
                 let via = d.shared.as_deref();
-                stored = Some(match d.qos {
-                    QoS::ExactlyOnce => {
-                        let state = Some((id, Qos2State::Published));
-                        self.shared.save_outbound_via(&self.client_id, s.incarnation, t, o, state, via)
-                    }
-                    _ => self.shared.save_qos1(&self.client_id, s.incarnation, id, t, o, via),
-                });
+                if d.qos == QoS::ExactlyOnce {
+                    let state = Some((id, Qos2State::Published));
+                    stored = Some(self.shared.save_outbound_via(&self.client_id, s.incarnation, t, o, state, via));
+                } else {
+                    let value = crate::qos2_store::encode_qos1(s.incarnation, t, o, via);
+                    q1_batch.push((crate::qos2_store::qos1_key(&self.client_id, id), value));
+                    in_q1_batch = true;
+                }
             }
             match pid {
                 Some(id) => s.inflight.push_back((id, Outbound::Publish(d))),
                 None => self.shared.finished(&mut s, d.logged(), d.shared.as_deref()),
             }
-            self.send_after(stored, p)?;
+            if in_q1_batch && q1_first.is_none() {
+                // Held in the outbox whatever is ahead of it; its completion comes below.
+                q1_first = Some(self.outbox.len());
+                self.outbox.push_back((None, p));
+            } else {
+                self.send_after(stored, p)?;
+            }
             self.shared.stats.messages_sent.fetch_add(1, Ordering::Relaxed);
             self.shared.stats.sent_qos[qos as usize].fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(i) = q1_first {
+            let stored = self.shared.save_qos1(std::mem::take(&mut q1_batch));
+            if let Some(slot) = self.outbox.get_mut(i) {
+                slot.0 = Some(stored);
+            }
         }
         if s.persistent() && s.positions.dirty {
             // Acknowledgements moved the position: saved within `positions_save_interval`,

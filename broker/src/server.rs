@@ -229,21 +229,13 @@ impl Shared {
         self.store.save_session_entry(qos2_store::outbound_key(client, topic, offset), value)
     }
 
-    /// Stores, before the PUBLISH goes out, that packet id `pid` of a persistent session now
-    /// carries the QoS 1 message at `topic`@`offset`: after a crash the message is resent with
-    /// this id [MQTT-4.4.0-1]. One record per delivery and none to clear it: the next use of
-    /// the id replaces it, and the cursor passing the message makes it stale.
-    pub(crate) fn save_qos1(
-        &self,
-        client: &str,
-        incarnation: u64,
-        pid: u16,
-        topic: &str,
-        offset: u64,
-        group: Option<&str>,
-    ) -> promptmq_wal::Completion<u64> {
-        let value = qos2_store::encode_qos1(incarnation, topic, offset, group);
-        self.store.save_session_entry(qos2_store::qos1_key(client, pid), value)
+    /// Stores, before the PUBLISHes go out, which QoS 1 message each packet id of a persistent
+    /// session now carries (`qos2_store::qos1_key` → `encode_qos1`, one batch per round of
+    /// deliveries): after a crash the messages are resent with these ids [MQTT-4.4.0-1]. One
+    /// record per delivery and none to clear it: the next use of an id replaces it, and the
+    /// cursor passing the message makes it stale.
+    pub(crate) fn save_qos1(&self, entries: Vec<(Vec<u8>, Bytes)>) -> promptmq_wal::Completion<u64> {
+        self.store.save_session_entries(entries)
     }
 
     /// An outbound QoS 2 exchange completed (PUBCOMP, or the client refused it): the message

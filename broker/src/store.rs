@@ -188,6 +188,15 @@ impl Store {
         }
     }
 
+    /// Writes several keyed records of the sessions stream as one batch (one completion,
+    /// durable together).
+    pub fn save_session_entries(&self, entries: Vec<(Vec<u8>, Bytes)>) -> Completion<u64> {
+        match self.wal.stream_with(SESSIONS, StreamOptions { compacted: true, ..Default::default() }) {
+            Ok(s) => self.wal.append_batch(&s, entries.into_iter().map(|(k, v)| (Some(Bytes::from(k)), v))),
+            Err(e) => failed(e),
+        }
+    }
+
     /// Every topic that has a stream, with the offset its next message will get.
     pub fn topics(&self) -> Vec<(String, u64)> {
         self.wal
