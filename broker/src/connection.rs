@@ -1121,8 +1121,7 @@ impl Conn {
                     let state = Some((id, Qos2State::Published));
                     stored = Some(self.shared.save_outbound_via(&self.client_id, s.incarnation, t, o, state, via));
                 } else {
-                    let value = crate::qos2_store::encode_qos1(s.incarnation, t, o, via);
-                    q1_batch.push((crate::qos2_store::qos1_key(&self.client_id, id), value));
+                    q1_batch.push(crate::qos2_store::qos1_entry(&self.client_id, s.incarnation, id, t, o, via));
                     in_q1_batch = true;
                 }
             }

@@ -109,6 +109,19 @@ pub(crate) fn encode_qos1(incarnation: u64, topic: &str, offset: u64, group: Opt
     b.freeze()
 }
 
+/// The key and value recording that packet id `pid` of `client` carries the QoS 1 message
+/// at `topic`@`offset` (see [`encode_qos1`]).
+pub(crate) fn qos1_entry(
+    client: &str,
+    incarnation: u64,
+    pid: u16,
+    topic: &str,
+    offset: u64,
+    group: Option<&str>,
+) -> (Vec<u8>, Bytes) {
+    (qos1_key(client, pid), encode_qos1(incarnation, topic, offset, group))
+}
+
 pub(crate) fn encode_inbound(incarnation: u64, i: &InboundIntent) -> Bytes {
     let mut b = BytesMut::with_capacity(36 + i.topic.len());
     b.put_u8(VERSION);

@@ -173,26 +173,29 @@ impl Store {
 
     /// Stores a persistent session's subscriptions and expiry (`None`: the session ended).
     pub fn save_session(&self, client: &str, record: Option<Bytes>) -> Completion<u64> {
-        match self.wal.stream_with(SESSIONS, StreamOptions { compacted: true, ..Default::default() }) {
-            Ok(s) => self.wal.append_keyed(&s, Bytes::copy_from_slice(client.as_bytes()), record.unwrap_or_default()),
-            Err(e) => failed(e),
-        }
+        self.append_to_sessions(|s| {
+            self.wal.append_keyed(s, Bytes::copy_from_slice(client.as_bytes()), record.unwrap_or_default())
+        })
     }
 
     /// Writes one keyed record of the sessions stream (the newest per key counts; an empty
     /// value clears the key). Used for a session's QoS 2 state, see `qos2_store`.
     pub fn save_session_entry(&self, key: Vec<u8>, value: Bytes) -> Completion<u64> {
-        match self.wal.stream_with(SESSIONS, StreamOptions { compacted: true, ..Default::default() }) {
-            Ok(s) => self.wal.append_keyed(&s, key, value),
-            Err(e) => failed(e),
-        }
+        self.append_to_sessions(|s| self.wal.append_keyed(s, key, value))
     }
 
     /// Writes several keyed records of the sessions stream as one batch (one completion,
     /// durable together).
     pub fn save_session_entries(&self, entries: Vec<(Vec<u8>, Bytes)>) -> Completion<u64> {
+        self.append_to_sessions(|s| {
+            self.wal.append_batch(s, entries.into_iter().map(|(k, v)| (Some(Bytes::from(k)), v)))
+        })
+    }
+
+    /// Runs `append` on the sessions stream (compacted: the newest record per key counts).
+    fn append_to_sessions(&self, append: impl FnOnce(&promptmq_wal::Stream) -> Completion<u64>) -> Completion<u64> {
         match self.wal.stream_with(SESSIONS, StreamOptions { compacted: true, ..Default::default() }) {
-            Ok(s) => self.wal.append_batch(&s, entries.into_iter().map(|(k, v)| (Some(Bytes::from(k)), v))),
+            Ok(s) => append(&s),
             Err(e) => failed(e),
         }
     }
