@@ -29,6 +29,9 @@ struct SlotState<T> {
     waker: Option<Waker>,
     /// The result was handed out; polling again is a caller bug (see `poll`).
     taken: bool,
+    /// A thread is blocked in [`Completion::wait`]: only then is the condvar signalled (a
+    /// signal is a syscall, and most waiters are futures or have not started waiting yet).
+    blocked: bool,
 }
 
 /// The appender's side: resolves to the result of its append. Usable both as a `Future`
@@ -45,7 +48,7 @@ pub(crate) struct Completer<T> {
 
 pub(crate) fn completion_pair<T>() -> (Completer<T>, Completion<T>) {
     let slot = Arc::new(Slot {
-        state: Mutex::new(SlotState { value: None, waker: None, taken: false }),
+        state: Mutex::new(SlotState { value: None, waker: None, taken: false, blocked: false }),
         cond: Condvar::new(),
     });
     (Completer { slot: Some(slot.clone()) }, Completion { slot })
@@ -53,6 +56,12 @@ pub(crate) fn completion_pair<T>() -> (Completer<T>, Completion<T>) {
 
 impl<T> Completer<T> {
     pub(crate) fn complete(mut self, value: Result<T>) {
+        self.complete_now(value);
+    }
+
+    /// Completes the waiter but leaves the request it belongs to alive: the writer wakes
+    /// every waiter of a batch first and frees the batch afterwards.
+    fn complete_now(&mut self, value: Result<T>) {
         if let Some(slot) = self.slot.take() {
             fill(&slot, value);
         }
@@ -60,13 +69,15 @@ impl<T> Completer<T> {
 }
 
 fn fill<T>(slot: &Slot<T>, value: Result<T>) {
-    let waker = {
+    let (waker, blocked) = {
         let mut st = lock(&slot.state);
         debug_assert!(st.value.is_none(), "a waiter was completed twice");
         st.value = Some(value);
-        st.waker.take()
+        (st.waker.take(), st.blocked)
     };
-    slot.cond.notify_all();
+    if blocked {
+        slot.cond.notify_all();
+    }
     if let Some(w) = waker {
         w.wake();
     }
@@ -113,6 +124,7 @@ impl<T> Completion<T> {
             if let Some(v) = st.value.take() {
                 return v;
             }
+            st.blocked = true;
             st = self.slot.cond.wait(st).unwrap_or_else(|p| p.into_inner());
         }
     }
@@ -154,6 +166,11 @@ struct QueueState<R, T> {
     pending: VecDeque<Pending<R, T>>,
     bytes: usize,
     closed: bool,
+    /// The writer is waiting on `work` until `pending` holds this many requests (1 when it
+    /// is idle; more while it gathers a batch; 0 when it is busy and needs no signal).
+    writer_wants: usize,
+    /// Submitters blocked on `space`.
+    blocked_submitters: usize,
 }
 
 /// The multi-producer, single-consumer group-commit queue.
@@ -164,6 +181,23 @@ pub(crate) struct CommitQueue<R, T> {
     /// Signalled when the writer drained the queue (blocked submitters wait on it).
     space: Condvar,
     max_bytes: usize,
+}
+
+/// How long the writer may hold a batch back for more requests to join it.
+///
+/// In a closed loop (appenders that submit again as soon as their previous append is
+/// acknowledged) the requests acknowledged by one commit come back a few microseconds
+/// later — after the writer has already started the next commit with the first of them.
+/// Batches then alternate between a few requests and the rest, and each costs a sync. Waiting
+/// for as many requests as the previous batch held, but only until shortly after that batch
+/// completed, keeps the batches whole; in an open loop the queue refills during the sync and
+/// nothing waits.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Gather {
+    /// Requests to wait for (the size of the previous batch).
+    pub(crate) target: usize,
+    /// When to stop waiting.
+    pub(crate) until: std::time::Instant,
 }
 
 /// What [`CommitQueue::take_batch`] found.
@@ -180,7 +214,13 @@ pub(crate) enum Taken {
 impl<R: Weighted, T> CommitQueue<R, T> {
     pub(crate) fn new(max_bytes: usize) -> Self {
         CommitQueue {
-            state: Mutex::new(QueueState { pending: VecDeque::new(), bytes: 0, closed: false }),
+            state: Mutex::new(QueueState {
+                pending: VecDeque::new(),
+                bytes: 0,
+                closed: false,
+                writer_wants: 0,
+                blocked_submitters: 0,
+            }),
             work: Condvar::new(),
             space: Condvar::new(),
             max_bytes: max_bytes.max(1),
@@ -194,7 +234,9 @@ impl<R: Weighted, T> CommitQueue<R, T> {
         let w = req.weight();
         let mut st = lock(&self.state);
         while !st.closed && st.bytes > 0 && st.bytes + w > self.max_bytes {
+            st.blocked_submitters += 1;
             st = self.space.wait(st).unwrap_or_else(|p| p.into_inner());
+            st.blocked_submitters -= 1;
         }
         if st.closed {
             drop(st);
@@ -203,22 +245,34 @@ impl<R: Weighted, T> CommitQueue<R, T> {
         }
         st.bytes += w;
         st.pending.push_back(Pending { req, done });
+        // A blocked submitter means the queue is full: the writer gathers no longer.
+        let wake = st.writer_wants > 0 && (st.pending.len() >= st.writer_wants || st.blocked_submitters > 0);
         drop(st);
-        self.work.notify_one();
+        if wake {
+            self.work.notify_one();
+        }
         completion
     }
 
     /// Moves every pending request into `batch` (at most `max_bytes` of them, but at least
-    /// one), waiting up to `timeout` (forever if `None`) for one to arrive.
+    /// one), waiting up to `timeout` (forever if `None`) for one to arrive. With `gather`,
+    /// first waits a little for the batch to fill (see [`Gather`]).
     pub(crate) fn take_batch(
         &self,
         batch: &mut Vec<Pending<R, T>>,
         max_bytes: usize,
         timeout: Option<std::time::Duration>,
+        gather: Option<Gather>,
     ) -> Taken {
         let mut st = lock(&self.state);
         loop {
             if !st.pending.is_empty() {
+                #[cfg(not(loom))]
+                if let Some(g) = gather {
+                    st = self.gather(st, g, max_bytes);
+                }
+                #[cfg(loom)]
+                let _ = gather;
                 let mut taken = 0usize;
                 while let Some(p) = st.pending.front() {
                     let w = p.req.weight();
@@ -231,13 +285,17 @@ impl<R: Weighted, T> CommitQueue<R, T> {
                     }
                 }
                 st.bytes -= taken;
+                let blocked = st.blocked_submitters > 0;
                 drop(st);
-                self.space.notify_all();
+                if blocked {
+                    self.space.notify_all();
+                }
                 return Taken::Work;
             }
             if st.closed {
                 return Taken::Closed;
             }
+            st.writer_wants = 1;
             match timeout {
                 None => st = self.work.wait(st).unwrap_or_else(|p| p.into_inner()),
                 #[cfg(not(loom))]
@@ -245,13 +303,39 @@ impl<R: Weighted, T> CommitQueue<R, T> {
                     let (g, res) = self.work.wait_timeout(st, t).unwrap_or_else(|p| p.into_inner());
                     st = g;
                     if res.timed_out() && st.pending.is_empty() && !st.closed {
+                        st.writer_wants = 0;
                         return Taken::Idle;
                     }
                 }
                 #[cfg(loom)]
-                Some(_) => return Taken::Idle,
+                Some(_) => {
+                    st.writer_wants = 0;
+                    return Taken::Idle;
+                }
             }
+            st.writer_wants = 0;
         }
+    }
+
+    /// Waits until `g.target` requests are pending, `g.until` passes, the batch would be
+    /// over `max_bytes`, or a submitter is blocked on a full queue — whichever comes first.
+    #[cfg(not(loom))]
+    fn gather<'a>(
+        &self,
+        mut st: crate::sync::MutexGuard<'a, QueueState<R, T>>,
+        g: Gather,
+        max_bytes: usize,
+    ) -> crate::sync::MutexGuard<'a, QueueState<R, T>> {
+        while st.pending.len() < g.target && st.bytes < max_bytes && st.blocked_submitters == 0 && !st.closed {
+            let now = std::time::Instant::now();
+            if now >= g.until {
+                break;
+            }
+            st.writer_wants = g.target;
+            st = self.work.wait_timeout(st, g.until - now).unwrap_or_else(|p| p.into_inner()).0;
+            st.writer_wants = 0;
+        }
+        st
     }
 
     /// Refuses new requests; requests already queued are still handed to the writer.
@@ -280,36 +364,49 @@ pub(crate) trait BatchSink<R> {
     fn max_batch_bytes(&self) -> usize {
         usize::MAX
     }
+    /// How long after a commit completes the next batch may wait to fill up to the size of
+    /// the one just committed (see [`Gather`]); `None` never waits.
+    fn gather_window(&self) -> Option<std::time::Duration> {
+        None
+    }
 }
 
 /// The writer loop: drains the queue into the sink until the queue is closed.
 pub(crate) fn run_writer<R: Weighted, S: BatchSink<R>>(queue: &CommitQueue<R, S::Out>, sink: &mut S) {
     let mut batch: Vec<Pending<R, S::Out>> = Vec::new();
+    let mut gather = None;
     loop {
-        match queue.take_batch(&mut batch, sink.max_batch_bytes(), sink.idle_timeout()) {
+        match queue.take_batch(&mut batch, sink.max_batch_bytes(), sink.idle_timeout(), gather.take()) {
             Taken::Closed => break,
             Taken::Idle => sink.idle(),
             Taken::Work => {
                 let result = sink.commit(&batch);
+                let target = batch.len();
                 match result {
                     Ok(outs) if outs.len() == batch.len() => {
-                        for (p, out) in batch.drain(..).zip(outs) {
-                            p.done.complete(Ok(out));
+                        for (p, out) in batch.iter_mut().zip(outs) {
+                            p.done.complete_now(Ok(out));
                         }
                     }
                     Ok(outs) => {
                         let e =
                             Error::Index(format!("writer returned {} results for {} appends", outs.len(), batch.len()));
-                        for p in batch.drain(..) {
-                            p.done.complete(Err(e.duplicate()));
+                        for p in batch.iter_mut() {
+                            p.done.complete_now(Err(e.duplicate()));
                         }
                     }
                     Err(e) => {
-                        for p in batch.drain(..) {
-                            p.done.complete(Err(e.duplicate()));
+                        for p in batch.iter_mut() {
+                            p.done.complete_now(Err(e.duplicate()));
                         }
                     }
                 }
+                // Measured from now: the acknowledged appenders only start coming back now.
+                gather = sink
+                    .gather_window()
+                    .filter(|_| target > 1)
+                    .map(|w| Gather { target, until: std::time::Instant::now() + w });
+                batch.clear();
             }
         }
     }
@@ -383,8 +480,51 @@ mod tests {
         let q = CommitQueue::<Req, u64>::new(1 << 20);
         let _c: Vec<_> = (0..4).map(|_| q.submit(Req(1, 100))).collect();
         let mut batch = Vec::new();
-        assert_eq!(q.take_batch(&mut batch, 250, None), Taken::Work);
+        assert_eq!(q.take_batch(&mut batch, 250, None, None), Taken::Work);
         assert_eq!(batch.len(), 2);
+    }
+
+    #[test]
+    fn a_gathering_writer_waits_for_the_batch_to_fill() {
+        let q = std::sync::Arc::new(CommitQueue::<Req, u64>::new(1 << 20));
+        let _first = q.submit(Req(1, 1));
+        let qq = q.clone();
+        let late = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            (qq.submit(Req(1, 1)), qq.submit(Req(1, 1)))
+        });
+        let mut batch = Vec::new();
+        let gather = Gather { target: 3, until: std::time::Instant::now() + std::time::Duration::from_secs(30) };
+        assert_eq!(q.take_batch(&mut batch, usize::MAX, None, Some(gather)), Taken::Work);
+        assert_eq!(batch.len(), 3, "the two late requests joined the batch");
+        late.join().unwrap();
+    }
+
+    #[test]
+    fn gathering_stops_at_its_deadline_and_when_the_queue_is_full() {
+        let q = std::sync::Arc::new(CommitQueue::<Req, u64>::new(2));
+        let _first = q.submit(Req(1, 1));
+        let mut batch = Vec::new();
+        let gather = Gather { target: 10, until: std::time::Instant::now() + std::time::Duration::from_millis(20) };
+        let t = std::time::Instant::now();
+        assert_eq!(q.take_batch(&mut batch, usize::MAX, None, Some(gather)), Taken::Work);
+        assert_eq!(batch.len(), 1, "nobody else came before the deadline");
+        assert!(t.elapsed() < std::time::Duration::from_secs(10));
+        batch.clear();
+
+        // Two requests fill the queue's byte limit, so a third submitter blocks: waiting for
+        // more would wait for ever, so the writer takes what is there.
+        let _a = q.submit(Req(1, 1));
+        let _b = q.submit(Req(1, 1));
+        let qq = q.clone();
+        let blocked = std::thread::spawn(move || qq.submit(Req(1, 1)));
+        while lock(&q.state).blocked_submitters == 0 {
+            std::thread::yield_now();
+        }
+        let gather = Gather { target: 10, until: std::time::Instant::now() + std::time::Duration::from_secs(30) };
+        assert_eq!(q.take_batch(&mut batch, usize::MAX, None, Some(gather)), Taken::Work);
+        assert_eq!(batch.len(), 2);
+        let _c = blocked.join().unwrap();
     }
 
     #[tokio::test]

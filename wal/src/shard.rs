@@ -195,6 +195,7 @@ impl Shard {
             failed: None,
             last_sync: Instant::now(),
             last_sync_took: None,
+            sync_avg: Duration::ZERO,
             touched: Default::default(),
             bytes_since_checkpoint: 0,
             scratch: Vec::new(),
@@ -228,6 +229,9 @@ impl Drop for Shard {
     }
 }
 
+/// Longest a commit waits for its batch to fill (see [`crate::commit::Gather`]).
+const MAX_GATHER: Duration = Duration::from_millis(1);
+
 /// The writer of a shard; runs on its own thread inside [`run_writer`].
 struct ShardWriter {
     shared: Arc<ShardShared>,
@@ -247,6 +251,8 @@ struct ShardWriter {
     last_sync: Instant,
     /// Duration of the last `fdatasync`, taken by the commit observer.
     last_sync_took: Option<Duration>,
+    /// Moving average of `fdatasync` durations: sizes the gather window of group commit.
+    sync_avg: Duration,
     touched: crate::hash::IdMap<Arc<StreamState>>,
     bytes_since_checkpoint: u64,
     /// (request index, offset, byte position, length) of each record of the current batch.
@@ -288,6 +294,7 @@ impl ShardWriter {
             st.syncs.fetch_add(1, Ordering::Relaxed);
             st.sync_nanos.fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
             self.last_sync_took = Some(took);
+            self.sync_avg = (self.sync_avg * 7 + took) / 8;
         }
         self.synced_len = self.seg_len;
         self.last_sync = Instant::now();
@@ -496,6 +503,16 @@ impl BatchSink<AppendReq> for ShardWriter {
 
     fn max_batch_bytes(&self) -> usize {
         self.max_batch_bytes
+    }
+
+    /// Half a typical sync, only where each commit syncs: there a commit that starts with
+    /// part of the returning appenders costs a whole extra sync; without syncs a commit is
+    /// cheap and waiting would only add latency.
+    fn gather_window(&self) -> Option<Duration> {
+        match self.sync {
+            SyncMode::Always => Some((self.sync_avg / 2).min(MAX_GATHER)),
+            _ => None,
+        }
     }
 }
 
