@@ -171,14 +171,14 @@ pub(crate) fn recover_shard(
     // The streams this scan indexes, with their offsets and open blocks taken out of their
     // shared state (no lock or atomic per record); put back by `indexed.finish()`.
     let mut indexed = Indexing::default();
-    // One buffer for every segment: a fresh one per segment would fault in its pages anew.
+    // One read buffer for every segment (see `SegmentFile`).
     let mut buf = Vec::new();
     let mut i = start_idx;
     while i < segs.len() {
         let (first, path) = segs[i].clone();
         let newest = i + 1 == segs.len();
-        match segment::load_into(&path, &mut buf) {
-            Ok(()) => {}
+        let seg = match segment::SegmentFile::open(&path, &mut buf) {
+            Ok(seg) => seg,
             // A compressed segment whose body does not decompress: like an unreadable header.
             Err(e @ Error::Corrupt { .. }) if mode == RecoveryMode::Tolerant => {
                 set_aside(&path, &e)?;
@@ -187,12 +187,11 @@ pub(crate) fn recover_shard(
                 continue;
             }
             Err(e) => return Err(e),
-        }
-        let data = &buf[..];
-        let header = match segment::check_header(&path, data, Some(shard), first) {
+        };
+        let header = match segment::check_header(&path, seg.head(), Some(shard), first) {
             Ok(h) => h,
             Err(e) => {
-                if newest && torn_creation(data) {
+                if newest && torn_creation(seg.head()) {
                     std::fs::remove_file(&path).map_err(|e| Error::io("removing a torn new segment", &path, e))?;
                 } else if mode == RecoveryMode::Tolerant {
                     set_aside(&path, &e)?;
@@ -225,7 +224,7 @@ pub(crate) fn recover_shard(
         let mut summary = SegSummary::default();
         // Full index blocks, written as one batch per segment.
         let mut blocks: Vec<(u64, u64, Vec<Pos>)> = Vec::new();
-        let scan = segment::scan(&path, data, from, lsn0, max_body, |r, at| {
+        let scan = seg.scan(from, lsn0, max_body, |r, at| {
             let len = format::encoded_len(r.key.as_ref().map_or(0, |k| k.len()), r.payload.len()) as u32;
             if r.meta.stream == CATALOG_STREAM {
                 summary.catalog = true;

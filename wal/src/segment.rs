@@ -144,49 +144,192 @@ pub(crate) fn scan(
     max_body: u32,
     mut each: impl FnMut(&RecordView<'_>, u64) -> Result<()>,
 ) -> Result<SegmentScan> {
-    let len = data.len();
-    let mut pos = start.max(SEGMENT_HEADER_LEN);
-    let mut next_lsn = first_lsn;
-    let mut scan = SegmentScan { valid_end: pos as u64, records: 0, last_lsn: None, bad: Vec::new() };
-    while pos < len {
-        let reason = match format::decode_view(&data[pos..], max_body) {
-            DecodedView::Record(r, n) if r.meta.lsn >= next_lsn => {
-                each(&r, pos as u64)?;
-                next_lsn = r.meta.lsn + 1;
-                scan.last_lsn = Some(r.meta.lsn);
-                scan.records += 1;
-                pos += n;
-                scan.valid_end = pos as u64;
+    let mut st = ScanState::new(start, first_lsn);
+    scan_part(path, data, 0, true, &mut st, max_body, &mut each)?;
+    Ok(st.scan)
+}
+
+/// Where a scan has got to; positions are file offsets.
+struct ScanState {
+    pos: u64,
+    next_lsn: u64,
+    scan: SegmentScan,
+}
+
+impl ScanState {
+    fn new(start: usize, first_lsn: u64) -> ScanState {
+        let pos = start.max(SEGMENT_HEADER_LEN) as u64;
+        ScanState {
+            pos,
+            next_lsn: first_lsn,
+            scan: SegmentScan { valid_end: pos, records: 0, last_lsn: None, bad: Vec::new() },
+        }
+    }
+}
+
+/// Why [`scan_part`] stopped.
+#[derive(Debug, PartialEq, Eq)]
+enum Stopped {
+    /// Everything up to the end of the file is scanned.
+    Done,
+    /// The next record runs past the bytes held (and the file goes on).
+    NeedMore,
+    /// The next bytes are not a valid record: finding where valid records resume needs the
+    /// rest of the file.
+    Damaged,
+}
+
+/// Scans `data`, the bytes of the file from offset `base`, from `st.pos` on. With `at_eof`
+/// (`data` runs to the end of the file) damage is skipped and reported; otherwise the scan
+/// stops before it, or before a record that `data` holds only part of.
+fn scan_part(
+    path: &Path,
+    data: &[u8],
+    base: u64,
+    at_eof: bool,
+    st: &mut ScanState,
+    max_body: u32,
+    each: &mut impl FnMut(&RecordView<'_>, u64) -> Result<()>,
+) -> Result<Stopped> {
+    let end = base + data.len() as u64;
+    while st.pos < end {
+        let rel = (st.pos - base) as usize;
+        let decoded = format::decode_view(&data[rel..], max_body);
+        let reason = match decoded {
+            DecodedView::Record(r, n) if r.meta.lsn >= st.next_lsn => {
+                each(&r, st.pos)?;
+                st.next_lsn = r.meta.lsn + 1;
+                st.scan.last_lsn = Some(r.meta.lsn);
+                st.scan.records += 1;
+                st.pos += n as u64;
+                st.scan.valid_end = st.pos;
                 continue;
             }
+            DecodedView::Incomplete if !at_eof => return Ok(Stopped::NeedMore),
+            _ if !at_eof => return Ok(Stopped::Damaged),
             DecodedView::Record(..) => "record LSN goes backwards",
             DecodedView::Incomplete => "record runs past the end of the file",
             DecodedView::Corrupt(why) => why,
         };
-        match resync(data, pos + 1, next_lsn, max_body) {
+        match resync(data, rel + 1, st.next_lsn, max_body) {
             Some(next) => {
-                scan.bad.push(BadRange {
+                let next = base + next as u64;
+                st.scan.bad.push(BadRange {
                     path: path.into(),
-                    start: pos as u64,
-                    end: next as u64,
+                    start: st.pos,
+                    end: next,
                     reason: reason.into(),
                     at_tail: false,
                 });
-                pos = next;
+                st.pos = next;
             }
             None => {
-                scan.bad.push(BadRange {
+                st.scan.bad.push(BadRange {
                     path: path.into(),
-                    start: pos as u64,
-                    end: len as u64,
+                    start: st.pos,
+                    end,
                     reason: reason.into(),
                     at_tail: true,
                 });
-                break;
+                st.pos = end;
             }
         }
     }
-    Ok(scan)
+    Ok(Stopped::Done)
+}
+
+/// Bytes [`SegmentFile`] reads at a time: small enough to stay in the CPU cache, so the
+/// scan reads what `read` has just copied instead of a whole segment's worth from memory,
+/// and one buffer serves every segment without faulting in new pages.
+const SCAN_CHUNK: usize = 1 << 18;
+
+/// A segment opened for one scan from front to back. Plain segments are read a chunk at a
+/// time into the caller's buffer; a compressed one is decompressed whole (its logical
+/// positions are those of the plain segment it was made from).
+pub(crate) struct SegmentFile<'b> {
+    path: PathBuf,
+    /// `None` once everything is in `buf` (compressed, or read to its end).
+    file: Option<File>,
+    buf: &'b mut Vec<u8>,
+    /// Bytes per read ([`SCAN_CHUNK`]; tests use small ones to cross many boundaries).
+    chunk: usize,
+}
+
+impl<'b> SegmentFile<'b> {
+    /// Opens `path` and reads its first chunk (or, if compressed, all of it) into `buf`.
+    pub(crate) fn open(path: &Path, buf: &'b mut Vec<u8>) -> Result<SegmentFile<'b>> {
+        Self::open_chunked(path, buf, SCAN_CHUNK)
+    }
+
+    fn open_chunked(path: &Path, buf: &'b mut Vec<u8>, chunk: usize) -> Result<SegmentFile<'b>> {
+        let chunk = chunk.max(SEGMENT_HEADER_LEN);
+        buf.clear();
+        let mut file = File::open(path).map_err(|e| Error::io("opening", path, e))?;
+        read_chunk(path, &mut file, buf, chunk)?;
+        let compressed = SegmentHeader::decode(buf).is_ok_and(|h| h.flags & format::SEGMENT_FLAG_COMPRESSED != 0);
+        let mut seg = SegmentFile { path: path.into(), file: Some(file), buf, chunk };
+        if compressed {
+            seg.file = None;
+            load_into(path, seg.buf)?;
+        } else if seg.buf.len() < chunk {
+            seg.file = None; // the whole file fitted
+        }
+        Ok(seg)
+    }
+
+    /// The file's first bytes (its whole length if shorter than a chunk): enough to check
+    /// the header.
+    pub(crate) fn head(&self) -> &[u8] {
+        self.buf
+    }
+
+    /// Scans the segment from `start` like [`scan`]: every valid record goes to `each`
+    /// with its position, damaged ranges are skipped and reported.
+    pub(crate) fn scan(
+        mut self,
+        start: usize,
+        first_lsn: u64,
+        max_body: u32,
+        mut each: impl FnMut(&RecordView<'_>, u64) -> Result<()>,
+    ) -> Result<SegmentScan> {
+        let mut st = ScanState::new(start, first_lsn);
+        let mut base = 0u64; // file offset of buf[0]
+        loop {
+            let at_eof = self.file.is_none();
+            let stopped = scan_part(&self.path, self.buf, base, at_eof, &mut st, max_body, &mut each)?;
+            let Some(file) = self.file.as_mut() else {
+                return Ok(st.scan);
+            };
+            // Keep only what is not scanned yet (a partial record) and read on after it.
+            let consumed = (st.pos - base).min(self.buf.len() as u64) as usize;
+            self.buf.drain(..consumed);
+            base += consumed as u64;
+            match stopped {
+                Stopped::Damaged => {
+                    // Rare: take the rest of the file so the damage can be skipped over.
+                    use std::io::Read;
+                    file.read_to_end(self.buf).map_err(|e| Error::io("reading", &self.path, e))?;
+                    self.file = None;
+                }
+                Stopped::Done | Stopped::NeedMore => {
+                    let want = self.chunk.max(self.buf.len());
+                    if read_chunk(&self.path, file, self.buf, want)? < want {
+                        self.file = None;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Appends up to `n` bytes of `file` to `buf` (fewer only at the end of the file);
+/// returns how many.
+fn read_chunk(path: &Path, file: &mut File, buf: &mut Vec<u8>, n: usize) -> Result<usize> {
+    use std::io::Read;
+    buf.reserve(n);
+    let before = buf.len();
+    file.take(n as u64).read_to_end(buf).map_err(|e| Error::io("reading", path, e))?;
+    Ok(buf.len() - before)
 }
 
 /// Finds the next position at or after `from` where a valid record with an LSN at or
@@ -307,6 +450,73 @@ mod tests {
         assert_eq!(s.valid_end, starts[4]);
         assert_eq!(s.bad.len(), 1);
         assert!(s.bad[0].at_tail);
+    }
+
+    /// A segment of records of random sizes, damaged at random, scanned in chunks of a
+    /// random size: exactly what a scan of the whole file in memory finds.
+    fn chunked_equals_whole(sizes: &[usize], damage: &[(usize, u8)], cut: Option<usize>, chunk: usize) {
+        let h = SegmentHeader { version: FORMAT_VERSION, flags: 0, shard: 0, first_lsn: 10 };
+        let mut data = h.encode().to_vec();
+        for (i, size) in sizes.iter().enumerate() {
+            let m = RecordMeta { lsn: 10 + i as u64, stream: 1, offset: i as u64, timestamp_ms: 0, flags: 0 };
+            encode_record(&mut data, &m, None, &vec![i as u8; *size]);
+        }
+        for &(at, bit) in damage {
+            let at = SEGMENT_HEADER_LEN + at % (data.len() - SEGMENT_HEADER_LEN);
+            data[at] ^= 1 << (bit % 8);
+        }
+        if let Some(c) = cut {
+            data.truncate(SEGMENT_HEADER_LEN + c % (data.len() - SEGMENT_HEADER_LEN + 1));
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.seg");
+        std::fs::write(&path, &data).unwrap();
+        let mut whole = Vec::new();
+        let expected = scan(&path, &data, 0, 10, 1 << 20, |r, at| {
+            whole.push((at, r.meta.lsn, r.payload.len()));
+            Ok(())
+        })
+        .unwrap();
+        let mut buf = Vec::new();
+        let seg = SegmentFile::open_chunked(&path, &mut buf, chunk).unwrap();
+        assert_eq!(&seg.head()[..SEGMENT_HEADER_LEN], &data[..SEGMENT_HEADER_LEN]);
+        let mut chunked = Vec::new();
+        let got = seg
+            .scan(0, 10, 1 << 20, |r, at| {
+                chunked.push((at, r.meta.lsn, r.payload.len()));
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(chunked, whole);
+        assert_eq!(
+            (got.valid_end, got.records, got.last_lsn),
+            (expected.valid_end, expected.records, expected.last_lsn)
+        );
+        assert_eq!(got.bad, expected.bad);
+    }
+
+    #[test]
+    fn chunked_scan_crosses_chunk_boundaries() {
+        // Records larger than a chunk, a torn tail, and damage, at a few chunk sizes.
+        let sizes: Vec<usize> = (0..40).map(|i| [10, 300, 5000, 70][i % 4]).collect();
+        for chunk in [64, 100, 333, 4096, 1 << 20] {
+            chunked_equals_whole(&sizes, &[], None, chunk);
+            chunked_equals_whole(&sizes, &[], Some(20_000), chunk);
+            chunked_equals_whole(&sizes, &[(7000, 3)], None, chunk);
+            chunked_equals_whole(&sizes, &[(7000, 3), (40_000, 1)], Some(50_000), chunk);
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn chunked_scan_finds_what_a_whole_scan_finds(
+            sizes in proptest::collection::vec(0usize..3000, 1..60),
+            damage in proptest::collection::vec((0usize..1 << 20, 0u8..8), 0..4),
+            cut in proptest::option::of(0usize..1 << 20),
+            chunk in 1usize..8192,
+        ) {
+            chunked_equals_whole(&sizes, &damage, cut, chunk);
+        }
     }
 
     #[test]

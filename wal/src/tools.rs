@@ -136,16 +136,20 @@ fn list_files(dir: &Path) -> Result<(u32, Vec<SegmentFile>, u64)> {
     Ok((shards, files, total))
 }
 
-/// Scans one segment file, calling `each(shard, record)` for its valid records; returns
-/// what was found and the bytes read.
-fn scan_file(file: &SegmentFile, each: &mut impl FnMut(u32, &RecordView<'_>)) -> Result<(SegmentInfo, u64)> {
+/// Scans one segment file (reading through `buf`), calling `each(shard, record)` for its
+/// valid records; returns what was found and the file's size.
+fn scan_file(
+    file: &SegmentFile,
+    buf: &mut Vec<u8>,
+    each: &mut impl FnMut(u32, &RecordView<'_>),
+) -> Result<(SegmentInfo, u64)> {
     let (shard, first_lsn, path, newest) = (file.0, file.1, &file.2, file.3);
-    let data = match segment::load(path) {
-        Ok(d) => d,
+    let bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    let seg = match segment::SegmentFile::open(path, buf) {
+        Ok(seg) => seg,
         // A compressed body that does not decompress is damage to report, not a reason
         // to stop inspecting the rest of the log.
         Err(Error::Corrupt { reason, .. }) => {
-            let bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
             let info = SegmentInfo {
                 shard,
                 path: path.clone(),
@@ -167,22 +171,22 @@ fn scan_file(file: &SegmentFile, each: &mut impl FnMut(u32, &RecordView<'_>)) ->
         path: path.clone(),
         first_lsn,
         last_lsn: None,
-        bytes: std::fs::metadata(path).map(|m| m.len()).unwrap_or(data.len() as u64),
+        bytes,
         records: 0,
         compressed: false,
         newest,
         header_error: None,
         bad: Vec::new(),
     };
-    match segment::check_header(path, &data, Some(shard), first_lsn) {
+    match segment::check_header(path, seg.head(), Some(shard), first_lsn) {
         Err(e) => {
-            if !(newest && torn_creation(&data)) {
+            if !(newest && torn_creation(seg.head())) {
                 info.header_error = Some(e.to_string());
             }
         }
         Ok(h) => {
             info.compressed = h.flags & SEGMENT_FLAG_COMPRESSED != 0;
-            let scan = segment::scan(path, &data, 0, h.first_lsn, u32::MAX, |r, _| {
+            let scan = seg.scan(0, h.first_lsn, u32::MAX, |r, _| {
                 each(shard, r);
                 Ok(())
             })?;
@@ -191,7 +195,7 @@ fn scan_file(file: &SegmentFile, each: &mut impl FnMut(u32, &RecordView<'_>)) ->
             info.bad = scan.bad;
         }
     }
-    Ok((info, data.len() as u64))
+    Ok((info, bytes))
 }
 
 /// Scans every record of every segment in log order, calling `each(shard, record)` for
@@ -204,8 +208,9 @@ fn scan_all(
     let (shards, files, total) = list_files(dir)?;
     let mut done = 0u64;
     let mut out = Inspection { shards, ..Inspection::default() };
+    let mut buf = Vec::new();
     for file in &files {
-        let (info, bytes) = scan_file(file, &mut each)?;
+        let (info, bytes) = scan_file(file, &mut buf, &mut each)?;
         done += bytes;
         progress(Progress { done, total });
         out.segments.push(info);
@@ -240,8 +245,10 @@ pub fn inspect(dir: &Path, progress: &mut dyn FnMut(Progress)) -> Result<Inspect
                 scope.spawn(move || -> Found {
                     let mut streams = BTreeMap::new();
                     let mut segments = Vec::new();
+                    let mut buf = Vec::new();
                     for file in files.iter().filter(|f| f.0 as usize % workers == w) {
-                        let (info, bytes) = scan_file(file, &mut |shard, r| summarise(&mut streams, shard, r))?;
+                        let summary = &mut |shard, r: &RecordView<'_>| summarise(&mut streams, shard, r);
+                        let (info, bytes) = scan_file(file, &mut buf, summary)?;
                         done.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
                         segments.push(info);
                     }

@@ -191,9 +191,17 @@ fn pipelined(dir: &std::path::Path, log_dir: &std::path::Path, secs: f64) {
 /// Recovery scan: write a log, then time an open that scans and re-indexes all of it.
 fn recovery(log_dir: &std::path::Path) {
     let n: u64 = 2_000_000;
-    // WAL_BENCH_REUSE=1 keeps a log written by an earlier run (to profile the open alone).
-    let reuse = std::env::var_os("WAL_BENCH_REUSE").is_some() && log_dir.join("PROMPTMQ_WAL").exists();
-    if !reuse {
+    // WAL_BENCH_REUSE=1 keeps a copy of the log as written (`log.pristine`) and opens a
+    // fresh copy of it on later runs (to profile the open alone, always on the same state).
+    let pristine = log_dir.with_extension("pristine");
+    let reuse = std::env::var_os("WAL_BENCH_REUSE").is_some() && pristine.join("PROMPTMQ_WAL").exists();
+    if reuse {
+        let _ = std::fs::remove_dir_all(log_dir);
+        let ok = std::process::Command::new("cp").arg("-a").arg(&pristine).arg(log_dir).status();
+        assert!(ok.is_ok_and(|s| s.success()), "copying {} failed", pristine.display());
+        // Written back before timing, as a log closed cleanly would be.
+        let _ = std::process::Command::new("sync").status();
+    } else {
         let _ = std::fs::remove_dir_all(log_dir);
         let wal = Wal::open(log_dir, Options::default().shards(2).sync(SyncMode::None)).expect("open");
         let streams: Vec<_> = (0..16).map(|i| wal.stream(&format!("s{i}")).expect("stream")).collect();
@@ -211,9 +219,12 @@ fn recovery(log_dir: &std::path::Path) {
             c.wait().expect("append");
         }
         wal.close().expect("close");
-    }
-    if std::env::var_os("WAL_BENCH_REUSE").is_some() {
-        eprintln!("log kept in {}", log_dir.display());
+        if std::env::var_os("WAL_BENCH_REUSE").is_some() {
+            let _ = std::fs::remove_dir_all(&pristine);
+            let ok = std::process::Command::new("cp").arg("-a").arg(log_dir).arg(&pristine).status();
+            assert!(ok.is_ok_and(|s| s.success()), "copying to {} failed", pristine.display());
+            eprintln!("log as written kept in {}", pristine.display());
+        }
     }
     let t = Instant::now();
     let wal = Wal::open(log_dir, Options::default().full_recovery(true)).expect("reopen");
@@ -226,6 +237,9 @@ fn recovery(log_dir: &std::path::Path) {
         scanned as f64 / el.as_secs_f64() / 1e6
     );
     wal.close().expect("close");
+    if std::env::var_os("WAL_BENCH_OPEN_ONLY").is_some() {
+        return; // profiling the open alone
+    }
 
     // The scan alone (decode + CRC of every record, no index), as `walctl verify` does it.
     let t = Instant::now();
