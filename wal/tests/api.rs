@@ -215,3 +215,54 @@ fn inspect_reports_every_shard_in_order() {
     assert_eq!(last.done, last.total);
     assert!(found.damage().is_empty());
 }
+
+/// Index blocks fill and are stored while a reader reads from the start again and again:
+/// every visible record must be readable at every moment (a position is in memory or in
+/// the index, never in neither), and all of them after a reopen.
+#[test]
+fn readers_see_every_record_while_index_blocks_are_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = || Options::default().shards(1).sync(SyncMode::None);
+    let wal = Wal::open(dir.path(), opts()).unwrap();
+    let streams: Vec<_> = (0..3).map(|i| wal.stream(&format!("s{i}")).unwrap()).collect();
+    let n = 2_000u64; // several index blocks per stream
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (wal, streams, done) = (wal.clone(), streams.clone(), done.clone());
+        std::thread::spawn(move || {
+            let mut reads = 0u64;
+            while !done.load(std::sync::atomic::Ordering::Acquire) || reads == 0 {
+                for (i, s) in streams.iter().enumerate() {
+                    let visible = s.next_offset();
+                    let recs = wal.read(s, 0, usize::MAX).unwrap();
+                    assert!(recs.len() as u64 >= visible, "stream {i}: {} of {visible} records readable", recs.len());
+                    for (o, r) in recs.iter().enumerate() {
+                        assert_eq!(r.payload.to_vec(), common::payload(i, o as u64), "stream {i} offset {o}");
+                    }
+                }
+                reads += 1;
+            }
+            reads
+        })
+    };
+    for o in 0..n {
+        let pending: Vec<_> = streams.iter().enumerate().map(|(i, s)| wal.append(s, common::payload(i, o))).collect();
+        for c in pending {
+            c.wait().unwrap();
+        }
+    }
+    done.store(true, std::sync::atomic::Ordering::Release);
+    assert!(reader.join().unwrap() > 0);
+    wal.close().unwrap();
+
+    let wal = Wal::open(dir.path(), opts()).unwrap();
+    for (i, s) in streams.iter().enumerate() {
+        let s = wal.lookup(s.name()).unwrap();
+        let recs = wal.read(&s, 0, usize::MAX).unwrap();
+        assert_eq!(recs.len() as u64, n);
+        assert!(recs
+            .iter()
+            .enumerate()
+            .all(|(o, r)| r.offset == o as u64 && r.payload.to_vec() == common::payload(i, o as u64)));
+    }
+}
