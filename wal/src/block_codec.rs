@@ -11,9 +11,15 @@
 //! - `0` — same segment as the previous position, at or after its end: `gap`, `len`
 //!   (position = previous end + gap);
 //! - `1` — any other position: `segment`, `at`, `len`;
-//! - `2` — a record removed by compaction: `segment`, `len` (position [`REMOVED`]).
+//! - `2` — a record removed by compaction: `segment`, `len` (position [`REMOVED`]);
+//! - `3` — like `0` with the same `gap` and `len` as the previous position (no fields);
+//! - `4` — like `0` with the same `len` as the previous position: `gap`.
 //!
-//! "Previous" means the last position of kind 0 or 1; the first one is of kind 1.
+//! "Previous" means the last position of kind 0, 1, 3 or 4; the first one is of kind 1.
+//! Kinds 3 and 4 need a previous position of kind 0, 3 or 4 (one with a gap). They are
+//! the common case of a stream whose messages have one size (telemetry), interleaved with
+//! other streams at a steady rhythm: one byte per record, or two or three. Index format 3;
+//! format 2 (kinds 0–2) blocks decode unchanged.
 
 use crate::error::{Error, Result};
 use crate::index::{Pos, REMOVED};
@@ -21,6 +27,8 @@ use crate::index::{Pos, REMOVED};
 const SAME_SEGMENT: u8 = 0;
 const ANYWHERE: u8 = 1;
 const REMOVED_RECORD: u8 = 2;
+const REPEAT: u8 = 3;
+const SAME_LEN: u8 = 4;
 
 fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
@@ -48,6 +56,7 @@ pub(crate) fn encode(positions: &[Pos]) -> Vec<u8> {
     let mut out = Vec::with_capacity(2 + positions.len() * 5);
     put_varint(&mut out, positions.len() as u64);
     let mut prev: Option<(u64, u64)> = None; // (segment, end)
+    let mut step: Option<(u64, u32)> = None; // (gap, len) of the previous position
     for p in positions {
         if p.at == REMOVED {
             out.push(REMOVED_RECORD);
@@ -57,16 +66,29 @@ pub(crate) fn encode(positions: &[Pos]) -> Vec<u8> {
         }
         match prev {
             Some((segment, end)) if segment == p.segment && p.at >= end => {
-                out.push(SAME_SEGMENT);
-                put_varint(&mut out, p.at - end);
+                let gap = p.at - end;
+                match step {
+                    Some(s) if s == (gap, p.len) => out.push(REPEAT),
+                    Some((_, len)) if len == p.len => {
+                        out.push(SAME_LEN);
+                        put_varint(&mut out, gap);
+                    }
+                    _ => {
+                        out.push(SAME_SEGMENT);
+                        put_varint(&mut out, gap);
+                        put_varint(&mut out, u64::from(p.len));
+                    }
+                }
+                step = Some((gap, p.len));
             }
             _ => {
                 out.push(ANYWHERE);
                 put_varint(&mut out, p.segment);
                 put_varint(&mut out, p.at);
+                put_varint(&mut out, u64::from(p.len));
+                step = None;
             }
         }
-        put_varint(&mut out, u64::from(p.len));
         prev = Some((p.segment, p.at.saturating_add(u64::from(p.len))));
     }
     out
@@ -81,22 +103,28 @@ pub(crate) fn count(b: &[u8]) -> Result<u64> {
 pub(crate) fn decode(b: &[u8]) -> Result<Vec<Pos>> {
     let mut at = 0;
     let n = get_varint(b, &mut at)?;
-    // Every position takes at least three bytes: a count beyond that is damage, not a
-    // reason to reserve memory.
-    if n > (b.len() as u64) / 3 + 1 {
+    // Every position takes at least one byte: a count beyond that is damage, not a reason
+    // to reserve memory.
+    if n > b.len() as u64 {
         return Err(Error::Index(format!("index block claims {n} positions in {} bytes", b.len())));
     }
     let mut out = Vec::with_capacity(n as usize);
     let mut prev: Option<(u64, u64)> = None;
+    let mut step: Option<(u64, u32)> = None;
     let len32 = |v: u64| u32::try_from(v).map_err(|_| Error::Index(format!("record length {v} in an index block")));
     for _ in 0..n {
         let kind = *b.get(at).ok_or_else(|| Error::Index("index block ends early".into()))?;
         at += 1;
         let pos = match kind {
-            SAME_SEGMENT => {
+            SAME_SEGMENT | REPEAT | SAME_LEN => {
                 let (segment, end) = prev.ok_or_else(|| Error::Index("index block starts with a delta".into()))?;
-                let gap = get_varint(b, &mut at)?;
-                let len = len32(get_varint(b, &mut at)?)?;
+                let (gap, len) = match (kind, step) {
+                    (SAME_SEGMENT, _) => (get_varint(b, &mut at)?, len32(get_varint(b, &mut at)?)?),
+                    (REPEAT, Some(s)) => s,
+                    (SAME_LEN, Some((_, len))) => (get_varint(b, &mut at)?, len),
+                    _ => return Err(Error::Index(format!("position kind {kind} follows no gap"))),
+                };
+                step = Some((gap, len));
                 let p = end.checked_add(gap).ok_or_else(|| Error::Index("index position overflows".into()))?;
                 Pos { segment, at: p, len }
             }
@@ -104,6 +132,7 @@ pub(crate) fn decode(b: &[u8]) -> Result<Vec<Pos>> {
                 let segment = get_varint(b, &mut at)?;
                 let p = get_varint(b, &mut at)?;
                 let len = len32(get_varint(b, &mut at)?)?;
+                step = None;
                 Pos { segment, at: p, len }
             }
             REMOVED_RECORD => {
@@ -133,7 +162,7 @@ mod tests {
         // 64 records of 176 bytes with two other records' worth of bytes between each.
         let positions: Vec<Pos> = (0..64).map(|i| Pos { segment: 1_000_000, at: 32 + i * 3 * 176, len: 176 }).collect();
         let enc = encode(&positions);
-        assert!(enc.len() <= 64 * 5 + 16, "{} bytes", enc.len());
+        assert!(enc.len() <= 64 + 16, "one byte per steady position: {} bytes", enc.len());
         assert_eq!(decode(&enc).unwrap(), positions);
         assert_eq!(count(&enc).unwrap(), 64);
     }
@@ -153,6 +182,47 @@ mod tests {
     }
 
     #[test]
+    fn every_kind_round_trips_and_steady_streams_take_a_byte_a_record() {
+        let p = |segment, at, len| Pos { segment, at, len };
+        let positions = vec![
+            p(5, 100, 50),
+            p(5, 160, 50), // kind 0: gap 10, len 50
+            p(5, 220, 50), // kind 3: the same again
+            p(5, 300, 50), // kind 4: same len, gap 30
+            p(5, REMOVED, 0),
+            p(5, 380, 50), // kind 3: the removed record does not break the rhythm
+            p(5, 440, 7),  // kind 0: new len
+            p(6, 32, 7),   // kind 1: new segment
+            p(6, 39, 7),   // kind 0: no step after a kind 1
+            p(6, 46, 7),   // kind 3
+        ];
+        let enc = encode(&positions);
+        let kinds: Vec<u8> = {
+            // Walk the encoding to check the kinds chosen, not only the round trip.
+            let mut at = 0;
+            let n = get_varint(&enc, &mut at).unwrap();
+            let mut kinds = Vec::new();
+            for _ in 0..n {
+                let k = enc[at];
+                at += 1;
+                let fields = match k {
+                    ANYWHERE => 3,
+                    SAME_SEGMENT | REMOVED_RECORD => 2,
+                    SAME_LEN => 1,
+                    _ => 0,
+                };
+                for _ in 0..fields {
+                    get_varint(&enc, &mut at).unwrap();
+                }
+                kinds.push(k);
+            }
+            kinds
+        };
+        assert_eq!(kinds, vec![1, 0, 3, 4, 2, 3, 0, 1, 0, 3]);
+        assert_eq!(decode(&enc).unwrap(), positions);
+    }
+
+    #[test]
     fn damage_is_an_error() {
         let enc = encode(&[Pos { segment: 5, at: 100, len: 50 }, Pos { segment: 5, at: 200, len: 50 }]);
         for cut in 0..enc.len() {
@@ -163,6 +233,8 @@ mod tests {
         assert!(decode(&extra).is_err(), "trailing bytes");
         assert!(decode(&[1, 0, 1, 1]).is_err(), "a first position relative to nothing");
         assert!(decode(&[1, 7, 0, 0, 0]).is_err(), "unknown kind");
+        assert!(decode(&[2, 1, 0, 0, 1, 3]).is_err(), "a repeat with no gap to repeat");
+        assert!(decode(&[2, 1, 0, 0, 1, 4, 0]).is_err(), "a same-length delta with no gap before");
         assert!(decode(&[0xff; 12]).is_err(), "overlong number");
         assert!(decode(&[0xff, 0xff, 0xff, 0x0f]).is_err(), "a count the bytes cannot hold");
     }

@@ -42,9 +42,12 @@ pub(crate) struct Pos {
 /// `at` of a position whose record was removed by compaction.
 pub(crate) const REMOVED: u64 = u64::MAX;
 
-/// The layout of index blocks (`block_codec`). An index of another layout is upgraded on
-/// open by dropping its blocks and checkpoints, so the log is re-indexed.
-const INDEX_FORMAT: u64 = 2;
+/// The layout of index blocks (`block_codec`). An index of format 2 (a subset of 3) is
+/// kept; one of any other layout is upgraded on open by dropping its blocks and
+/// checkpoints, so the log is re-indexed.
+const INDEX_FORMAT: u64 = 3;
+/// Formats whose blocks this build decodes as they are.
+const READABLE_INDEX_FORMATS: [u64; 2] = [2, 3];
 const INDEX_FORMAT_KEY: &str = "index_format";
 
 /// Per-stream contents of one sealed segment, used by retention to tell when nothing live
@@ -282,8 +285,16 @@ impl Index {
     /// recovery re-indexes every shard. Durable before anything else is written, so a crash
     /// during the re-index just re-indexes again.
     fn upgrade_format(&self) -> Result<()> {
-        if self.get_meta_u64(INDEX_FORMAT_KEY)? == Some(INDEX_FORMAT) {
-            return Ok(());
+        match self.get_meta_u64(INDEX_FORMAT_KEY)? {
+            Some(INDEX_FORMAT) => return Ok(()),
+            Some(f) if READABLE_INDEX_FORMATS.contains(&f) => {
+                // Readable as it is; marked with the new format so that an older build,
+                // which cannot read the new kinds of positions, re-indexes instead.
+                self.meta.insert(INDEX_FORMAT_KEY, INDEX_FORMAT.to_le_bytes().to_vec())?;
+                self.db.persist(PersistMode::SyncData)?;
+                return Ok(());
+            }
+            _ => {}
         }
         if !self.blocks.is_empty()? {
             tracing::info!("index blocks are in an older layout; the log will be re-indexed");
@@ -518,6 +529,22 @@ impl Index {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_index_of_format_2_is_kept_and_marked_as_format_3() {
+        let dir = tempfile::tempdir().unwrap();
+        let pos = Pos { segment: 1, at: 32, len: 100 };
+        {
+            let index = Index::open(dir.path(), SyncMode::Always).unwrap();
+            index.put_block(7, 0, &[pos]).unwrap();
+            index.meta.insert(INDEX_FORMAT_KEY, 2u64.to_le_bytes().to_vec()).unwrap();
+            index.commit_checkpoint(0, Some(&Checkpoint { pos, next_lsn: 5 }), &[]).unwrap();
+        }
+        let index = Index::open(dir.path(), SyncMode::Always).unwrap();
+        assert_eq!(index.find_block(7, 0).unwrap(), Some((0, vec![pos])), "blocks kept");
+        assert!(index.checkpoint(0).unwrap().is_some(), "so is the checkpoint: no re-index");
+        assert_eq!(index.get_meta_u64(INDEX_FORMAT_KEY).unwrap(), Some(INDEX_FORMAT));
+    }
 
     #[test]
     fn an_index_of_the_old_block_layout_is_dropped_for_a_re_index() {
