@@ -188,6 +188,38 @@ fn pipelined(dir: &std::path::Path, log_dir: &std::path::Path, secs: f64) {
     }
 }
 
+/// Reads from the index (records long since out of the open blocks): single records at
+/// pseudo-random offsets, and runs of 100 from random offsets, as a catching-up consumer
+/// reads.
+fn reads(wal: &Wal) {
+    let streams: Vec<_> = (0..16).filter_map(|i| wal.lookup(&format!("s{i}"))).collect();
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = |m: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % m
+    };
+    for (what, count, max) in
+        [("single records at random offsets", 100_000u64, 1usize), ("runs of 100 records", 10_000, 100)]
+    {
+        let t = Instant::now();
+        let mut got = 0usize;
+        for _ in 0..count {
+            let s = &streams[next(streams.len() as u64) as usize];
+            let from = next(s.next_offset().saturating_sub(max as u64).max(1));
+            got += wal.read(s, from, max).expect("read").len();
+        }
+        let el = t.elapsed();
+        assert_eq!(got as u64, count * max as u64, "every read found its records");
+        println!(
+            "reads, {what}: {:.2} µs per read ({:.2} M records/s)",
+            us(el) / count as f64,
+            got as f64 / el.as_secs_f64() / 1e6
+        );
+    }
+}
+
 /// Recovery scan: write a log, then time an open that scans and re-indexes all of it.
 fn recovery(log_dir: &std::path::Path) {
     let n: u64 = 2_000_000;
@@ -236,6 +268,9 @@ fn recovery(log_dir: &std::path::Path) {
         el.as_secs_f64() * 1e3,
         scanned as f64 / el.as_secs_f64() / 1e6
     );
+    if std::env::var_os("WAL_BENCH_OPEN_ONLY").is_none() {
+        reads(&wal);
+    }
     wal.close().expect("close");
     if std::env::var_os("WAL_BENCH_OPEN_ONLY").is_some() {
         return; // profiling the open alone
