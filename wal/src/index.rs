@@ -372,15 +372,23 @@ impl Index {
         cp: Option<&Checkpoint>,
         streams: &[StreamCheckpoint],
     ) -> Result<()> {
+        self.commit_checkpoints(&[(shard, cp, streams)])
+    }
+
+    /// [`Index::commit_checkpoint`] for several shards at once: one batch, one sync (the
+    /// end of recovery checkpoints every shard).
+    pub(crate) fn commit_checkpoints(&self, shards: &[(u32, Option<&Checkpoint>, &[StreamCheckpoint])]) -> Result<()> {
         let mut b = self.db.batch();
-        for (meta, block) in streams {
-            b.insert(&self.streams, meta_key(meta.id), meta.encode());
-            if let Some((first, positions)) = block {
-                b.insert(&self.blocks, block_key(meta.id, *first).to_vec(), encode_positions(positions));
+        for &(shard, cp, streams) in shards {
+            for (meta, block) in streams {
+                b.insert(&self.streams, meta_key(meta.id), meta.encode());
+                if let Some((first, positions)) = block {
+                    b.insert(&self.blocks, block_key(meta.id, *first).to_vec(), encode_positions(positions));
+                }
             }
-        }
-        if let Some(cp) = cp {
-            b.insert(&self.meta, checkpoint_key(shard), encode_checkpoint(cp));
+            if let Some(cp) = cp {
+                b.insert(&self.meta, checkpoint_key(shard), encode_checkpoint(cp));
+            }
         }
         b.commit()?;
         self.persist()

@@ -319,16 +319,24 @@ impl Wal {
         recovery::finish_streams(&by_id);
         let shared_list: Vec<_> = shards.iter().map(|(s, _)| s.clone()).collect();
         crate::maintenance::finish_interrupted(&shared_list, &index, &by_id)?;
-        // Checkpoint what recovery established, atomically per shard: the streams' offsets
-        // now include the re-indexed tail, so the checkpoint must move to the tail's end too.
-        for (shared, start) in &shards {
-            let ours: Vec<_> = by_id.values().filter(|s| s.shard == shared.id).collect();
-            let states: Vec<_> = ours.iter().map(|s| s.checkpoint_state()).collect();
-            let cp = start
-                .active
-                .map(|(segment, at)| Checkpoint { pos: Pos { segment, at, len: 0 }, next_lsn: start.next_lsn });
-            index.commit_checkpoint(shared.id, cp.as_ref(), &states)?;
-            for (s, state) in ours.iter().zip(&states) {
+        // Checkpoint what recovery established, atomically (one batch, one sync for every
+        // shard): the streams' offsets now include the re-indexed tail, so the checkpoint
+        // must move to the tail's end too.
+        let per_shard: Vec<_> = shards
+            .iter()
+            .map(|(shared, start)| {
+                let ours: Vec<_> = by_id.values().filter(|s| s.shard == shared.id).collect();
+                let states: Vec<_> = ours.iter().map(|s| s.checkpoint_state()).collect();
+                let cp = start
+                    .active
+                    .map(|(segment, at)| Checkpoint { pos: Pos { segment, at, len: 0 }, next_lsn: start.next_lsn });
+                (shared.id, cp, ours, states)
+            })
+            .collect();
+        let batch: Vec<_> = per_shard.iter().map(|(id, cp, _, states)| (*id, cp.as_ref(), &states[..])).collect();
+        index.commit_checkpoints(&batch)?;
+        for (_, _, ours, states) in &per_shard {
+            for (s, state) in ours.iter().zip(states) {
                 s.checkpointed(state);
             }
         }
