@@ -731,7 +731,7 @@ impl Wal {
                         bytes.slice((pos.at - start) as usize..)
                     }
                     _ => {
-                        let c = reader.read_chunk(pos.at, READ_CHUNK)?;
+                        let c = reader.read_chunk(pos.at, read_len(pos.len, end - offset))?;
                         chunk = Some((pos.segment, pos.at, c.clone()));
                         c
                     }
@@ -882,5 +882,31 @@ impl Drop for Inner {
     }
 }
 
-/// Bytes read per positional read; consecutive records of a stream usually share a chunk.
+/// Most bytes read per positional read; consecutive records of a stream usually share a chunk.
 const READ_CHUNK: usize = 64 << 10;
+
+/// Bytes to read for a record of `len` bytes when `wanted` records (this one included) are
+/// still to be read: this record, and room for the rest if they are about as large and
+/// interleaved with a few other streams' records — at most [`READ_CHUNK`]. A single record
+/// costs one read of its own size (not 64 KiB); a guess too small for a run only costs
+/// another read.
+fn read_len(len: u32, wanted: u64) -> usize {
+    const INTERLEAVE: u64 = 8;
+    let len = u64::from(len);
+    let rest = wanted.saturating_sub(1).saturating_mul(len).saturating_mul(INTERLEAVE);
+    len.saturating_add(rest).min(READ_CHUNK as u64).max(len) as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_read_takes_what_the_wanted_records_need_up_to_a_chunk() {
+        assert_eq!(read_len(176, 1), 176, "a single record: its own bytes");
+        assert_eq!(read_len(176, 2), 176 + 176 * 8);
+        assert_eq!(read_len(176, 10_000), READ_CHUNK);
+        assert_eq!(read_len(1 << 20, 5), 1 << 20, "a record bigger than a chunk is read whole");
+        assert_eq!(read_len(u32::MAX, u64::MAX), u32::MAX as usize);
+    }
+}
