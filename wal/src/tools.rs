@@ -145,27 +145,6 @@ fn scan_file(
 ) -> Result<(SegmentInfo, u64)> {
     let (shard, first_lsn, path, newest) = (file.0, file.1, &file.2, file.3);
     let bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-    let seg = match segment::SegmentFile::open(path, buf) {
-        Ok(seg) => seg,
-        // A compressed body that does not decompress is damage to report, not a reason
-        // to stop inspecting the rest of the log.
-        Err(Error::Corrupt { reason, .. }) => {
-            let info = SegmentInfo {
-                shard,
-                path: path.clone(),
-                first_lsn,
-                last_lsn: None,
-                bytes,
-                records: 0,
-                compressed: true,
-                newest,
-                header_error: Some(reason),
-                bad: Vec::new(),
-            };
-            return Ok((info, bytes));
-        }
-        Err(e) => return Err(e),
-    };
     let mut info = SegmentInfo {
         shard,
         path: path.clone(),
@@ -177,6 +156,17 @@ fn scan_file(
         newest,
         header_error: None,
         bad: Vec::new(),
+    };
+    let seg = match segment::SegmentFile::open(path, buf) {
+        Ok(seg) => seg,
+        // A compressed body that does not decompress is damage to report, not a reason
+        // to stop inspecting the rest of the log.
+        Err(Error::Corrupt { reason, .. }) => {
+            info.compressed = true;
+            info.header_error = Some(reason);
+            return Ok((info, bytes));
+        }
+        Err(e) => return Err(e),
     };
     match segment::check_header(path, seg.head(), Some(shard), first_lsn) {
         Err(e) => {
