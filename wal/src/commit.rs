@@ -235,6 +235,9 @@ impl<R: Weighted, T> CommitQueue<R, T> {
         let mut st = lock(&self.state);
         while !st.closed && st.bytes > 0 && st.bytes + w > self.max_bytes {
             st.blocked_submitters += 1;
+            if st.writer_wants > 0 {
+                self.work.notify_one(); // a gathering writer stops waiting for more
+            }
             st = self.space.wait(st).unwrap_or_else(|p| p.into_inner());
             st.blocked_submitters -= 1;
         }
@@ -525,6 +528,22 @@ mod tests {
         assert_eq!(q.take_batch(&mut batch, usize::MAX, None, Some(gather)), Taken::Work);
         assert_eq!(batch.len(), 2);
         let _c = blocked.join().unwrap();
+    }
+
+    #[test]
+    fn a_queue_filling_up_ends_the_gathering() {
+        let q = std::sync::Arc::new(CommitQueue::<Req, u64>::new(3));
+        let _first = q.submit(Req(1, 1));
+        let qq = q.clone();
+        // Fills the queue while the writer gathers; the fourth request blocks.
+        let filler = std::thread::spawn(move || (0..3).map(|_| qq.submit(Req(1, 1))).collect::<Vec<_>>());
+        let mut batch = Vec::new();
+        let gather = Gather { target: 10, until: std::time::Instant::now() + std::time::Duration::from_secs(60) };
+        let t = std::time::Instant::now();
+        assert_eq!(q.take_batch(&mut batch, usize::MAX, None, Some(gather)), Taken::Work);
+        assert!(t.elapsed() < std::time::Duration::from_secs(30), "waited for the deadline: {:?}", t.elapsed());
+        assert_eq!(batch.len(), 3);
+        drop(filler.join().unwrap());
     }
 
     #[tokio::test]
