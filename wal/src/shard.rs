@@ -453,7 +453,8 @@ impl ShardWriter {
         }
         for p in batch {
             let Some(s) = &p.req.stream else { continue };
-            if let Some(&next) = self.local.get(&s.id) {
+            // Taken out so that a stream with many requests in the batch is published once.
+            if let Some(next) = self.local.remove(&s.id) {
                 s.next_offset.store(next, Ordering::Release);
                 s.visible.store(next, Ordering::Release);
                 s.notify.notify();

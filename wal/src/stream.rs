@@ -54,14 +54,29 @@ impl OpenBlock {
 /// Wakes tail readers when records become visible.
 #[derive(Debug, Default)]
 pub(crate) struct Notify {
-    wakers: Mutex<Vec<Waker>>,
+    waiting: Mutex<Waiting>,
     cond: Condvar,
+}
+
+/// Who waits for a [`Notify`].
+#[derive(Debug, Default)]
+struct Waiting {
+    /// Async tail readers.
+    wakers: Vec<Waker>,
+    /// Threads blocked in [`Notify::wait`]: only then is the condvar signalled (a signal
+    /// is a syscall, made on every commit that appends to the stream).
+    blocked: usize,
 }
 
 impl Notify {
     pub(crate) fn notify(&self) {
-        let wakers = std::mem::take(&mut *self.wakers.lock().unwrap_or_else(|p| p.into_inner()));
-        self.cond.notify_all();
+        let (wakers, blocked) = {
+            let mut w = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+            (std::mem::take(&mut w.wakers), w.blocked > 0)
+        };
+        if blocked {
+            self.cond.notify_all();
+        }
         for w in wakers {
             w.wake();
         }
@@ -70,12 +85,12 @@ impl Notify {
     /// Registers `waker` unless `ready()` already holds (checked under the lock, so a
     /// notification between the check and the registration cannot be lost).
     pub(crate) fn register(&self, waker: &Waker, ready: impl Fn() -> bool) -> bool {
-        let mut w = self.wakers.lock().unwrap_or_else(|p| p.into_inner());
+        let mut w = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
         if ready() {
             return true;
         }
-        if !w.iter().any(|x| x.will_wake(waker)) {
-            w.push(waker.clone());
+        if !w.wakers.iter().any(|x| x.will_wake(waker)) {
+            w.wakers.push(waker.clone());
         }
         false
     }
@@ -83,7 +98,7 @@ impl Notify {
     /// Blocks until `ready()` or the timeout; returns `ready()`.
     pub(crate) fn wait(&self, timeout: std::time::Duration, ready: impl Fn() -> bool) -> bool {
         let deadline = std::time::Instant::now() + timeout;
-        let mut g = self.wakers.lock().unwrap_or_else(|p| p.into_inner());
+        let mut g = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
         loop {
             if ready() {
                 return true;
@@ -92,7 +107,9 @@ impl Notify {
             if now >= deadline {
                 return false;
             }
+            g.blocked += 1;
             g = self.cond.wait_timeout(g, deadline - now).unwrap_or_else(|p| p.into_inner()).0;
+            g.blocked -= 1;
         }
     }
 }
