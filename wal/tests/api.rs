@@ -266,3 +266,23 @@ fn readers_see_every_record_while_index_blocks_are_stored() {
             .all(|(o, r)| r.offset == o as u64 && r.payload.to_vec() == common::payload(i, o as u64)));
     }
 }
+
+/// A thread blocked in `Tail::next_blocking` is woken by the commit of a new record, not
+/// by its timeout.
+#[test]
+fn a_blocked_tail_wakes_when_a_record_is_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Wal::open(dir.path(), Options::default()).unwrap();
+    let s = wal.stream("events").unwrap();
+    let mut tail = wal.tail(&s, 0);
+    let reader = std::thread::spawn(move || {
+        let t = std::time::Instant::now();
+        let recs = tail.next_blocking(10, Duration::from_secs(60)).unwrap();
+        (recs.len(), t.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(100)); // the reader blocks first
+    wal.append(&s, "x").wait().unwrap();
+    let (n, waited) = reader.join().unwrap();
+    assert_eq!(n, 1);
+    assert!(waited < Duration::from_secs(30), "woken by the timeout, not the commit: {waited:?}");
+}
