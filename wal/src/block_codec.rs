@@ -101,6 +101,12 @@ pub(crate) fn count(b: &[u8]) -> Result<u64> {
 
 /// Decodes a block; a malformed one is an index error (the index is rebuilt from the log).
 pub(crate) fn decode(b: &[u8]) -> Result<Vec<Pos>> {
+    decode_prefix(b, usize::MAX)
+}
+
+/// Decodes the first `limit` positions of a block (all if it holds fewer): a lookup of one
+/// offset need not decode the positions after it.
+pub(crate) fn decode_prefix(b: &[u8], limit: usize) -> Result<Vec<Pos>> {
     let mut at = 0;
     let n = get_varint(b, &mut at)?;
     // Every position takes at least one byte: a count beyond that is damage, not a reason
@@ -108,11 +114,13 @@ pub(crate) fn decode(b: &[u8]) -> Result<Vec<Pos>> {
     if n > b.len() as u64 {
         return Err(Error::Index(format!("index block claims {n} positions in {} bytes", b.len())));
     }
-    let mut out = Vec::with_capacity(n as usize);
+    let n = n as usize;
+    let wanted = n.min(limit);
+    let mut out = Vec::with_capacity(wanted);
     let mut prev: Option<(u64, u64)> = None;
     let mut step: Option<(u64, u32)> = None;
     let len32 = |v: u64| u32::try_from(v).map_err(|_| Error::Index(format!("record length {v} in an index block")));
-    for _ in 0..n {
+    for _ in 0..wanted {
         let kind = *b.get(at).ok_or_else(|| Error::Index("index block ends early".into()))?;
         at += 1;
         let pos = match kind {
@@ -146,7 +154,7 @@ pub(crate) fn decode(b: &[u8]) -> Result<Vec<Pos>> {
         prev = Some((pos.segment, pos.at.saturating_add(u64::from(pos.len))));
         out.push(pos);
     }
-    if at != b.len() {
+    if wanted == n && at != b.len() {
         return Err(Error::Index(format!("index block has {} bytes after its positions", b.len() - at)));
     }
     Ok(out)
@@ -220,6 +228,15 @@ mod tests {
         };
         assert_eq!(kinds, vec![1, 0, 3, 4, 2, 3, 0, 1, 0, 3]);
         assert_eq!(decode(&enc).unwrap(), positions);
+    }
+
+    #[test]
+    fn a_prefix_is_the_start_of_the_whole() {
+        let positions: Vec<Pos> = (0..50).map(|i| Pos { segment: 1 + i / 20, at: 32 + i * 100, len: 90 }).collect();
+        let enc = encode(&positions);
+        for limit in [0, 1, 7, 20, 21, 49, 50, 51, usize::MAX] {
+            assert_eq!(decode_prefix(&enc, limit).unwrap(), positions[..limit.min(50)]);
+        }
     }
 
     #[test]

@@ -261,10 +261,6 @@ fn segment_key(shard: u32, first_lsn: u64) -> [u8; 12] {
     k
 }
 
-fn decode_positions(b: &[u8]) -> Result<Vec<Pos>> {
-    crate::block_codec::decode(b)
-}
-
 impl Index {
     pub(crate) fn open(dir: &Path, sync: SyncMode) -> Result<Index> {
         let db = Database::builder(dir).open()?;
@@ -416,6 +412,12 @@ impl Index {
     /// The position of `offset` in `stream`, from the block that covers it, together with
     /// the whole block (readers walk it for the following offsets).
     pub(crate) fn find_block(&self, stream: u64, offset: u64) -> Result<Option<(u64, Vec<Pos>)>> {
+        self.find_block_upto(stream, offset, u64::MAX)
+    }
+
+    /// [`Index::find_block`], decoding the block's positions only up to offset `upto` (a
+    /// read wants no more).
+    pub(crate) fn find_block_upto(&self, stream: u64, offset: u64, upto: u64) -> Result<Option<(u64, Vec<Pos>)>> {
         let lo = block_key(stream, 0);
         let hi = block_key(stream, offset);
         let found = self.blocks.range::<&[u8], _>((Bound::Included(&lo[..]), Bound::Included(&hi[..]))).next_back();
@@ -424,7 +426,8 @@ impl Index {
             Some(g) => {
                 let (k, v) = g.into_inner()?;
                 let first = block_start(&k).ok_or_else(|| Error::Index("bad block key".into()))?;
-                Ok(Some((first, decode_positions(&v)?)))
+                let limit = usize::try_from(upto.saturating_sub(first).saturating_add(1)).unwrap_or(usize::MAX);
+                Ok(Some((first, crate::block_codec::decode_prefix(&v, limit)?)))
             }
         }
     }

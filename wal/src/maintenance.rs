@@ -89,7 +89,7 @@ impl Wal {
             let mut cache = None;
             let mut o = next;
             while o > first {
-                if let Some(p) = s.position(self.index(), o - 1, &mut cache)? {
+                if let Some(p) = s.position(self.index(), o - 1, u64::MAX, &mut cache)? {
                     sum += p.len as u64;
                     if sum > max {
                         break;

@@ -192,11 +192,13 @@ impl StreamState {
     }
 
     /// The position of `offset`, from memory or from the index (`cache` holds the last
-    /// block read from the index, to serve consecutive offsets without another lookup).
+    /// block read from the index, decoded up to offset `upto`, to serve the following
+    /// offsets without another lookup).
     pub(crate) fn position(
         &self,
         index: &Index,
         offset: u64,
+        upto: u64,
         cache: &mut Option<(u64, Vec<Pos>)>,
     ) -> crate::Result<Option<Pos>> {
         {
@@ -210,7 +212,7 @@ impl StreamState {
                 return Ok(Some(ps[(offset - *first) as usize]).filter(|p| p.at != REMOVED));
             }
         }
-        *cache = index.find_block(self.id, offset)?;
+        *cache = index.find_block_upto(self.id, offset, upto.max(offset))?;
         Ok(cache
             .as_ref()
             .and_then(|(first, ps)| offset.checked_sub(*first).and_then(|i| ps.get(i as usize)).copied())

@@ -713,7 +713,7 @@ impl Wal {
         let mut chunk: Option<(u64, u64, Bytes)> = None; // (segment, start, bytes)
         let _no_compaction = shard.maintenance.read().unwrap_or_else(|p| p.into_inner());
         for offset in from..end {
-            let Some(pos) = s.position(&self.inner.index, offset, &mut block)? else {
+            let Some(pos) = s.position(&self.inner.index, offset, end - 1, &mut block)? else {
                 continue; // removed, or skipped as damaged by tolerant recovery
             };
             let reader = match shard.reader(pos.segment) {
