@@ -1,11 +1,12 @@
 //! The value of an offset-index block: the positions of consecutive records of one stream,
-//! delta-encoded (index format 2).
+//! delta-encoded (index format 3).
 //!
 //! Records of one stream mostly follow each other in one segment with little in between
 //! (other streams' records of the same shard), so each position is stored as the gap from
-//! the end of the previous one and its length: about 4 bytes instead of the 20 of a plain
-//! `segment ‖ position ‖ length`. That is five times less for fjall to journal, flush,
-//! compact and replay on open — the index was most of the cost of recovery.
+//! the end of the previous one and its length — or only what changed since the previous
+//! one: one to five bytes instead of the 20 of a plain `segment ‖ position ‖ length`. That
+//! is that much less for fjall to journal, flush, compact and replay on open — the index
+//! was most of the cost of recovery.
 //!
 //! Layout: `count` (varint), then per position one kind byte and its fields (varints):
 //! - `0` — same segment as the previous position, at or after its end: `gap`, `len`
