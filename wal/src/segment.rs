@@ -79,8 +79,8 @@ pub(crate) fn load(path: &Path) -> Result<Bytes> {
     Ok(Bytes::from(buf))
 }
 
-/// [`load`] into a reused buffer (recovery scans many segments; reusing the buffer saves
-/// the page faults of a fresh allocation per segment).
+/// [`load`] into the caller's buffer ([`SegmentFile`] uses it for compressed segments,
+/// which are decompressed whole; plain ones it reads a chunk at a time).
 pub(crate) fn load_into(path: &Path, buf: &mut Vec<u8>) -> Result<()> {
     use std::io::Read;
     buf.clear();
