@@ -227,6 +227,12 @@ fn reads(wal: &Wal) {
     }
 }
 
+/// Copies a log directory as it is (`cp -a`), for WAL_BENCH_REUSE.
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    let ok = std::process::Command::new("cp").arg("-a").arg(from).arg(to).status();
+    assert!(ok.is_ok_and(|s| s.success()), "copying {} to {} failed", from.display(), to.display());
+}
+
 /// Recovery scan: write a log, then time an open that scans and re-indexes all of it.
 fn recovery(log_dir: &std::path::Path) {
     let n: u64 = 2_000_000;
@@ -236,8 +242,7 @@ fn recovery(log_dir: &std::path::Path) {
     let reuse = std::env::var_os("WAL_BENCH_REUSE").is_some() && pristine.join("PROMPTMQ_WAL").exists();
     if reuse {
         let _ = std::fs::remove_dir_all(log_dir);
-        let ok = std::process::Command::new("cp").arg("-a").arg(&pristine).arg(log_dir).status();
-        assert!(ok.is_ok_and(|s| s.success()), "copying {} failed", pristine.display());
+        copy_dir(&pristine, log_dir);
         // Written back before timing, as a log closed cleanly would be.
         let _ = std::process::Command::new("sync").status();
     } else {
@@ -260,8 +265,7 @@ fn recovery(log_dir: &std::path::Path) {
         wal.close().expect("close");
         if std::env::var_os("WAL_BENCH_REUSE").is_some() {
             let _ = std::fs::remove_dir_all(&pristine);
-            let ok = std::process::Command::new("cp").arg("-a").arg(log_dir).arg(&pristine).status();
-            assert!(ok.is_ok_and(|s| s.success()), "copying to {} failed", pristine.display());
+            copy_dir(log_dir, &pristine);
             eprintln!("log as written kept in {}", pristine.display());
         }
     }
