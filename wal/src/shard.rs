@@ -155,6 +155,9 @@ pub(crate) struct ShardStart {
 pub(crate) struct Shard {
     pub(crate) shared: Arc<ShardShared>,
     queue: Arc<CommitQueue<AppendReq, u64>>,
+    /// The writer's state: locked by the writer thread per batch, and by an appender that
+    /// commits on its own thread (see [`CommitQueue::submit_or_commit`]).
+    sink: Arc<crate::sync::Mutex<ShardWriter>>,
     writer: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -179,7 +182,7 @@ impl Shard {
             None => (None, start.next_lsn, 0),
         };
         let queue = Arc::new(CommitQueue::new(queue_bytes));
-        let mut writer = ShardWriter {
+        let writer = ShardWriter {
             shared: shared.clone(),
             backend,
             index,
@@ -193,7 +196,7 @@ impl Shard {
             next_lsn: start.next_lsn,
             buf: Vec::new(),
             failed: None,
-            last_sync: Instant::now(),
+            unsynced_since: None,
             last_sync_took: None,
             sync_avg: Duration::ZERO,
             touched: Default::default(),
@@ -202,16 +205,17 @@ impl Shard {
             local: Default::default(),
             summary: start.summary,
         };
-        let q = queue.clone();
+        let sink = Arc::new(crate::sync::Mutex::new(writer));
+        let (q, s) = (queue.clone(), sink.clone());
         let handle = std::thread::Builder::new()
             .name(format!("wal-shard-{}", shared.id))
-            .spawn(move || run_writer(&q, &mut writer))
+            .spawn(move || run_writer(&q, &s))
             .map_err(|e| Error::io("starting the writer thread of", shared.dir.clone(), e))?;
-        Ok(Shard { shared, queue, writer: Mutex::new(Some(handle)) })
+        Ok(Shard { shared, queue, sink, writer: Mutex::new(Some(handle)) })
     }
 
     pub(crate) fn submit(&self, req: AppendReq) -> Completion<u64> {
-        self.queue.submit(req)
+        self.queue.submit_or_commit(req, &self.sink)
     }
 
     /// Stops accepting appends, lets the writer finish what is queued, sync and checkpoint.
@@ -248,7 +252,8 @@ struct ShardWriter {
     next_lsn: u64,
     buf: Vec<u8>,
     failed: Option<String>,
-    last_sync: Instant,
+    /// When the oldest write not yet synced was made (`Interval` mode syncs `d` after it).
+    unsynced_since: Option<Instant>,
     /// Duration of the last `fdatasync`, taken by the commit observer.
     last_sync_took: Option<Duration>,
     /// Moving average of `fdatasync` durations: sizes the gather window of group commit.
@@ -297,7 +302,7 @@ impl ShardWriter {
             self.sync_avg = (self.sync_avg * 7 + took) / 8;
         }
         self.synced_len = self.seg_len;
-        self.last_sync = Instant::now();
+        self.unsynced_since = None;
         Ok(())
     }
 
@@ -426,10 +431,11 @@ impl ShardWriter {
         }
         self.seg_len += self.buf.len() as u64;
         self.next_lsn = lsn;
+        let unsynced_since = *self.unsynced_since.get_or_insert_with(Instant::now);
         match self.sync {
             _ if force_sync && self.synced_len < self.seg_len => self.sync_now()?,
             SyncMode::Always => self.sync_now()?,
-            SyncMode::Interval(d) if self.last_sync.elapsed() >= d => self.sync_now()?,
+            SyncMode::Interval(d) if unsynced_since.elapsed() >= d => self.sync_now()?,
             SyncMode::Interval(_) => {}
             SyncMode::None => self.synced_len = self.seg_len,
         }
@@ -475,9 +481,12 @@ impl BatchSink<AppendReq> for ShardWriter {
         self.write_batch(batch)
     }
 
+    /// In `Interval` mode the writer also wakes while nothing is unsynced: appenders that
+    /// commit inline write without it, and their writes must be synced within `d` too.
     fn idle_timeout(&self) -> Option<Duration> {
-        match self.sync {
-            SyncMode::Interval(d) if self.synced_len < self.seg_len => Some(d.saturating_sub(self.last_sync.elapsed())),
+        match (self.sync, self.unsynced_since) {
+            (SyncMode::Interval(d), Some(t)) => Some(d.saturating_sub(t.elapsed())),
+            (SyncMode::Interval(d), None) => Some(d),
             _ => None,
         }
     }
@@ -514,6 +523,25 @@ impl BatchSink<AppendReq> for ShardWriter {
             SyncMode::Always => Some((self.sync_avg / 2).min(MAX_GATHER)),
             _ => None,
         }
+    }
+
+    /// Only a commit that is a `write` and nothing more: no sync due, no segment to roll,
+    /// no checkpoint to store — those stay on the writer thread, off the appender's
+    /// (often an async runtime's worker).
+    fn commit_inline(&self, req: &AppendReq) -> bool {
+        let no_sync = match (self.sync, self.unsynced_since) {
+            (SyncMode::None, _) => true,
+            (SyncMode::Interval(d), since) => since.is_none_or(|t| t.elapsed() < d),
+            (SyncMode::Always, _) => false,
+        };
+        let w = req.weight() as u64;
+        no_sync
+            && !req.force_sync
+            && req.stream.is_some()
+            && self.failed.is_none()
+            && self.file.is_some()
+            && self.seg_len + w < self.segment_bytes
+            && self.bytes_since_checkpoint + w < CHECKPOINT_BYTES
     }
 }
 
