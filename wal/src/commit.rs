@@ -208,8 +208,6 @@ pub(crate) struct Gather {
 pub(crate) enum Taken {
     /// At least one request was moved into the batch.
     Work,
-    /// The timeout passed with nothing to do.
-    Idle,
     /// The queue is closed and empty: the writer should stop.
     Closed,
 }
@@ -262,15 +260,9 @@ impl<R: Weighted, T> CommitQueue<R, T> {
     }
 
     /// Moves every pending request into `batch` (at most `max_bytes` of them, but at least
-    /// one), waiting up to `timeout` (forever if `None`) for one to arrive. With `gather`,
-    /// first waits a little for the batch to fill (see [`Gather`]).
-    pub(crate) fn take_batch(
-        &self,
-        batch: &mut Vec<Pending<R, T>>,
-        max_bytes: usize,
-        timeout: Option<std::time::Duration>,
-        gather: Option<Gather>,
-    ) -> Taken {
+    /// one), waiting for one to arrive. With `gather`, first waits a little for the batch
+    /// to fill (see [`Gather`]).
+    pub(crate) fn take_batch(&self, batch: &mut Vec<Pending<R, T>>, max_bytes: usize, gather: Option<Gather>) -> Taken {
         let mut st = lock(&self.state);
         loop {
             if !st.pending.is_empty() {
@@ -304,23 +296,7 @@ impl<R: Weighted, T> CommitQueue<R, T> {
                 return Taken::Closed;
             }
             st.writer_wants = 1;
-            match timeout {
-                None => st = self.work.wait(st).unwrap_or_else(|p| p.into_inner()),
-                #[cfg(not(loom))]
-                Some(t) => {
-                    let (g, res) = self.work.wait_timeout(st, t).unwrap_or_else(|p| p.into_inner());
-                    st = g;
-                    if res.timed_out() && st.pending.is_empty() && !st.closed {
-                        st.writer_wants = 0;
-                        return Taken::Idle;
-                    }
-                }
-                #[cfg(loom)]
-                Some(_) => {
-                    st.writer_wants = 0;
-                    return Taken::Idle;
-                }
-            }
+            st = self.work.wait(st).unwrap_or_else(|p| p.into_inner());
             st.writer_wants = 0;
         }
     }
@@ -393,12 +369,6 @@ pub(crate) trait BatchSink<R> {
     /// Writes (and syncs, per the sync mode) the whole batch. On success returns one output
     /// per request, in order. On failure nothing of the batch may remain visible.
     fn commit(&mut self, batch: &[Pending<R, Self::Out>]) -> Result<Vec<Self::Out>>;
-    /// How long the writer may sleep when idle before [`BatchSink::idle`] (interval sync).
-    fn idle_timeout(&self) -> Option<std::time::Duration> {
-        None
-    }
-    /// Called when the writer was idle for `idle_timeout`.
-    fn idle(&mut self) {}
     /// Called once when the queue is closed and drained.
     fn shutdown(&mut self) {}
     /// Largest batch in bytes.
@@ -445,13 +415,9 @@ pub(crate) fn run_writer<R: Weighted, S: BatchSink<R>>(queue: &CommitQueue<R, S:
     let mut batch: Vec<Pending<R, S::Out>> = Vec::new();
     let mut gather = None;
     loop {
-        let (max_bytes, timeout) = {
-            let s = lock(sink);
-            (s.max_batch_bytes(), s.idle_timeout())
-        };
-        match queue.take_batch(&mut batch, max_bytes, timeout, gather.take()) {
+        let max_bytes = lock(sink).max_batch_bytes();
+        match queue.take_batch(&mut batch, max_bytes, gather.take()) {
             Taken::Closed => break,
-            Taken::Idle => lock(sink).idle(),
             Taken::Work => {
                 let (result, window) = {
                     let mut s = lock(sink);
@@ -537,7 +503,7 @@ mod tests {
         let q = CommitQueue::<Req, u64>::new(1 << 20);
         let _c: Vec<_> = (0..4).map(|_| q.submit(Req(1, 100))).collect();
         let mut batch = Vec::new();
-        assert_eq!(q.take_batch(&mut batch, 250, None, None), Taken::Work);
+        assert_eq!(q.take_batch(&mut batch, 250, None), Taken::Work);
         assert_eq!(batch.len(), 2);
     }
 
@@ -552,7 +518,7 @@ mod tests {
         });
         let mut batch = Vec::new();
         let gather = Gather { target: 3, until: std::time::Instant::now() + std::time::Duration::from_secs(30) };
-        assert_eq!(q.take_batch(&mut batch, usize::MAX, None, Some(gather)), Taken::Work);
+        assert_eq!(q.take_batch(&mut batch, usize::MAX, Some(gather)), Taken::Work);
         assert_eq!(batch.len(), 3, "the two late requests joined the batch");
         late.join().unwrap();
     }
@@ -564,7 +530,7 @@ mod tests {
         let mut batch = Vec::new();
         let gather = Gather { target: 10, until: std::time::Instant::now() + std::time::Duration::from_millis(20) };
         let t = std::time::Instant::now();
-        assert_eq!(q.take_batch(&mut batch, usize::MAX, None, Some(gather)), Taken::Work);
+        assert_eq!(q.take_batch(&mut batch, usize::MAX, Some(gather)), Taken::Work);
         assert_eq!(batch.len(), 1, "nobody else came before the deadline");
         assert!(t.elapsed() < std::time::Duration::from_secs(10));
         batch.clear();
@@ -579,7 +545,7 @@ mod tests {
             std::thread::yield_now();
         }
         let gather = Gather { target: 10, until: std::time::Instant::now() + std::time::Duration::from_secs(30) };
-        assert_eq!(q.take_batch(&mut batch, usize::MAX, None, Some(gather)), Taken::Work);
+        assert_eq!(q.take_batch(&mut batch, usize::MAX, Some(gather)), Taken::Work);
         assert_eq!(batch.len(), 2);
         let _c = blocked.join().unwrap();
     }
@@ -594,7 +560,7 @@ mod tests {
         let mut batch = Vec::new();
         let gather = Gather { target: 10, until: std::time::Instant::now() + std::time::Duration::from_secs(60) };
         let t = std::time::Instant::now();
-        assert_eq!(q.take_batch(&mut batch, usize::MAX, None, Some(gather)), Taken::Work);
+        assert_eq!(q.take_batch(&mut batch, usize::MAX, Some(gather)), Taken::Work);
         assert!(t.elapsed() < std::time::Duration::from_secs(30), "waited for the deadline: {:?}", t.elapsed());
         assert_eq!(batch.len(), 3);
         drop(filler.join().unwrap());
@@ -625,7 +591,7 @@ mod tests {
         let behind = q.submit_or_commit(Req(1, 1), &sink);
         // A batch taken but not committed yet holds back inline commits too.
         let mut batch = Vec::new();
-        assert_eq!(q.take_batch(&mut batch, usize::MAX, None, None), Taken::Work);
+        assert_eq!(q.take_batch(&mut batch, usize::MAX, None), Taken::Work);
         assert_eq!(batch.len(), 2);
         let third = q.submit_or_commit(Req(1, 1), &sink);
         let result = lock(&sink).commit(&batch);
@@ -633,7 +599,7 @@ mod tests {
         complete_batch(&mut batch, result);
         assert_eq!((queued.wait().unwrap(), behind.wait().unwrap()), (2, 3));
         batch.clear();
-        assert_eq!(q.take_batch(&mut batch, usize::MAX, None, None), Taken::Work);
+        assert_eq!(q.take_batch(&mut batch, usize::MAX, None), Taken::Work);
         let result = lock(&sink).commit(&batch);
         q.batch_committed();
         complete_batch(&mut batch, result);

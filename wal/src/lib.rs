@@ -31,6 +31,7 @@
 
 #![warn(missing_docs)]
 
+mod background_sync;
 mod block_codec;
 mod commit;
 mod error;

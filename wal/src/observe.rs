@@ -13,12 +13,14 @@ pub struct CommitInfo {
     pub records: usize,
     /// Bytes written, framing included.
     pub bytes: usize,
-    /// How long the `fdatasync` after it took, if one was made for it.
+    /// How long the `fdatasync` after it took, if one was made for it (`Interval` mode: the
+    /// sync thread's last sync since the previous commit, reported with this one).
     pub sync: Option<Duration>,
 }
 
-/// Receives [`CommitInfo`] after each group commit. Called on the shard's writer thread
-/// before the batch's appenders are woken: keep it short (update counters, no I/O).
+/// Receives [`CommitInfo`] after each group commit. Called on the thread that committed the
+/// batch (the shard's writer, or an appender committing on its own thread) before the
+/// batch's appenders are woken: keep it short (update counters, no I/O).
 ///
 /// ```
 /// use promptmq_wal::{CommitInfo, CommitObserver, Options, Wal};

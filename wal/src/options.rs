@@ -21,7 +21,8 @@ pub enum SyncMode {
     /// `fdatasync` before acknowledging; one sync covers a whole group-commit batch.
     #[default]
     Always,
-    /// Acknowledge after `write`; the writer syncs in the background at this interval.
+    /// Acknowledge after `write`; a sync thread per shard syncs once the oldest unsynced
+    /// write is this old, while appends go on.
     Interval(Duration),
     /// Never sync explicitly.
     None,

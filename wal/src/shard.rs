@@ -14,6 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
+use crate::background_sync::{BackgroundSync, SyncJob, Syncable};
 use crate::commit::{run_writer, BatchSink, CommitQueue, Completion, Pending, Weighted};
 use crate::error::{Error, Result};
 use crate::format::{self, RecordMeta, SegmentHeader, FORMAT_VERSION, SEGMENT_HEADER_LEN};
@@ -159,6 +160,8 @@ pub(crate) struct Shard {
     /// commits on its own thread (see [`CommitQueue::submit_or_commit`]).
     sink: Arc<crate::sync::Mutex<ShardWriter>>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    /// `Interval` mode's sync thread.
+    background: Mutex<Option<BackgroundSync>>,
 }
 
 impl Shard {
@@ -211,7 +214,14 @@ impl Shard {
             .name(format!("wal-shard-{}", shared.id))
             .spawn(move || run_writer(&q, &s))
             .map_err(|e| Error::io("starting the writer thread of", shared.dir.clone(), e))?;
-        Ok(Shard { shared, queue, sink, writer: Mutex::new(Some(handle)) })
+        let shard = Shard { shared, queue, sink, writer: Mutex::new(Some(handle)), background: Mutex::new(None) };
+        if let SyncMode::Interval(every) = sync {
+            let name = format!("wal-sync-{}", shard.shared.id);
+            let bg = BackgroundSync::start(name, shard.sink.clone(), every)
+                .map_err(|e| Error::io("starting the sync thread of", shard.shared.dir.clone(), e))?;
+            *shard.background.lock().unwrap_or_else(|p| p.into_inner()) = Some(bg);
+        }
+        Ok(shard)
     }
 
     pub(crate) fn submit(&self, req: AppendReq) -> Completion<u64> {
@@ -223,6 +233,10 @@ impl Shard {
         self.queue.close();
         if let Some(h) = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take() {
             let _ = h.join();
+        }
+        // After the writer: its shutdown has synced everything already.
+        if let Some(mut bg) = self.background.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            bg.stop();
         }
     }
 }
@@ -294,16 +308,19 @@ impl ShardWriter {
                 let e = Error::io("syncing", self.seg_path(), e);
                 return Err(self.fail(&e));
             }
-            let took = t.elapsed();
-            let st = &self.shared.stats;
-            st.syncs.fetch_add(1, Ordering::Relaxed);
-            st.sync_nanos.fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
-            self.last_sync_took = Some(took);
-            self.sync_avg = (self.sync_avg * 7 + took) / 8;
+            self.count_sync(t.elapsed());
         }
         self.synced_len = self.seg_len;
         self.unsynced_since = None;
         Ok(())
+    }
+
+    fn count_sync(&mut self, took: Duration) {
+        let st = &self.shared.stats;
+        st.syncs.fetch_add(1, Ordering::Relaxed);
+        st.sync_nanos.fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
+        self.last_sync_took = Some(took);
+        self.sync_avg = (self.sync_avg * 7 + took) / 8;
     }
 
     /// Seals the active segment (if any) and starts a new one at `next_lsn`.
@@ -340,6 +357,7 @@ impl ShardWriter {
         self.seg_first = first;
         self.seg_len = SEGMENT_HEADER_LEN as u64;
         self.synced_len = self.seg_len;
+        self.unsynced_since = None;
         self.shared.add_segment(first);
         // Checkpoint at the start of the new segment, so a checkpoint always points into
         // the active segment (never at a sealed one that retention may delete).
@@ -431,11 +449,15 @@ impl ShardWriter {
         }
         self.seg_len += self.buf.len() as u64;
         self.next_lsn = lsn;
-        let unsynced_since = *self.unsynced_since.get_or_insert_with(Instant::now);
+        self.unsynced_since.get_or_insert_with(Instant::now);
         match self.sync {
             _ if force_sync && self.synced_len < self.seg_len => self.sync_now()?,
             SyncMode::Always => self.sync_now()?,
-            SyncMode::Interval(d) if unsynced_since.elapsed() >= d => self.sync_now()?,
+            // A checkpoint is due below, and it may only cover what is durable.
+            SyncMode::Interval(_) if self.bytes_since_checkpoint + self.buf.len() as u64 >= CHECKPOINT_BYTES => {
+                self.sync_now()?
+            }
+            // The background sync thread syncs within the interval.
             SyncMode::Interval(_) => {}
             SyncMode::None => self.synced_len = self.seg_len,
         }
@@ -481,26 +503,6 @@ impl BatchSink<AppendReq> for ShardWriter {
         self.write_batch(batch)
     }
 
-    /// In `Interval` mode the writer also wakes while nothing is unsynced: appenders that
-    /// commit inline write without it, and their writes must be synced within `d` too.
-    fn idle_timeout(&self) -> Option<Duration> {
-        match (self.sync, self.unsynced_since) {
-            (SyncMode::Interval(d), Some(t)) => Some(d.saturating_sub(t.elapsed())),
-            (SyncMode::Interval(d), None) => Some(d),
-            _ => None,
-        }
-    }
-
-    fn idle(&mut self) {
-        if self.failed.is_none()
-            && self.synced_len < self.seg_len
-            && self.sync_now().is_ok()
-            && self.bytes_since_checkpoint > 0
-        {
-            self.checkpoint();
-        }
-    }
-
     fn shutdown(&mut self) {
         if self.failed.is_some() {
             return;
@@ -529,19 +531,56 @@ impl BatchSink<AppendReq> for ShardWriter {
     /// no checkpoint to store — those stay on the writer thread, off the appender's
     /// (often an async runtime's worker).
     fn commit_inline(&self, req: &AppendReq) -> bool {
-        let no_sync = match (self.sync, self.unsynced_since) {
-            (SyncMode::None, _) => true,
-            (SyncMode::Interval(d), since) => since.is_none_or(|t| t.elapsed() < d),
-            (SyncMode::Always, _) => false,
-        };
         let w = req.weight() as u64;
-        no_sync
+        self.sync != SyncMode::Always
             && !req.force_sync
             && req.stream.is_some()
             && self.failed.is_none()
             && self.file.is_some()
             && self.seg_len + w < self.segment_bytes
             && self.bytes_since_checkpoint + w < CHECKPOINT_BYTES
+    }
+}
+
+impl Syncable for ShardWriter {
+    fn sync_due_in(&self) -> Option<Duration> {
+        match (self.sync, self.unsynced_since) {
+            (SyncMode::Interval(d), Some(t)) if self.synced_len < self.seg_len => Some(d.saturating_sub(t.elapsed())),
+            _ => None,
+        }
+    }
+
+    fn begin_sync(&mut self) -> Option<SyncJob> {
+        if self.failed.is_some() || self.synced_len >= self.seg_len {
+            return None;
+        }
+        let handle = match self.file.as_ref()?.sync_handle() {
+            Ok(h) => h,
+            Err(e) => {
+                // Syncing here holds appends back for the sync, but keeps the promise.
+                tracing::debug!(shard = self.shared.id, error = %e, "no separate sync handle; syncing on the writer");
+                let _ = self.sync_now();
+                return None;
+            }
+        };
+        Some(SyncJob { handle, segment: self.seg_first, len: self.seg_len, started: Instant::now() })
+    }
+
+    fn end_sync(&mut self, job: SyncJob, result: std::io::Result<()>) {
+        let took = job.started.elapsed();
+        if let Err(e) = result {
+            // As on the writer: after a failed fdatasync the pages may be gone.
+            let e = Error::io("syncing", segment_path(&self.shared.dir, job.segment), e);
+            self.fail(&e);
+            return;
+        }
+        self.count_sync(took);
+        // A roll in the meantime synced the old segment itself.
+        if job.segment == self.seg_first && job.len > self.synced_len {
+            self.synced_len = job.len;
+            // What was written after the sync started is at most as old as its start.
+            self.unsynced_since = (self.synced_len < self.seg_len).then_some(job.started);
+        }
     }
 }
 

@@ -4,9 +4,10 @@
 mod common;
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use promptmq_wal::io::{FaultyBackend, StdBackend};
-use promptmq_wal::{Error, Options, Wal};
+use promptmq_wal::{Error, Options, SyncMode, Wal};
 
 #[test]
 fn full_disk_refuses_appends_and_keeps_the_log_consistent() {
@@ -113,4 +114,44 @@ fn failed_sync_fails_the_shard_until_reopen() {
     let recs = wal.read(&s, 0, 10).unwrap();
     assert_eq!(&recs[0].payload[..], b"one");
     assert_eq!(&recs.last().unwrap().payload[..], b"four");
+}
+
+#[test]
+fn interval_mode_acknowledges_before_syncing_and_a_failed_background_sync_fails_the_shard() {
+    let dir = tempfile::tempdir().unwrap();
+    let (backend, plan) = FaultyBackend::new(StdBackend);
+    let every = Duration::from_millis(20);
+    let opts = Options::default().shards(1).sync(SyncMode::Interval(every));
+    let wal = Wal::open_with_backend(dir.path(), opts, Arc::new(backend)).unwrap();
+    let s = wal.stream("s").unwrap();
+    wal.append(&s, "one").wait().unwrap();
+    // Long enough that a sync is due when the next append arrives.
+    std::thread::sleep(every * 3);
+    plan.lock().unwrap().fail_sync = true;
+    // The append is acknowledged once written: the failing sync is not on its path.
+    assert_eq!(wal.append(&s, "two").wait().unwrap(), 1);
+    // The sync thread fails within the interval, and the shard stops accepting appends.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while wal.health().is_ok() {
+        assert!(Instant::now() < deadline, "the background sync never ran");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(matches!(wal.health(), Err(Error::ShardFailed { shard: 0, .. })));
+    assert!(matches!(wal.append(&s, "three").wait(), Err(Error::ShardFailed { .. })));
+}
+
+#[test]
+fn interval_mode_syncs_in_the_background_within_the_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let every = Duration::from_millis(10);
+    let wal = Wal::open(dir.path(), Options::default().shards(1).sync(SyncMode::Interval(every))).unwrap();
+    let s = wal.stream("s").unwrap();
+    let before = wal.stats().syncs;
+    wal.append(&s, "one").wait().unwrap();
+    // Nothing else is appended: no later commit could carry the sync.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while wal.stats().syncs == before {
+        assert!(Instant::now() < deadline, "the written record was never synced");
+        std::thread::sleep(Duration::from_millis(2));
+    }
 }

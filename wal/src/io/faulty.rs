@@ -6,7 +6,7 @@ use std::io;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use super::{Backend, LogFile};
+use super::{Backend, FileSync, LogFile};
 
 /// What the [`FaultyBackend`] does next. Changed at run time through the shared handle.
 #[derive(Debug, Clone, Default)]
@@ -45,6 +45,14 @@ struct FaultyFile {
     plan: Arc<Mutex<FaultPlan>>,
 }
 
+/// EIO when the plan says syncs fail.
+fn injected_sync_failure(plan: &Mutex<FaultPlan>) -> io::Result<()> {
+    if plan.lock().unwrap_or_else(|p| p.into_inner()).fail_sync {
+        return Err(io::Error::from_raw_os_error(libc::EIO));
+    }
+    Ok(())
+}
+
 fn enospc() -> io::Error {
     io::Error::from_raw_os_error(libc::ENOSPC)
 }
@@ -69,13 +77,27 @@ impl LogFile for FaultyFile {
         Ok(())
     }
     fn sync_data(&mut self) -> io::Result<()> {
-        if self.plan.lock().unwrap_or_else(|p| p.into_inner()).fail_sync {
-            return Err(io::Error::from_raw_os_error(libc::EIO));
-        }
+        injected_sync_failure(&self.plan)?;
         self.inner.sync_data()
     }
     fn truncate(&mut self, len: u64) -> io::Result<()> {
         self.inner.truncate(len)
+    }
+    fn sync_handle(&self) -> io::Result<Box<dyn FileSync>> {
+        Ok(Box::new(FaultySync { inner: self.inner.sync_handle()?, plan: self.plan.clone() }))
+    }
+}
+
+/// A background sync that fails like the file's own syncs.
+struct FaultySync {
+    inner: Box<dyn FileSync>,
+    plan: Arc<Mutex<FaultPlan>>,
+}
+
+impl FileSync for FaultySync {
+    fn sync_data(&self) -> io::Result<()> {
+        injected_sync_failure(&self.plan)?;
+        self.inner.sync_data()
     }
 }
 

@@ -14,7 +14,7 @@ use std::io;
 use std::path::Path;
 
 pub use faulty::{FaultPlan, FaultyBackend};
-pub use std_backend::StdBackend;
+pub use std_backend::{FdSync, StdBackend};
 
 /// A file opened for appending by the shard writer.
 pub trait LogFile: Send {
@@ -24,6 +24,18 @@ pub trait LogFile: Send {
     fn sync_data(&mut self) -> io::Result<()>;
     /// Cuts the file to `len` bytes (used to roll back a failed batch).
     fn truncate(&mut self, len: u64) -> io::Result<()>;
+    /// A handle that syncs this file from another thread while the writer keeps writing
+    /// (the background sync of `SyncMode::Interval`). Without one, those syncs run on the
+    /// writer and hold appends back while they last.
+    fn sync_handle(&self) -> io::Result<Box<dyn FileSync>> {
+        Err(io::ErrorKind::Unsupported.into())
+    }
+}
+
+/// Syncs a log file on behalf of its writer (see [`LogFile::sync_handle`]).
+pub trait FileSync: Send {
+    /// Makes everything written to the file so far durable (`fdatasync`).
+    fn sync_data(&self) -> io::Result<()>;
 }
 
 /// Opens the files the writer appends to.
@@ -64,6 +76,7 @@ mod tests {
         f.write_all_at(0, b"hello world").unwrap();
         f.write_all_at(6, b"WORLD").unwrap();
         f.sync_data().unwrap();
+        f.sync_handle().unwrap().sync_data().unwrap();
         f.truncate(8).unwrap();
         b.sync_dir(dir.path()).unwrap();
         drop(f);

@@ -5,7 +5,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use super::{Backend, LogFile};
+use super::{Backend, FileSync, LogFile};
 
 /// Portable positional writes and `fdatasync`.
 #[derive(Debug, Default, Clone, Copy)]
@@ -22,6 +22,20 @@ impl LogFile for StdFile {
     }
     fn truncate(&mut self, len: u64) -> io::Result<()> {
         self.0.set_len(len)
+    }
+    fn sync_handle(&self) -> io::Result<Box<dyn FileSync>> {
+        Ok(Box::new(FdSync(self.0.try_clone()?)))
+    }
+}
+
+/// `fdatasync` through a duplicate of the writer's file descriptor: it covers every write
+/// made through the original, as both name the same open file.
+#[derive(Debug)]
+pub struct FdSync(pub File);
+
+impl FileSync for FdSync {
+    fn sync_data(&self) -> io::Result<()> {
+        self.0.sync_data()
     }
 }
 

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use io_uring::{opcode, types, IoUring};
 
-use super::{Backend, LogFile};
+use super::{Backend, FdSync, FileSync, LogFile};
 
 /// io_uring writes and syncs; falls back to the portable backend when the kernel refuses.
 #[derive(Debug, Default, Clone, Copy)]
@@ -69,6 +69,11 @@ impl LogFile for UringFile {
 
     fn truncate(&mut self, len: u64) -> io::Result<()> {
         self.file.set_len(len)
+    }
+
+    /// A plain `fdatasync` on another thread: the ring belongs to the writer.
+    fn sync_handle(&self) -> io::Result<Box<dyn FileSync>> {
+        Ok(Box::new(FdSync(self.file.try_clone()?)))
     }
 }
 
