@@ -436,9 +436,10 @@ impl ShardWriter {
                 lsn += 1;
             }
         }
-        let path = self.seg_path();
         let file = self.file.as_mut().ok_or(Error::Closed)?;
         if let Err(e) = file.write_all_at(self.seg_len, &self.buf) {
+            // Formatted here only: a commit is a few microseconds, the file name is not free.
+            let path = segment_path(&self.shared.dir, self.seg_first);
             // Roll back a short write so no partial record stays behind a future one.
             let err = Error::io("writing", &path, e);
             if let Err(te) = file.truncate(self.seg_len) {
