@@ -1,6 +1,6 @@
-//! Child process of the WAL crash test: appends with `sync = always` from several threads
-//! and prints one line per acknowledged record, `ACK <stream> <offset> <payload>`, until it
-//! is killed. Usage: `wal-crash-child DIR CYCLE`.
+//! Child process of the WAL crash test: appends from several threads and prints one line
+//! per acknowledged record, `ACK <stream> <offset> <payload>`, until it is killed.
+//! Usage: `wal-crash-child DIR CYCLE [always|interval|none]` (default `always`).
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
@@ -10,10 +10,19 @@ use promptmq_wal::{Options, SyncMode, Wal};
 fn main() {
     let mut args = std::env::args().skip(1);
     let (Some(dir), Some(cycle)) = (args.next(), args.next()) else {
-        eprintln!("usage: wal-crash-child DIR CYCLE");
+        eprintln!("usage: wal-crash-child DIR CYCLE [always|interval|none]");
         std::process::exit(2);
     };
-    let wal = match Wal::open(&dir, Options::default().shards(2).segment_bytes(256 << 10).sync(SyncMode::Always)) {
+    let sync = match args.next().as_deref() {
+        None | Some("always") => SyncMode::Always,
+        Some("interval") => SyncMode::Interval(std::time::Duration::from_millis(5)),
+        Some("none") => SyncMode::None,
+        Some(other) => {
+            eprintln!("unknown sync mode {other}: use always, interval or none");
+            std::process::exit(2);
+        }
+    };
+    let wal = match Wal::open(&dir, Options::default().shards(2).segment_bytes(256 << 10).sync(sync)) {
         Ok(w) => w,
         Err(e) => {
             eprintln!("open failed: {e}");

@@ -128,7 +128,31 @@ pub(crate) struct Recovered {
 
 /// Recovers one shard: scans beyond its checkpoint, repairs per `mode`, and rebuilds the
 /// in-memory offsets and index positions of its streams.
+///
+/// A scan from the checkpoint that finds the log inconsistent with the index (records
+/// beyond the checkpoint that the stored offsets already count) is retried as a full
+/// re-index, which trusts the log alone: if the damage is in the log, that scan reports it
+/// too; if only the checkpoint was stale (a log written by a version that could leave it
+/// behind after removing a segment torn at creation), the shard opens.
 pub(crate) fn recover_shard(
+    dir: &std::path::Path,
+    shard: u32,
+    index: &Index,
+    streams: &mut crate::hash::IdMap<Arc<StreamState>>,
+    mode: RecoveryMode,
+    max_body: u32,
+    full: bool,
+) -> Result<Recovered> {
+    match recover_shard_once(dir, shard, index, streams, mode, max_body, full) {
+        Err(e @ Error::Corrupt { .. }) if !full => {
+            tracing::warn!(shard, error = %e, "the log does not match the index checkpoint; re-indexing the whole shard");
+            recover_shard_once(dir, shard, index, streams, mode, max_body, true)
+        }
+        other => other,
+    }
+}
+
+fn recover_shard_once(
     dir: &std::path::Path,
     shard: u32,
     index: &Index,
@@ -173,6 +197,8 @@ pub(crate) fn recover_shard(
     let mut indexed = Indexing::default();
     // One read buffer for every segment (see `SegmentFile`).
     let mut buf = Vec::new();
+    // The last segment kept, and where its valid records end.
+    let mut kept: Option<(u64, u64)> = None;
     let mut i = start_idx;
     while i < segs.len() {
         let (first, path) = segs[i].clone();
@@ -299,14 +325,15 @@ pub(crate) fn recover_shard(
         next_lsn = scan.last_lsn.map(|l| l + 1).unwrap_or(lsn0).max(next_lsn);
         if newest {
             indexed.finish();
-            let start = ShardStart { active: Some((first, scan.valid_end)), next_lsn, summary };
+            let start = ShardStart { active: Some((first, scan.valid_end)), next_lsn, summary, indexed_to: None };
             return Ok(Recovered { start, segments: segs.iter().map(|(f, _)| *f).collect(), report });
         }
         index.put_segment(shard, first, &summary)?;
+        kept = Some((first, scan.valid_end));
         i += 1;
     }
     indexed.finish();
-    let start = ShardStart { active: None, next_lsn, summary: SegSummary::default() };
+    let start = ShardStart { active: None, next_lsn, summary: SegSummary::default(), indexed_to: kept };
     Ok(Recovered { start, segments: segs.iter().map(|(f, _)| *f).collect(), report })
 }
 

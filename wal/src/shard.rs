@@ -148,6 +148,12 @@ pub(crate) struct ShardStats {
 /// Where recovery left the shard: the segment to continue appending to.
 pub(crate) struct ShardStart {
     pub(crate) active: Option<(u64, u64)>,
+    /// Without an active segment (the newest was removed, e.g. torn at its creation): the
+    /// last segment kept and its end. Everything up to there is indexed, so the checkpoint
+    /// taken after recovery points there; left where it was, it would lag the streams'
+    /// offsets that recovery stores with it, and the next open would re-index records that
+    /// are already counted.
+    pub(crate) indexed_to: Option<(u64, u64)>,
     pub(crate) next_lsn: u64,
     /// What the active segment holds so far.
     pub(crate) summary: SegSummary,
@@ -184,6 +190,7 @@ impl Shard {
             }
             None => (None, start.next_lsn, 0),
         };
+        // `indexed_to` is for the checkpoint after recovery only: appends start a new segment.
         let queue = Arc::new(CommitQueue::new(queue_bytes));
         let writer = ShardWriter {
             shared: shared.clone(),

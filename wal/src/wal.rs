@@ -329,6 +329,7 @@ impl Wal {
                 let states: Vec<_> = ours.iter().map(|s| s.checkpoint_state()).collect();
                 let cp = start
                     .active
+                    .or(start.indexed_to)
                     .map(|(segment, at)| Checkpoint { pos: Pos { segment, at, len: 0 }, next_lsn: start.next_lsn });
                 (shared.id, cp, ours, states)
             })
@@ -908,5 +909,35 @@ mod tests {
         assert_eq!(read_len(176, 10_000), READ_CHUNK);
         assert_eq!(read_len(1 << 20, 5), 1 << 20, "a record bigger than a chunk is read whole");
         assert_eq!(read_len(u32::MAX, u64::MAX), u32::MAX as usize);
+    }
+
+    /// A checkpoint left behind the streams' stored offsets (as an older version could
+    /// leave it) makes the scan from it find records it has already counted: the shard is
+    /// re-indexed from the log instead of refusing to open.
+    #[test]
+    fn a_checkpoint_behind_the_stored_offsets_is_replaced_by_a_full_reindex() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = || Options::default().shards(1).segment_bytes(4096);
+        let wal = Wal::open(dir.path(), opts()).unwrap();
+        let s = wal.stream("s").unwrap();
+        for i in 0..200u64 {
+            wal.append(&s, format!("record {i}")).wait().unwrap();
+        }
+        let first_segment = wal.inner.shards[0].shared.segment_list()[0];
+        wal.close().unwrap();
+        {
+            let index = Index::open(&dir.path().join("index"), crate::SyncMode::Always).unwrap();
+            let stale = Checkpoint {
+                pos: Pos { segment: first_segment, at: crate::format::SEGMENT_HEADER_LEN as u64, len: 0 },
+                next_lsn: 1,
+            };
+            index.commit_checkpoint(0, Some(&stale), &[]).unwrap();
+        }
+        let wal = Wal::open(dir.path(), opts()).expect("a stale checkpoint must not keep the log from opening");
+        let s = wal.lookup("s").unwrap();
+        assert_eq!(s.next_offset(), 200);
+        let got: Vec<u64> = wal.read(&s, 0, usize::MAX).unwrap().iter().map(|r| r.offset).collect();
+        assert_eq!(got, (0..200).collect::<Vec<_>>());
+        assert!(!wal.recovery_report().shards[0].from_checkpoint, "the shard was re-indexed in full");
     }
 }

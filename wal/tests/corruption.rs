@@ -174,3 +174,45 @@ fn a_damaged_compressed_segment_is_refused_strict_and_set_aside_tolerant() {
     let got = offsets(&wal);
     assert!(!got.is_empty() && (got.len() as u64) < RECORDS, "the other segments' records remain: {}", got.len());
 }
+
+/// A crash while a segment is being created leaves its file without a header; recovery
+/// removes it. The log must then open again and again: the index checkpoint has to move
+/// with the streams' offsets even though the shard has no active segment left.
+#[test]
+fn a_segment_torn_at_creation_leaves_a_log_that_opens_again_and_again() {
+    let live = tempfile::tempdir().unwrap();
+    let crashed = tempfile::tempdir().unwrap();
+    let opts = || Options::default().shards(1).segment_bytes(4096);
+    let wal = Wal::open(live.path(), opts()).unwrap();
+    let s = wal.stream("s").unwrap();
+    for i in 0..RECORDS {
+        wal.append(&s, common::payload(0, i)).wait().unwrap();
+    }
+    assert!(common::segments(live.path()).len() >= 3, "the test needs segments that rolled");
+    // What a kill -9 now would leave behind: with sync = always everything acknowledged is
+    // written, and the index checkpoint is the one taken when the last segment started.
+    let image = crashed.path().join("log");
+    let copied = std::process::Command::new("cp").arg("-a").arg(live.path()).arg(&image).status().unwrap();
+    assert!(copied.success());
+    wal.close().unwrap();
+    // The crash hit the creation of the next segment: the file exists, its header does not.
+    std::fs::File::create(image.join("shards").join("0000").join(format!("{:020}.seg", 1u64 << 40))).unwrap();
+
+    for round in 0..3 {
+        let wal = Wal::open(&image, opts()).unwrap_or_else(|e| panic!("open {round} failed: {e}"));
+        let s = wal.lookup("s").unwrap();
+        assert_eq!(s.next_offset(), RECORDS, "open {round}");
+        let got: Vec<u64> = wal.read(&s, 0, usize::MAX).unwrap().iter().map(|r| r.offset).collect();
+        assert_eq!(got, (0..RECORDS).collect::<Vec<_>>(), "open {round}");
+        let report = &wal.recovery_report().shards[0];
+        assert!(report.from_checkpoint, "open {round} had to re-index the whole shard: the checkpoint lagged");
+        wal.close().unwrap();
+    }
+    // Appending after such a recovery starts a new segment, and the log stays consistent.
+    let wal = Wal::open(&image, opts()).unwrap();
+    let s = wal.lookup("s").unwrap();
+    assert_eq!(wal.append(&s, "after").wait().unwrap(), RECORDS);
+    wal.close().unwrap();
+    let wal = Wal::open(&image, opts()).unwrap();
+    assert_eq!(wal.lookup("s").unwrap().next_offset(), RECORDS + 1);
+}
