@@ -5,7 +5,9 @@
 //! at least once — and each topic's messages in the order they were published.
 //!
 //! CI runs 10 cycles; `BROKER_KILL_CYCLES=100 cargo test --release -p promptmq-tests --test
-//! broker_kill_loop -- --nocapture` runs more and prints the totals.
+//! broker_kill_loop -- --nocapture` runs more and prints the totals. `BROKER_KILL_SYNC` sets
+//! the broker's sync mode, or a list the cycles rotate through (`always,interval,none`);
+//! the default is `always`.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -160,7 +162,17 @@ impl Publisher {
                     }
                 }
                 Packet::PubComp(r) if r.packet_id == f.pid => {
-                    assert_eq!(r.code, ReasonCode::Success, "the broker knew the packet id after a restart");
+                    // A PUBREL resent after a restart may find the id already released: the
+                    // broker stored the release and sent a PUBCOMP that the kill cut off.
+                    // MQTT 5 answers that with 0x92, "not an error during recovery" (3.7.2.1);
+                    // whether the message itself arrived exactly once is checked at the end.
+                    let resent_release = dup && f.released;
+                    assert!(
+                        r.code == ReasonCode::Success
+                            || (resent_release && r.code == ReasonCode::PacketIdentifierNotFound),
+                        "PUBCOMP {:?} for a PUBREL the broker must know",
+                        r.code
+                    );
                     break;
                 }
                 _ => {}
@@ -233,7 +245,9 @@ fn acknowledged_messages_survive_repeated_sigkill() {
 
     let n = cycles();
     for cycle in 0..n {
-        let b = BrokerProcess::start(exe, dir.path());
+        let modes = std::env::var("BROKER_KILL_SYNC").unwrap_or_else(|_| "always".into());
+        let modes: Vec<&str> = modes.split(',').collect();
+        let b = BrokerProcess::start_with_sync(exe, dir.path(), modes[cycle % modes.len()]);
         let addr = b.addr;
         let stop = Arc::new(AtomicBool::new(false));
         let subscriber = {

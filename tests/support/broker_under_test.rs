@@ -1,17 +1,29 @@
 //! The broker as a separate process, for tests that kill it (`kill -9`) and restart it.
-//! Usage: `broker-under-test DATA_DIR` — listens on 127.0.0.1 on a free port and prints
-//! `LISTENING <port>` once it accepts connections.
+//! Usage: `broker-under-test DATA_DIR [always|interval|none]` — listens on 127.0.0.1 on a
+//! free port and prints `LISTENING <port>` once it accepts connections.
 
 use promptmq_broker::{Broker, BrokerConfig};
+use promptmq_wal::SyncMode;
 
 fn main() {
-    let Some(dir) = std::env::args().nth(1) else {
-        eprintln!("usage: broker-under-test DATA_DIR");
+    let mut args = std::env::args().skip(1);
+    let Some(dir) = args.next() else {
+        eprintln!("usage: broker-under-test DATA_DIR [always|interval|none]");
         std::process::exit(2);
+    };
+    let sync = match args.next().as_deref() {
+        None | Some("always") => SyncMode::Always,
+        Some("interval") => SyncMode::Interval(std::time::Duration::from_millis(5)),
+        Some("none") => SyncMode::None,
+        Some(other) => {
+            eprintln!("unknown sync mode {other}: use always, interval or none");
+            std::process::exit(2);
+        }
     };
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
-        let cfg = BrokerConfig::new("127.0.0.1:0".parse().expect("addr"), dir);
+        let mut cfg = BrokerConfig::new("127.0.0.1:0".parse().expect("addr"), dir);
+        cfg.sync = sync;
         let broker = match Broker::start(cfg).await {
             Ok(b) => b,
             Err(e) => {

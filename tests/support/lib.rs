@@ -383,9 +383,15 @@ impl BrokerProcess {
     /// Starts `exe` (pass `env!("CARGO_BIN_EXE_broker-under-test")`) on `dir` and waits
     /// until it listens.
     pub fn start(exe: &str, dir: &std::path::Path) -> BrokerProcess {
+        Self::start_with_sync(exe, dir, "always")
+    }
+
+    /// [`BrokerProcess::start`] with the log's sync mode: `always`, `interval` (5 ms) or `none`.
+    pub fn start_with_sync(exe: &str, dir: &std::path::Path, sync: &str) -> BrokerProcess {
         use std::io::BufRead;
         let mut child = std::process::Command::new(exe)
             .arg(dir)
+            .arg(sync)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::inherit())
             .spawn()
