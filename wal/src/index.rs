@@ -315,11 +315,14 @@ impl Index {
         self.positions.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Makes everything written so far durable, if the sync mode promises durability.
+    /// Makes everything written so far durable per the sync mode: synced, or with `None`
+    /// at least handed to the OS. fjall buffers its journal in the process otherwise, and a
+    /// `kill -9` — which `None` promises to survive — would lose index writes that files on
+    /// disk already depend on (a compaction's marker, positions in a rewritten segment, a
+    /// checkpoint).
     pub(crate) fn persist(&self) -> Result<()> {
-        if self.sync != SyncMode::None {
-            self.db.persist(PersistMode::SyncData)?;
-        }
+        let mode = if self.sync == SyncMode::None { PersistMode::Buffer } else { PersistMode::SyncData };
+        self.db.persist(mode)?;
         Ok(())
     }
 
