@@ -3,7 +3,6 @@
 //! free port and prints `LISTENING <port>` once it accepts connections.
 
 use promptmq_broker::{Broker, BrokerConfig};
-use promptmq_wal::SyncMode;
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -11,15 +10,10 @@ fn main() {
         eprintln!("usage: broker-under-test DATA_DIR [always|interval|none]");
         std::process::exit(2);
     };
-    let sync = match args.next().as_deref() {
-        None | Some("always") => SyncMode::Always,
-        Some("interval") => SyncMode::Interval(std::time::Duration::from_millis(5)),
-        Some("none") => SyncMode::None,
-        Some(other) => {
-            eprintln!("unknown sync mode {other}: use always, interval or none");
-            std::process::exit(2);
-        }
-    };
+    let sync = promptmq_tests::sync_mode_arg(args.next().as_deref()).unwrap_or_else(|e| {
+        eprintln!("{e}");
+        std::process::exit(2);
+    });
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
         let mut cfg = BrokerConfig::new("127.0.0.1:0".parse().expect("addr"), dir);

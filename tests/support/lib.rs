@@ -9,6 +9,18 @@ use bytes::{Bytes, BytesMut};
 use promptmq_broker::codec::*;
 use promptmq_broker::{Broker, BrokerConfig};
 
+/// The log's sync mode named by a child process's argument: `always` (also when absent),
+/// `interval` (5 ms) or `none`.
+pub fn sync_mode_arg(arg: Option<&str>) -> Result<promptmq_wal::SyncMode, String> {
+    use promptmq_wal::SyncMode;
+    match arg {
+        None | Some("always") => Ok(SyncMode::Always),
+        Some("interval") => Ok(SyncMode::Interval(Duration::from_millis(5))),
+        Some("none") => Ok(SyncMode::None),
+        Some(other) => Err(format!("unknown sync mode {other}: use always, interval or none")),
+    }
+}
+
 /// A broker running in this process on 127.0.0.1 (port chosen by the OS), with its own
 /// tokio runtime so tests stay plain `#[test]` functions.
 pub struct TestBroker {

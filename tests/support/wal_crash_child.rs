@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use promptmq_wal::{Options, SyncMode, Wal};
+use promptmq_wal::{Options, Wal};
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -13,15 +13,10 @@ fn main() {
         eprintln!("usage: wal-crash-child DIR CYCLE [always|interval|none]");
         std::process::exit(2);
     };
-    let sync = match args.next().as_deref() {
-        None | Some("always") => SyncMode::Always,
-        Some("interval") => SyncMode::Interval(std::time::Duration::from_millis(5)),
-        Some("none") => SyncMode::None,
-        Some(other) => {
-            eprintln!("unknown sync mode {other}: use always, interval or none");
-            std::process::exit(2);
-        }
-    };
+    let sync = promptmq_tests::sync_mode_arg(args.next().as_deref()).unwrap_or_else(|e| {
+        eprintln!("{e}");
+        std::process::exit(2);
+    });
     let wal = match Wal::open(&dir, Options::default().shards(2).segment_bytes(256 << 10).sync(sync)) {
         Ok(w) => w,
         Err(e) => {
