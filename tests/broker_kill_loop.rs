@@ -19,6 +19,10 @@ use promptmq_tests::{BrokerProcess, Client, ConnectOptions};
 use rand::{Rng, SeedableRng};
 
 const TOPICS: u64 = 3;
+/// The publisher takes its packet ids in turn from 1..=PID_WINDOW, as many clients do: an
+/// id comes back every few dozen messages, so a broker that forgets a released id across a
+/// kill (or remembers one it released) shows within a few cycles, not after 65 535 messages.
+const PID_WINDOW: u16 = 64;
 /// Bounds on one cycle's publishing, whatever the kill timing.
 const MAX_PER_CYCLE: u64 = 5_000;
 const MAX_CYCLE_TIME: Duration = Duration::from_secs(5);
@@ -207,7 +211,7 @@ impl Publisher {
             let seq = self.next_seq[topic as usize];
             self.next_seq[topic as usize] += 1;
             let pid = self.next_pid;
-            self.next_pid = self.next_pid.checked_add(1).unwrap_or(1);
+            self.next_pid = if self.next_pid >= PID_WINDOW { 1 } else { self.next_pid + 1 };
             self.in_flight = Some(InFlight { got: Got { topic, seq }, qos, pid, released: false });
             match self.complete(&mut c, false) {
                 Some(done) => acked.push(done),

@@ -534,16 +534,19 @@ impl Conn {
                 Ok(())
             }
             Packet::PubRel(r) => {
-                let known = lock(&self.session).inbound_qos2.remove(&r.packet_id);
-                if known {
-                    self.save_inbound(r.packet_id, None);
-                }
+                let (known, released) = {
+                    let mut s = lock(&self.session);
+                    let known = s.inbound_qos2.remove(&r.packet_id);
+                    let released = (known && s.persistent())
+                        .then(|| self.shared.save_inbound(&self.client_id, s.incarnation, r.packet_id, None));
+                    (known, released)
+                };
                 let code = if known || !self.v5() { ReasonCode::Success } else { ReasonCode::PacketIdentifierNotFound };
-                self.queue_packet(&Packet::PubComp(PubResp {
-                    packet_id: r.packet_id,
-                    code,
-                    properties: Properties::default(),
-                }))
+                // PUBCOMP only once the release is durable: with its PUBCOMP the client may use
+                // the id again, and a broker restarted with the intent still on record would
+                // take the next PUBLISH with that id for a resend and not store it.
+                let comp = PubResp { packet_id: r.packet_id, code, properties: Properties::default() };
+                self.send_after(released, Packet::PubComp(comp))
             }
             Packet::Subscribe(s) => self.on_subscribe(s),
             Packet::Unsubscribe(u) => self.on_unsubscribe(u),
