@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use promptmq_broker::codec::*;
-use promptmq_tests::{drain, Client, ConnectOptions, TestBroker};
+use promptmq_tests::{drain, drain_expecting, Client, ConnectOptions, TestBroker};
 
 const V3: ProtocolVersion = ProtocolVersion::V3_1_1;
 const V5: ProtocolVersion = ProtocolVersion::V5;
@@ -292,7 +292,7 @@ fn persistent_session_receives_what_was_published_while_away() {
     let (mut c, ack) = Client::connect_with(b.addr, "durable", V3, persistent);
     assert!(ack.session_present);
     let got: Vec<String> =
-        drain(&mut c, QUIET).into_iter().map(|p| String::from_utf8(p.payload.to_vec()).unwrap()).collect();
+        drain_expecting(&mut c, 5, QUIET).into_iter().map(|p| String::from_utf8(p.payload.to_vec()).unwrap()).collect();
     assert_eq!(got, vec!["m0", "m1", "m2", "m3", "m4"], "in order");
     // A v5 clean start discards it.
     let (mut c5, ack) =
@@ -420,12 +420,14 @@ fn an_absent_subscriber_waits_in_the_log_not_in_memory_and_others_are_unaffected
     for i in 0..200 {
         publ.publish("flood", format!("{i}"), QoS::AtLeastOnce, false);
     }
-    assert_eq!(drain(&mut fast, QUIET).len(), 200, "the fast subscriber gets everything");
+    assert_eq!(drain_expecting(&mut fast, 200, QUIET).len(), 200, "the fast subscriber gets everything");
     // Nothing was held in memory for the absent one (its queue limit is 50): the messages
     // waited in the log, and it reads them from its position when it comes back, in order.
     let (mut slow, _) = Client::connect_with(b.addr, "slow", V3, ConnectOptions { clean: false, ..Default::default() });
-    let got: Vec<String> =
-        drain(&mut slow, QUIET).into_iter().map(|p| String::from_utf8(p.payload.to_vec()).unwrap()).collect();
+    let got: Vec<String> = drain_expecting(&mut slow, 200, QUIET)
+        .into_iter()
+        .map(|p| String::from_utf8(p.payload.to_vec()).unwrap())
+        .collect();
     assert_eq!(got, (0..200).map(|i| i.to_string()).collect::<Vec<_>>());
     assert_eq!(b.broker().stats().messages_dropped.load(std::sync::atomic::Ordering::Relaxed), 0);
 }
@@ -452,7 +454,7 @@ fn a_slow_online_subscriber_overflows_into_the_log_without_loss() {
     for i in 0..500 {
         publ.publish(&format!("burst/{}", i % 2), format!("{i}"), QoS::AtLeastOnce, false);
     }
-    let got: Vec<u32> = drain(&mut slow, QUIET)
+    let got: Vec<u32> = drain_expecting(&mut slow, 500, QUIET)
         .into_iter()
         .map(|p| std::str::from_utf8(&p.payload).unwrap().parse().unwrap())
         .collect();
@@ -565,7 +567,7 @@ fn expired_messages_are_not_delivered_from_an_offline_queue() {
     publ.publish_with("news", "fresh", QoS::AtLeastOnce, false, long);
     std::thread::sleep(Duration::from_millis(1500));
     let (mut c, _) = Client::connect_with(b.addr, "away", V5, persistent);
-    let got: Vec<_> = drain(&mut c, QUIET).into_iter().map(|p| p.payload).collect();
+    let got: Vec<_> = drain_expecting(&mut c, 1, QUIET).into_iter().map(|p| p.payload).collect();
     assert_eq!(got, vec![Bytes::from_static(b"fresh")]);
 }
 
@@ -682,8 +684,10 @@ fn pipelined_publishes_keep_their_order_in_the_log() {
                 None => panic!("{client}: {done} of 60 acknowledged"),
             }
         }
-        let got: Vec<u16> =
-            drain(&mut sub, QUIET).iter().map(|m| std::str::from_utf8(&m.payload).unwrap().parse().unwrap()).collect();
+        let got: Vec<u16> = drain_expecting(&mut sub, 60, QUIET)
+            .iter()
+            .map(|m| std::str::from_utf8(&m.payload).unwrap().parse().unwrap())
+            .collect();
         assert_eq!(got, (1..=60).collect::<Vec<_>>(), "{client}: in the order sent");
     }
 }

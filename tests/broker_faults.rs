@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use promptmq_broker::codec::*;
-use promptmq_tests::{drain, Client, ConnectOptions, TestBroker};
+use promptmq_tests::{drain_expecting, Client, ConnectOptions, TestBroker};
 use promptmq_wal::io::{FaultyBackend, StdBackend};
 
 const V5: ProtocolVersion = ProtocolVersion::V5;
@@ -63,7 +63,7 @@ fn a_full_disk_refuses_publishes_loses_nothing_and_recovers() {
     // Every acknowledged message is there after a restart, and nothing refused is.
     let b = TestBroker::start(dir.path());
     let (mut s, _) = Client::connect_with(b.addr, "keeper", V5, persistent());
-    let got: Vec<String> = drain(&mut s, Duration::from_millis(700))
+    let got: Vec<String> = drain_expecting(&mut s, acked.len(), Duration::from_millis(700))
         .into_iter()
         .filter(|p| p.topic.as_str() == "disk/a")
         .map(|p| String::from_utf8(p.payload.to_vec()).unwrap())

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use promptmq_broker::codec::*;
-use promptmq_tests::{drain, BrokerProcess, Client, ConnectOptions};
+use promptmq_tests::{drain, drain_expecting, BrokerProcess, Client, ConnectOptions};
 
 type Proc = BrokerProcess;
 
@@ -51,7 +51,7 @@ fn offline_session_gets_everything_after_restart(stop: Stop, version: ProtocolVe
     let b = start(dir.path());
     let (mut c, ack) = Client::connect_with(b.addr, "offline", version, persistent);
     assert!(ack.session_present, "{stop:?}: the session came back");
-    let got: Vec<(String, String)> = drain(&mut c, Duration::from_millis(700))
+    let got: Vec<(String, String)> = drain_expecting(&mut c, want.len(), Duration::from_millis(700))
         .into_iter()
         .map(|p| (p.topic.to_string(), String::from_utf8(p.payload.to_vec()).unwrap()))
         .collect();
@@ -279,7 +279,7 @@ fn inbound_qos2_is_stored_once_whenever_the_broker_dies() {
         p.disconnect();
     }
     let (mut sub, _) = Client::connect_with(b.addr, "in-sub", v5, persistent());
-    let got: Vec<String> = drain(&mut sub, Duration::from_millis(700))
+    let got: Vec<String> = drain_expecting(&mut sub, delays_ms.len(), Duration::from_millis(700))
         .into_iter()
         .map(|p| String::from_utf8(p.payload.to_vec()).unwrap())
         .collect();
@@ -310,7 +310,7 @@ fn shared_subscription_messages_survive_sigkill() {
     let b = start(dir.path());
     let (mut w, ack) = Client::connect_with(b.addr, "worker-1", v5, persistent());
     assert!(ack.session_present);
-    let mut got: Vec<String> = drain(&mut w, Duration::from_millis(700))
+    let mut got: Vec<String> = drain_expecting(&mut w, 20, Duration::from_millis(700))
         .into_iter()
         .map(|p| String::from_utf8(p.payload.to_vec()).unwrap())
         .collect();
@@ -330,7 +330,7 @@ fn shared_subscription_messages_survive_sigkill() {
     b.kill9();
     let b = start(dir.path());
     let (mut w, _) = Client::connect_with(b.addr, "worker-1", v5, persistent());
-    let again: Vec<String> = drain(&mut w, Duration::from_millis(700))
+    let again: Vec<String> = drain_expecting(&mut w, 1, Duration::from_millis(700))
         .into_iter()
         .map(|p| String::from_utf8(p.payload.to_vec()).unwrap())
         .collect();

@@ -384,6 +384,25 @@ pub fn drain(c: &mut Client, timeout: Duration) -> Vec<Publish> {
     out
 }
 
+/// How long [`drain_expecting`] waits for each of the messages it expects. A delivery to a
+/// persistent session waits for a durable record (an `fdatasync` with `sync = always`), and a
+/// busy disk (a build writing back beside the tests) can hold one for hundreds of ms.
+pub const EXPECTED_WITHIN: Duration = Duration::from_secs(10);
+
+/// Publishes collected until `n` have arrived (each within [`EXPECTED_WITHIN`]), then any
+/// more that come before `quiet` passes with nothing new (so extras are still seen).
+pub fn drain_expecting(c: &mut Client, n: usize, quiet: Duration) -> Vec<Publish> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        match c.next_publish(EXPECTED_WITHIN) {
+            Some(p) => out.push(p),
+            None => return out,
+        }
+    }
+    out.extend(drain(c, quiet));
+    out
+}
+
 /// The broker as a child process (the `broker-under-test` binary), for tests that kill it.
 pub struct BrokerProcess {
     child: std::process::Child,
