@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use promptmq_broker::codec::*;
-use promptmq_tests::{drain_expecting, Client, ConnectOptions, TestBroker};
+use promptmq_tests::{drain, drain_expecting, Client, ConnectOptions, TestBroker};
 use promptmq_wal::io::{FaultyBackend, StdBackend};
 
 const V5: ProtocolVersion = ProtocolVersion::V5;
@@ -101,4 +101,73 @@ fn a_subscriber_that_never_reads_is_cut_off_and_others_are_unaffected() {
     std::thread::sleep(Duration::from_secs(2));
     let (closed, _) = stuck.closed_within(Duration::from_secs(5));
     assert!(closed, "a client that does not read is disconnected");
+}
+
+/// With every sync taking 1 s: a QoS 1 message reaches a live subscriber without a
+/// persistent session at once, while its publisher's PUBACK and a persistent subscriber
+/// wait for the sync; QoS 2 waits for it everywhere. With `deliver_before_durable` off,
+/// everyone waits.
+#[test]
+fn a_slow_sync_delays_only_what_must_wait_for_durability() {
+    for early in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let (backend, plan) = FaultyBackend::new(StdBackend);
+        let backend: Arc<dyn promptmq_wal::io::Backend> = Arc::new(backend);
+        let b = TestBroker::start_with(dir.path(), |c| {
+            c.storage.backend = Some(backend);
+            c.deliver_before_durable = early;
+        });
+        let (mut kept, _) = Client::connect_with(b.addr, "kept", V5, persistent());
+        kept.subscribe("slow/#", QoS::ExactlyOnce);
+        let mut live = Client::connect(b.addr, "live", V5);
+        live.subscribe("slow/#", QoS::ExactlyOnce);
+        let mut p = Client::connect(b.addr, "pub", V5);
+        // Both topics exist before the disk slows down (creating one waits for a sync).
+        p.publish("slow/1", "warm-up", QoS::AtLeastOnce, false);
+        p.publish("slow/2", "warm-up", QoS::AtLeastOnce, false);
+        drain_expecting(&mut kept, 2, Duration::from_millis(300));
+        drain_expecting(&mut live, 2, Duration::from_millis(300));
+        plan.lock().unwrap().sync_delay = Some(Duration::from_millis(1000));
+        let publish = |qos, id, topic: &str| {
+            Packet::Publish(Publish {
+                dup: false,
+                qos,
+                retain: false,
+                topic: topic.into(),
+                packet_id: Some(id),
+                properties: Properties::default(),
+                payload: bytes::Bytes::from_static(b"m"),
+            })
+        };
+        let sent = Instant::now();
+        p.send(&publish(QoS::AtLeastOnce, 1, "slow/1"));
+        let first = live.next_publish(Duration::from_secs(10)).expect("the live subscriber gets it");
+        let live_after = sent.elapsed();
+        assert_eq!(first.topic.as_str(), "slow/1");
+        assert!(matches!(p.recv(Duration::from_secs(10)), Some(Packet::PubAck(a)) if a.packet_id == 1));
+        let acked_after = sent.elapsed();
+        let kept_first = kept.next_publish(Duration::from_secs(10)).expect("the persistent subscriber gets it");
+        assert_eq!(kept_first.topic.as_str(), "slow/1");
+        let kept_after = sent.elapsed();
+        assert!(acked_after >= Duration::from_millis(1000), "PUBACK waits for the sync: {acked_after:?}");
+        assert!(kept_after >= Duration::from_millis(1000), "a persistent session waits: {kept_after:?}");
+        if early {
+            assert!(
+                live_after < Duration::from_millis(1000),
+                "not for the sync: {live_after:?} (acked {acked_after:?})"
+            );
+        } else {
+            assert!(live_after >= Duration::from_millis(1000), "waits when turned off: {live_after:?}");
+        }
+        // QoS 2 waits for durability for every subscriber.
+        let sent = Instant::now();
+        p.send(&publish(QoS::ExactlyOnce, 2, "slow/2"));
+        let got = live.next_publish(Duration::from_secs(10)).expect("QoS 2 arrives");
+        assert_eq!(got.topic.as_str(), "slow/2");
+        assert!(sent.elapsed() >= Duration::from_millis(1000), "QoS 2 waits: {:?}", sent.elapsed());
+        plan.lock().unwrap().sync_delay = None;
+        assert!(matches!(p.recv(Duration::from_secs(10)), Some(Packet::PubRec(r)) if r.packet_id == 2));
+        assert_eq!(drain_expecting(&mut kept, 1, Duration::from_millis(300)).len(), 1);
+        assert!(drain(&mut live, Duration::from_millis(300)).is_empty(), "each message once");
+    }
 }

@@ -233,6 +233,9 @@ pub struct Storage {
     pub sync_interval_ms: u64,
     /// Also write QoS 0 messages to the log.
     pub persist_qos0: bool,
+    /// Send QoS 1 messages to subscribers without a persistent session before they are
+    /// durable (the publisher's PUBACK waits either way).
+    pub deliver_before_durable: bool,
     /// How soon a persistent session's acknowledged position is saved, milliseconds (> 0);
     /// after a crash a client receives again (QoS 1) what it acknowledged within it.
     pub positions_save_interval_ms: u64,
@@ -336,6 +339,7 @@ impl Default for Config {
                 sync: Sync::Always,
                 sync_interval_ms: 5,
                 persist_qos0: b.persist_qos0,
+                deliver_before_durable: b.deliver_before_durable,
                 positions_save_interval_ms: b.positions_save_interval.as_millis() as u64,
                 shards: 0,
                 segment_mb: b.storage.segment_bytes >> 20,
@@ -539,6 +543,7 @@ impl Config {
             Sync::Interval => SyncMode::Interval(Duration::from_millis(self.storage.sync_interval_ms)),
         };
         b.persist_qos0 = self.storage.persist_qos0;
+        b.deliver_before_durable = self.storage.deliver_before_durable;
         b.positions_save_interval = Duration::from_millis(self.storage.positions_save_interval_ms);
         let st = &self.storage;
         let limit = |v: u64| (v > 0).then_some(v);

@@ -86,6 +86,12 @@ pub struct BrokerConfig {
     /// Whether QoS 0 messages are written to the log too (default: no; they are delivered
     /// to online subscribers only, which is what QoS 0 promises).
     pub persist_qos0: bool,
+    /// Whether a QoS 1 message goes to the online subscribers whose sessions end with their
+    /// connection as soon as it is written, before it is durable (default: yes; the
+    /// publisher's PUBACK waits for durability either way). Off: every subscriber gets it
+    /// only once it is durable, at the cost of the sync's latency. See the broker's
+    /// `early_delivery` module for why persistent sessions always wait.
+    pub deliver_before_durable: bool,
     /// Interval of `$SYS` updates.
     pub sys_interval: Duration,
     /// Largest number of simultaneous connections.
@@ -125,6 +131,7 @@ impl BrokerConfig {
             max_session_expiry: u32::MAX,
             topic_alias_maximum: 64,
             persist_qos0: false,
+            deliver_before_durable: true,
             sys_interval: Duration::from_secs(10),
             max_connections: 100_000,
             connect_timeout: Duration::from_secs(10),

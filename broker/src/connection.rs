@@ -15,6 +15,7 @@ use tokio::sync::{oneshot, watch, Notify};
 
 use crate::auth::ClientAcl;
 use crate::codec::*;
+use crate::early_delivery::EarlyRoute;
 use crate::message::Message;
 use crate::qos2_store::{InboundIntent, Qos2State};
 use crate::replay::{self, Batch};
@@ -68,7 +69,8 @@ enum MessageAppend {
 enum AfterDurable {
     /// A QoS 1/2 PUBLISH: route it, then PUBACK / PUBREC. `intent`: the inbound QoS 2
     /// record of a persistent session, written before the message.
-    Publish { msg: Arc<Message>, packet_id: u16, intent: Option<InboundIntent> },
+    /// `early`: the sessions offered it before it was durable (QoS 1).
+    Publish { msg: Arc<Message>, packet_id: u16, intent: Option<InboundIntent>, early: EarlyRoute },
     /// A SUBSCRIBE or UNSUBSCRIBE of a persistent session: its acknowledgement, and the
     /// retained messages to send after it.
     Reply { packet: Box<Packet>, retained: Vec<Delivery> },
@@ -676,7 +678,10 @@ impl Conn {
                     let before = async move { ensure_topic(&store, &m).await };
                     (self.chain(before, move || store2.append(&m2)), None)
                 };
-                let then = AfterDurable::Publish { msg, packet_id: id, intent };
+                // Issued: live subscribers that would lose nothing in a crash get a QoS 1
+                // message now, not once it is durable (see `early_delivery`).
+                let early = if qos == QoS::AtLeastOnce { self.shared.route_early(&msg) } else { EarlyRoute::default() };
+                let then = AfterDurable::Publish { msg, packet_id: id, intent, early };
                 let issued = Instant::now();
                 self.pending.push_back(PendingAck { message: Some(message), offset: None, done, issued, then });
                 Ok(())
@@ -692,8 +697,8 @@ impl Conn {
         if matches!(head.then, AfterDurable::Publish { .. }) {
             self.shared.timers.append.record(head.issued.elapsed().as_secs_f64());
         }
-        let (msg, packet_id, intent) = match head.then {
-            AfterDurable::Publish { msg, packet_id, intent } => (msg, packet_id, intent),
+        let (msg, packet_id, intent, early) = match head.then {
+            AfterDurable::Publish { msg, packet_id, intent, early } => (msg, packet_id, intent, early),
             AfterDurable::Reply { packet, retained } => {
                 if let Err(e) = res {
                     // The subscription works now but may not survive a restart: say so.
@@ -707,7 +712,7 @@ impl Conn {
                 if msg.retain {
                     self.shared.set_retained(&msg);
                 }
-                self.shared.route(&msg, offset);
+                self.shared.route_durable(&msg, offset, early);
                 if msg.qos == QoS::ExactlyOnce {
                     lock(&self.session).inbound_qos2.insert(packet_id);
                 }

@@ -11,6 +11,7 @@ mod auth;
 pub mod codec;
 mod config;
 mod connection;
+mod early_delivery;
 #[doc(hidden)]
 pub mod fuzzing;
 mod limits;

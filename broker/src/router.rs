@@ -182,12 +182,23 @@ impl Router {
         node.shared.get(group).map(|g| g.members.iter().map(|(c, _)| c.clone()).collect()).unwrap_or_default()
     }
 
-    /// The deliveries of a message on `topic` from `publisher`.
+    /// The deliveries of a message on `topic` from `publisher` (each shared subscription
+    /// picks its next member).
     pub fn route(&mut self, topic_name: &str, publisher: &str) -> Vec<Target> {
+        self.targets(topic_name, publisher, true)
+    }
+
+    /// [`Router::route`] without the shared subscriptions (and without moving on their
+    /// choice of member).
+    pub fn route_plain(&mut self, topic_name: &str, publisher: &str) -> Vec<Target> {
+        self.targets(topic_name, publisher, false)
+    }
+
+    fn targets(&mut self, topic_name: &str, publisher: &str, shared: bool) -> Vec<Target> {
         let levels: Vec<&str> = topic_name.split('/').collect();
         let mut found: Vec<Found> = Vec::new();
         let dollar = topic_name.starts_with('$');
-        collect(&mut self.root, &levels, 0, dollar, &mut found);
+        collect(&mut self.root, &levels, 0, Walk { dollar, shared }, &mut found);
         let mut targets: Vec<Target> = Vec::new();
         for Found { client, opts: o, shared } in found {
             if o.no_local && client == publisher {
@@ -257,30 +268,41 @@ fn remove(node: &mut Node, levels: &[&str], client: &str, group: Option<&str>) -
     }
 }
 
-fn collect(node: &mut Node, levels: &[&str], depth: usize, dollar: bool, out: &mut Vec<Found>) {
+/// How a lookup walks the tree: whether the topic is a `$` topic (wildcards at the root do
+/// not match it) and whether shared subscriptions are picked from.
+#[derive(Clone, Copy)]
+struct Walk {
+    dollar: bool,
+    shared: bool,
+}
+
+fn collect(node: &mut Node, levels: &[&str], depth: usize, walk: Walk, out: &mut Vec<Found>) {
     // `#` here matches this level and everything below, including the parent level itself.
-    if !(dollar && depth == 0) {
+    if !(walk.dollar && depth == 0) {
         if let Some(hash) = node.children.get_mut("#") {
-            take(hash, out);
+            take(hash, walk, out);
         }
     }
     match levels.split_first() {
-        None => take(node, out),
+        None => take(node, walk, out),
         Some((first, rest)) => {
             if let Some(child) = node.children.get_mut(*first) {
-                collect(child, rest, depth + 1, dollar, out);
+                collect(child, rest, depth + 1, walk, out);
             }
-            if !(dollar && depth == 0) {
+            if !(walk.dollar && depth == 0) {
                 if let Some(plus) = node.children.get_mut("+") {
-                    collect(plus, rest, depth + 1, dollar, out);
+                    collect(plus, rest, depth + 1, walk, out);
                 }
             }
         }
     }
 }
 
-fn take(node: &mut Node, out: &mut Vec<Found>) {
+fn take(node: &mut Node, walk: Walk, out: &mut Vec<Found>) {
     out.extend(node.subs.iter().map(|(c, o)| Found { client: c.clone(), opts: *o, shared: None }));
+    if !walk.shared {
+        return;
+    }
     for group in node.shared.values_mut() {
         if let Some((client, opts)) = group.pick(None) {
             out.push(Found { client, opts, shared: Some(group.filter.clone()) });
@@ -347,6 +369,9 @@ mod tests {
         r.subscribe("other", "jobs/#", o(QoS::AtMostOnce));
         let mut got = Vec::new();
         for _ in 0..4 {
+            // Looking up the plain subscriptions alone does not move the rotation on.
+            let plain: Vec<String> = r.route_plain("jobs/1", "p").into_iter().map(|t| t.client).collect();
+            assert_eq!(plain, vec!["other"]);
             let ts = r.route("jobs/1", "p");
             assert_eq!(ts.len(), 2, "one group member plus the plain subscriber");
             got.extend(ts.into_iter().map(|t| t.client).filter(|c| c != "other"));

@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 
 use crate::codec::{topic, QoS};
 use crate::config::BrokerConfig;
+use crate::early_delivery::EarlyRoute;
 use crate::listener::{self, ListenerConfig, ListenerError, ListenerKind};
 use crate::message::Message;
 use crate::positions::Positions;
@@ -108,6 +109,42 @@ impl Shared {
     /// the log (`offset` is its place in its topic's stream) is left there for a session that
     /// is offline or whose queue is full, and read back later; any other is dropped then.
     pub(crate) fn route(&self, msg: &Arc<Message>, offset: Option<u64>) {
+        self.route_durable(msg, offset, EarlyRoute::default());
+    }
+
+    /// Queues a QoS 1 message whose append is issued but not yet durable for the sessions
+    /// that take it early (see [`crate::early_delivery`]); pass the result to
+    /// [`Shared::route_durable`] once it is durable, or drop it.
+    pub(crate) fn route_early(&self, msg: &Arc<Message>) -> EarlyRoute {
+        let mut early = EarlyRoute::default();
+        if !self.cfg.deliver_before_durable {
+            return early;
+        }
+        let targets = lock(&self.router).route_plain(msg.topic.as_str(), &msg.publisher);
+        if targets.is_empty() {
+            return early;
+        }
+        let sessions = lock(&self.sessions);
+        for t in targets {
+            let Some(s) = sessions.get(&t.client) else { continue };
+            let d = Delivery {
+                msg: msg.clone(),
+                qos: msg.qos.min(t.qos),
+                retain: msg.retain && t.retain_as_published,
+                ids: t.ids,
+                shared: None,
+                pos: None,
+            };
+            let offered = lock(s).offer_early(d, self.limits.queue());
+            if let Some(taken) = offered {
+                early.record(s, taken);
+            }
+        }
+        early
+    }
+
+    /// [`Shared::route`] for a message some sessions took before it was durable.
+    pub(crate) fn route_durable(&self, msg: &Arc<Message>, offset: Option<u64>, early: EarlyRoute) {
         let targets = lock(&self.router).route(msg.topic.as_str(), &msg.publisher);
         if targets.is_empty() {
             return;
@@ -115,6 +152,9 @@ impl Shared {
         let sessions = lock(&self.sessions);
         for t in targets {
             let Some(s) = sessions.get(&t.client) else { continue };
+            if t.shared.is_none() && early.took(s) {
+                continue;
+            }
             let group = t.shared.as_deref().and_then(|f| self.group(f));
             if let (Some(filter), Some(off), Some(group)) = (t.shared.clone(), offset, group) {
                 // A shared subscription: the group's positions say whether the member takes

@@ -91,6 +91,10 @@ pub(crate) struct Session {
     pub(crate) save_queued: bool,
     /// Tells this session from earlier ones of the same client id in the log.
     pub(crate) incarnation: u64,
+    /// Messages it could not take before they were durable and that are not routed yet
+    /// (see [`crate::early_delivery`]): while any is, it takes nothing early, so what it
+    /// gets keeps publish order.
+    pub(crate) early_declined: u32,
 }
 
 impl Session {
@@ -112,6 +116,7 @@ impl Session {
             positions: Positions::default(),
             save_queued: false,
             incarnation: crate::message::new_stamp(),
+            early_declined: 0,
         }
     }
 
@@ -146,6 +151,23 @@ impl Session {
         } else {
             Queued::Dropped
         }
+    }
+
+    /// Offers a delivery of a message that is not durable yet (see [`crate::early_delivery`]).
+    /// `None`: not for this session (it outlives its connection, or has none), it gets the
+    /// message once durable; `Some(true)`: queued; `Some(false)`: declined (reading the log,
+    /// queue full, or an earlier one declined and not routed yet), it gets the message once
+    /// durable, and nothing early meanwhile.
+    pub(crate) fn offer_early(&mut self, d: Delivery, max: QueueLimit) -> Option<bool> {
+        if self.persistent() || !self.connected {
+            return None;
+        }
+        if self.early_declined > 0 || self.positions.replaying() || self.queue_full(max) {
+            self.early_declined += 1;
+            return Some(false);
+        }
+        self.enqueue_unchecked(d);
+        Some(true)
     }
 
     /// The delivery is finished with (acknowledged, or never to be sent): its log position
@@ -270,6 +292,32 @@ mod tests {
             expires_at: None,
         };
         Delivery { msg: Arc::new(m), qos: QoS::AtMostOnce, retain: false, ids: vec![], shared: None, pos: None }
+    }
+
+    #[test]
+    fn early_offers_go_only_to_connected_sessions_that_end_with_their_connection() {
+        let room = QueueLimit { messages: 2, bytes: usize::MAX };
+        let mut s = Session::new();
+        assert_eq!(s.offer_early(d(), room), None, "no connection: waits for durability");
+        s.connected = true;
+        s.expiry = 60;
+        assert_eq!(s.offer_early(d(), room), None, "outlives its connection: waits");
+        s.expiry = 0;
+        assert_eq!(s.offer_early(d(), room), Some(true));
+        assert_eq!(s.offer_early(d(), room), Some(true));
+        // Full: declined, and so is the next one even once there is room (it would overtake).
+        assert_eq!(s.offer_early(d(), room), Some(false));
+        assert!(s.queue_pop().is_some());
+        assert_eq!(s.offer_early(d(), room), Some(false));
+        assert_eq!(s.early_declined, 2);
+        // Both declined ones routed once durable: early offers are taken again.
+        s.early_declined = 0;
+        assert_eq!(s.offer_early(d(), room), Some(true));
+        // Reading the log: declined (the log has the order).
+        assert!(s.queue_pop().is_some());
+        s.positions.offer("t", 7, false);
+        assert!(s.positions.replaying());
+        assert_eq!(s.offer_early(d(), room), Some(false));
     }
 
     #[test]

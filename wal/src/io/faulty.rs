@@ -16,6 +16,9 @@ pub struct FaultPlan {
     pub space_left: Option<u64>,
     /// Fail every `sync_data` with EIO.
     pub fail_sync: bool,
+    /// Make every `sync_data` take at least this long (a slow or busy device), so a test
+    /// can observe what waits for durability and what does not.
+    pub sync_delay: Option<std::time::Duration>,
 }
 
 /// Wraps a backend and applies a [`FaultPlan`].
@@ -45,9 +48,16 @@ struct FaultyFile {
     plan: Arc<Mutex<FaultPlan>>,
 }
 
-/// EIO when the plan says syncs fail.
+/// The plan's delay, then EIO when the plan says syncs fail.
 fn injected_sync_failure(plan: &Mutex<FaultPlan>) -> io::Result<()> {
-    if plan.lock().unwrap_or_else(|p| p.into_inner()).fail_sync {
+    let (delay, fail) = {
+        let plan = plan.lock().unwrap_or_else(|p| p.into_inner());
+        (plan.sync_delay, plan.fail_sync)
+    };
+    if let Some(d) = delay {
+        std::thread::sleep(d);
+    }
+    if fail {
         return Err(io::Error::from_raw_os_error(libc::EIO));
     }
     Ok(())
