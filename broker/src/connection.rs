@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
+use futures_util::FutureExt;
 use promptmq_wal::Completion;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{oneshot, watch, Notify};
@@ -436,6 +437,14 @@ impl Conn {
                 res = wait_head(&mut self.pending), if has_pending => {
                     if let Err(e) = self.complete_head(res) {
                         return e;
+                    }
+                    // A group commit makes many appends durable at once: answer every one
+                    // already done in the same write, not one send per acknowledgement.
+                    while !self.pending.is_empty() {
+                        let Some(res) = wait_head(&mut self.pending).now_or_never() else { break };
+                        if let Err(e) = self.complete_head(res) {
+                            return e;
+                        }
                     }
                 }
                 failed = wait_outbox(&mut self.outbox), if outbox_waits => {
