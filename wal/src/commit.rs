@@ -252,6 +252,12 @@ impl<R: Weighted, T> CommitQueue<R, T> {
         st.pending.push_back(Pending { req, done });
         // A blocked submitter means the queue is full: the writer gathers no longer.
         let wake = st.writer_wants > 0 && (st.pending.len() >= st.writer_wants || st.blocked_submitters > 0);
+        if wake {
+            // One notification per wait: until the writer runs, later submitters would each
+            // make another futex call (the most frequent system call of the broker under load).
+            // The woken writer checks the queue again either way.
+            st.writer_wants = 0;
+        }
         drop(st);
         if wake {
             self.work.notify_one();
