@@ -239,7 +239,8 @@ pub struct Storage {
     /// How soon a persistent session's acknowledged position is saved, milliseconds (> 0);
     /// after a crash a client receives again (QoS 1) what it acknowledged within it.
     pub positions_save_interval_ms: u64,
-    /// Shard logs for a new data directory (0: one per core; an existing one keeps its count).
+    /// Shard logs for a new data directory (0: half the cores, at least one; an existing one
+    /// keeps its count).
     pub shards: u32,
     /// Segment file size in MiB (1..=1024).
     pub segment_mb: u64,

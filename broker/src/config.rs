@@ -13,8 +13,8 @@ pub struct StorageSettings {
     /// The log's I/O backend (`None`: the default file backend). For tests that inject
     /// faults (`promptmq_wal::io::FaultyBackend`) and for special devices.
     pub backend: Option<std::sync::Arc<dyn promptmq_wal::io::Backend>>,
-    /// Shard logs for a new data directory (`None`: one per core); an existing directory
-    /// keeps its count.
+    /// Shard logs for a new data directory (`None`: half the cores, at least one); an
+    /// existing directory keeps its count.
     pub shards: Option<u32>,
     /// Size at which a segment file is sealed.
     pub segment_bytes: u64,

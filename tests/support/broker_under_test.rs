@@ -18,6 +18,9 @@ fn main() {
     rt.block_on(async {
         let mut cfg = BrokerConfig::new("127.0.0.1:0".parse().expect("addr"), dir);
         cfg.sync = sync;
+        // Two shards whatever the machine: session records and messages then land in
+        // different shard logs, whose syncs are independent — the harder case for a kill.
+        cfg.storage.shards = Some(2);
         let broker = match Broker::start(cfg).await {
             Ok(b) => b,
             Err(e) => {

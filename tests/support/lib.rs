@@ -40,6 +40,9 @@ impl TestBroker {
     pub fn start_with(dir: &std::path::Path, tweak: impl FnOnce(&mut BrokerConfig)) -> TestBroker {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
         let mut cfg = BrokerConfig::new("127.0.0.1:0".parse().expect("addr"), dir);
+        // Two shards whatever the machine (the default depends on its cores): records of one
+        // client then span shard logs, the case that needs care. Tests may set their own.
+        cfg.storage.shards = Some(2);
         tweak(&mut cfg);
         let broker = rt.block_on(Broker::start(cfg)).expect("broker starts");
         let addr = broker.local_addr();
