@@ -30,6 +30,10 @@ pub(crate) struct EarlyRoute {
     taken: Vec<Arc<Mutex<Session>>>,
     /// Declined it: they get it when it is routed once durable.
     declined: Vec<Arc<Mutex<Session>>>,
+    /// The router's version when every subscription the message matched took it early (no
+    /// shared ones among them): while the router is unchanged, routing it once durable has
+    /// nothing left to do.
+    all_taken_at: Option<u64>,
 }
 
 impl EarlyRoute {
@@ -39,6 +43,17 @@ impl EarlyRoute {
         } else {
             self.declined.push(session.clone());
         }
+    }
+
+    /// Every subscription matched at router version `version` took the message.
+    pub(crate) fn covered_all(&mut self, version: u64) {
+        self.all_taken_at = Some(version);
+    }
+
+    /// Whether the routing once durable can be skipped: the router is still at the version
+    /// at which every subscription took the message early.
+    pub(crate) fn covers(&self, version: u64) -> bool {
+        self.all_taken_at == Some(version)
     }
 
     /// Whether `session` already has the message.
@@ -75,5 +90,14 @@ mod tests {
         drop(second);
         assert_eq!(lock(&b).early_declined, 0);
         assert_eq!(lock(&a).early_declined, 0, "taking changes nothing");
+    }
+
+    #[test]
+    fn a_route_covers_only_the_router_version_at_which_every_subscription_took_it() {
+        let mut r = EarlyRoute::default();
+        assert!(!r.covers(0), "nothing recorded: route once durable");
+        r.covered_all(7);
+        assert!(r.covers(7));
+        assert!(!r.covers(8), "a subscription changed since");
     }
 }

@@ -86,12 +86,27 @@ impl Node {
 pub struct Router {
     root: Node,
     count: usize,
+    /// Bumped by every subscribe and unsubscribe: two lookups under the same version
+    /// find the same subscriptions.
+    version: u64,
+}
+
+/// [`Router::route_plain`]'s answer.
+#[derive(Debug, Default)]
+pub struct PlainTargets {
+    /// The plain subscriptions' deliveries.
+    pub targets: Vec<Target>,
+    /// Whether shared subscriptions (left out) match the topic too.
+    pub shared: bool,
+    /// The router's version at the lookup (see [`Router::version`]).
+    pub version: u64,
 }
 
 impl Router {
     /// Adds or replaces `client`'s subscription to `filter` (already validated). Returns
     /// whether it existed before.
     pub fn subscribe(&mut self, client: &str, filter: &str, opts: SubOptions) -> bool {
+        self.version += 1;
         let (group, plain) = split_shared(filter);
         let mut node = &mut self.root;
         for level in plain.split('/') {
@@ -126,6 +141,7 @@ impl Router {
 
     /// Removes `client`'s subscription to `filter`; returns whether it existed.
     pub fn unsubscribe(&mut self, client: &str, filter: &str) -> bool {
+        self.version += 1;
         let (group, plain) = split_shared(filter);
         let levels: Vec<&str> = plain.split('/').collect();
         let removed = remove(&mut self.root, &levels, client, group);
@@ -133,6 +149,11 @@ impl Router {
             self.count -= 1;
         }
         removed
+    }
+
+    /// Changes with every subscribe and unsubscribe.
+    pub fn version(&self) -> u64 {
+        self.version
     }
 
     /// Number of subscriptions.
@@ -185,20 +206,23 @@ impl Router {
     /// The deliveries of a message on `topic` from `publisher` (each shared subscription
     /// picks its next member).
     pub fn route(&mut self, topic_name: &str, publisher: &str) -> Vec<Target> {
-        self.targets(topic_name, publisher, true)
+        self.targets(topic_name, publisher, true).0
     }
 
     /// [`Router::route`] without the shared subscriptions (and without moving on their
     /// choice of member).
-    pub fn route_plain(&mut self, topic_name: &str, publisher: &str) -> Vec<Target> {
-        self.targets(topic_name, publisher, false)
+    pub fn route_plain(&mut self, topic_name: &str, publisher: &str) -> PlainTargets {
+        let (targets, shared) = self.targets(topic_name, publisher, false);
+        PlainTargets { targets, shared, version: self.version }
     }
 
-    fn targets(&mut self, topic_name: &str, publisher: &str, shared: bool) -> Vec<Target> {
+    /// The deliveries, and whether shared subscriptions matched (picked from if `shared`).
+    fn targets(&mut self, topic_name: &str, publisher: &str, shared: bool) -> (Vec<Target>, bool) {
         let levels: Vec<&str> = topic_name.split('/').collect();
         let mut found: Vec<Found> = Vec::new();
         let dollar = topic_name.starts_with('$');
-        collect(&mut self.root, &levels, 0, Walk { dollar, shared }, &mut found);
+        let mut walk = Walk { dollar, shared, shared_seen: false };
+        collect(&mut self.root, &levels, 0, &mut walk, &mut found);
         let mut targets: Vec<Target> = Vec::new();
         for Found { client, opts: o, shared } in found {
             if o.no_local && client == publisher {
@@ -229,7 +253,7 @@ impl Router {
                 }),
             }
         }
-        targets
+        (targets, walk.shared_seen)
     }
 }
 
@@ -270,13 +294,14 @@ fn remove(node: &mut Node, levels: &[&str], client: &str, group: Option<&str>) -
 
 /// How a lookup walks the tree: whether the topic is a `$` topic (wildcards at the root do
 /// not match it) and whether shared subscriptions are picked from.
-#[derive(Clone, Copy)]
 struct Walk {
     dollar: bool,
     shared: bool,
+    /// Set when a shared subscription matched (whether picked from or not).
+    shared_seen: bool,
 }
 
-fn collect(node: &mut Node, levels: &[&str], depth: usize, walk: Walk, out: &mut Vec<Found>) {
+fn collect(node: &mut Node, levels: &[&str], depth: usize, walk: &mut Walk, out: &mut Vec<Found>) {
     // `#` here matches this level and everything below, including the parent level itself.
     if !(walk.dollar && depth == 0) {
         if let Some(hash) = node.children.get_mut("#") {
@@ -298,8 +323,9 @@ fn collect(node: &mut Node, levels: &[&str], depth: usize, walk: Walk, out: &mut
     }
 }
 
-fn take(node: &mut Node, walk: Walk, out: &mut Vec<Found>) {
+fn take(node: &mut Node, walk: &mut Walk, out: &mut Vec<Found>) {
     out.extend(node.subs.iter().map(|(c, o)| Found { client: c.clone(), opts: *o, shared: None }));
+    walk.shared_seen |= node.shared.values().any(|g| !g.members.is_empty());
     if !walk.shared {
         return;
     }
@@ -370,8 +396,9 @@ mod tests {
         let mut got = Vec::new();
         for _ in 0..4 {
             // Looking up the plain subscriptions alone does not move the rotation on.
-            let plain: Vec<String> = r.route_plain("jobs/1", "p").into_iter().map(|t| t.client).collect();
-            assert_eq!(plain, vec!["other"]);
+            let plain = r.route_plain("jobs/1", "p");
+            assert!(plain.shared, "a shared subscription matches too");
+            assert_eq!(plain.targets.into_iter().map(|t| t.client).collect::<Vec<_>>(), vec!["other"]);
             let ts = r.route("jobs/1", "p");
             assert_eq!(ts.len(), 2, "one group member plus the plain subscriber");
             got.extend(ts.into_iter().map(|t| t.client).filter(|c| c != "other"));
@@ -381,6 +408,21 @@ mod tests {
         assert!(r.unsubscribe("w1", "$share/g/jobs/+"));
         assert_eq!(clients(&mut r, "jobs/1"), vec!["other", "w2"]);
         assert_eq!(r.pick_shared("$share/g/jobs/+", "w2"), None, "no other member left");
+    }
+
+    #[test]
+    fn every_subscribe_and_unsubscribe_changes_the_version() {
+        let mut r = Router::default();
+        let v0 = r.version();
+        r.subscribe("a", "t/#", o(QoS::AtMostOnce));
+        let v1 = r.version();
+        assert_ne!(v0, v1);
+        let found = r.route_plain("t/x", "p");
+        assert_eq!((found.version, found.shared, found.targets.len()), (v1, false, 1));
+        r.route("t/x", "p");
+        assert_eq!(r.version(), v1, "lookups change nothing");
+        r.unsubscribe("b", "t/#");
+        assert_ne!(r.version(), v1, "even an unsubscribe that removes nothing");
     }
 
     #[test]

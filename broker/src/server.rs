@@ -120,13 +120,17 @@ impl Shared {
         if !self.cfg.deliver_before_durable {
             return early;
         }
-        let targets = lock(&self.router).route_plain(msg.topic.as_str(), &msg.publisher);
-        if targets.is_empty() {
+        let found = lock(&self.router).route_plain(msg.topic.as_str(), &msg.publisher);
+        if found.targets.is_empty() {
             return early;
         }
+        let mut all_taken = !found.shared;
         let sessions = lock(&self.sessions);
-        for t in targets {
-            let Some(s) = sessions.get(&t.client) else { continue };
+        for t in found.targets {
+            let Some(s) = sessions.get(&t.client) else {
+                all_taken = false;
+                continue;
+            };
             let d = Delivery {
                 msg: msg.clone(),
                 qos: msg.qos.min(t.qos),
@@ -136,16 +140,27 @@ impl Shared {
                 pos: None,
             };
             let offered = lock(s).offer_early(d, self.limits.queue());
+            all_taken &= offered == Some(true);
             if let Some(taken) = offered {
                 early.record(s, taken);
             }
+        }
+        if all_taken {
+            early.covered_all(found.version);
         }
         early
     }
 
     /// [`Shared::route`] for a message some sessions took before it was durable.
     pub(crate) fn route_durable(&self, msg: &Arc<Message>, offset: Option<u64>, early: EarlyRoute) {
-        let targets = lock(&self.router).route(msg.topic.as_str(), &msg.publisher);
+        let targets = {
+            let mut router = lock(&self.router);
+            if early.covers(router.version()) {
+                // Every subscription took it early and none changed since: nothing left.
+                return;
+            }
+            router.route(msg.topic.as_str(), &msg.publisher)
+        };
         if targets.is_empty() {
             return;
         }
