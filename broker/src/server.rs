@@ -131,15 +131,7 @@ impl Shared {
                 all_taken = false;
                 continue;
             };
-            let d = Delivery {
-                msg: msg.clone(),
-                qos: msg.qos.min(t.qos),
-                retain: msg.retain && t.retain_as_published,
-                ids: t.ids,
-                shared: None,
-                pos: None,
-            };
-            let offered = lock(s).offer_early(d, self.limits.queue());
+            let offered = lock(s).offer_early(Delivery::through(msg, &t, None), self.limits.queue());
             all_taken &= offered == Some(true);
             if let Some(taken) = offered {
                 early.record(s, taken);
@@ -174,14 +166,7 @@ impl Shared {
             if let (Some(filter), Some(off), Some(group)) = (t.shared.clone(), offset, group) {
                 // A shared subscription: the group's positions say whether the member takes
                 // it now or the group reads it from the log later.
-                let d = Delivery {
-                    msg: msg.clone(),
-                    qos: msg.qos.min(t.qos),
-                    retain: msg.retain && t.retain_as_published,
-                    ids: t.ids,
-                    shared: Some(filter.clone()),
-                    pos: Some(off),
-                };
+                let d = Delivery::through(msg, &t, Some(off));
                 let mut member = lock(s);
                 let room = member.connected && !member.queue_full(self.limits.queue());
                 if lock(&group).offer(msg.topic.as_str(), off, room) == crate::positions::Offer::Take {
@@ -194,15 +179,7 @@ impl Shared {
             }
             // Shared subscriptions without group positions (QoS 0) are plain copies.
             let pos = if t.shared.is_none() { offset } else { None };
-            let d = Delivery {
-                msg: msg.clone(),
-                qos: msg.qos.min(t.qos),
-                retain: msg.retain && t.retain_as_published,
-                ids: t.ids,
-                shared: t.shared,
-                pos,
-            };
-            if lock(s).offer(d, self.limits.queue()) == Queued::Dropped {
+            if lock(s).offer(Delivery::through(msg, &t, pos), self.limits.queue()) == Queued::Dropped {
                 self.stats.messages_dropped.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(client = %t.client, topic = %msg.topic, "queue full; message dropped");
             }

@@ -32,6 +32,21 @@ pub(crate) struct Delivery {
 }
 
 impl Delivery {
+    /// `msg` as delivered through what `t` matched: the QoS capped at the granted one,
+    /// RETAIN kept only where asked for, the subscription identifiers, and the shared
+    /// subscription if it came through one. `pos`: its offset, where the session or group
+    /// tracks it.
+    pub(crate) fn through(msg: &Arc<Message>, t: &crate::router::Target, pos: Option<u64>) -> Delivery {
+        Delivery {
+            msg: msg.clone(),
+            qos: msg.qos.min(t.qos),
+            retain: msg.retain && t.retain_as_published,
+            ids: t.ids.clone(),
+            shared: t.shared.clone(),
+            pos,
+        }
+    }
+
     /// Bytes it holds in a queue (payload and topic; the message itself is shared).
     pub(crate) fn size(&self) -> usize {
         self.msg.payload.len() + self.msg.topic.len()
