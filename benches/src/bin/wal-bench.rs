@@ -96,6 +96,99 @@ fn run_pipelined(dir: &std::path::Path, sync: SyncMode, size: usize, inflight: u
     Outcome { records: lats.len() as u64, elapsed, p50: percentile(&mut lats, 50.0), p99: percentile(&mut lats, 99.0) }
 }
 
+/// `tasks` tokio tasks on a multi-threaded runtime (one worker per core), each appending
+/// and awaiting its append in a loop: how an async server uses the log.
+fn run_tasks(dir: &std::path::Path, sync: SyncMode, size: usize, tasks: usize, secs: f64) -> Outcome {
+    let _ = std::fs::remove_dir_all(dir);
+    let wal = Wal::open(dir, Options::default().shards(1).sync(sync)).expect("open");
+    let stream = wal.stream("bench").expect("stream");
+    let payload = bytes::Bytes::from(vec![0xabu8; size]);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut lats = rt.block_on(async {
+        let handles: Vec<_> = (0..tasks)
+            .map(|_| {
+                let (wal, stream, stop, count, payload) =
+                    (wal.clone(), stream.clone(), stop.clone(), count.clone(), payload.clone());
+                tokio::spawn(async move {
+                    let mut mine = Vec::with_capacity(1 << 16);
+                    while !stop.load(Ordering::Relaxed) && count.fetch_add(1, Ordering::Relaxed) < MAX_APPENDS {
+                        let t = Instant::now();
+                        wal.append(&stream, payload.clone()).await.expect("append");
+                        mine.push(t.elapsed());
+                    }
+                    mine
+                })
+            })
+            .collect();
+        while start.elapsed().as_secs_f64() < secs && count.load(Ordering::Relaxed) < MAX_APPENDS {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        stop.store(true, Ordering::Relaxed);
+        let mut all = Vec::new();
+        for h in handles {
+            all.extend(h.await.expect("append task"));
+        }
+        all
+    });
+    let elapsed = start.elapsed();
+    drop(rt);
+    wal.close().expect("close");
+    Outcome { records: lats.len() as u64, elapsed, p50: percentile(&mut lats, 50.0), p99: percentile(&mut lats, 99.0) }
+}
+
+/// Rounds of a WAL scenario each followed by the raw probe of the same batch, so that both
+/// sides of every ratio see the same phase of a shared disk (this one's `fdatasync` swings
+/// by ±30 % from one second to the next). Returns the median round by ratio and every ratio.
+fn alternate(
+    dir: &std::path::Path,
+    rounds: usize,
+    batch_bytes: usize,
+    batch_records: usize,
+    secs: f64,
+    mut wal_run: impl FnMut() -> Outcome,
+) -> (Outcome, f64, Vec<f64>) {
+    let mut done = Vec::with_capacity(rounds);
+    for _ in 0..rounds.max(1) {
+        let o = wal_run();
+        let rate = o.records as f64 / o.elapsed.as_secs_f64();
+        let batches = ((secs * 2000.0) as usize).clamp(200, 20_000);
+        let (el, _) = raw_disk_probe(dir, batch_bytes, batches, true).expect("probe");
+        let raw = (batches * batch_records) as f64 / el.as_secs_f64();
+        done.push((rate / raw, raw, o));
+    }
+    done.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let ratios = done.iter().map(|d| d.0).collect();
+    let (_, raw, o) = done.swap_remove(done.len() / 2);
+    (o, raw, ratios)
+}
+
+/// Concurrent async appenders (tokio tasks), `sync = always`, in rounds against the raw probe.
+fn tasks(dir: &std::path::Path, log_dir: &std::path::Path, secs: f64) {
+    let rounds: usize = std::env::var("WAL_BENCH_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(3);
+    println!("\n{rounds} rounds per row, each: the WAL for --secs, then the raw probe; the median round by ratio, and every round's ratio");
+    println!("| sync | record | tasks | appends/s | p50 µs | p99 µs | raw disk appends/s (same batch) | WAL / raw | ratios of all rounds |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for size in [128usize, 1024] {
+        for n in [1usize, 8, 64] {
+            let (o, raw, ratios) = alternate(dir, rounds, (size + 48) * n, n, secs, || {
+                run_tasks(log_dir, SyncMode::Always, size, n, secs)
+            });
+            let rate = o.records as f64 / o.elapsed.as_secs_f64();
+            let all: Vec<_> = ratios.iter().map(|r| format!("{:.0} %", r * 100.0)).collect();
+            println!(
+                "| always | {size} B | {n} | {rate:.0} | {:.0} | {:.0} | {raw:.0} | {:.0} % | {} |",
+                us(o.p50),
+                us(o.p99),
+                100.0 * rate / raw,
+                all.join(" / ")
+            );
+        }
+    }
+}
+
 fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
@@ -111,7 +204,7 @@ fn main() {
             "--only" => only = args.next(),
             "--secs" => secs = args.next().and_then(|s| s.parse().ok()).expect("--secs N"),
             _ => {
-                eprintln!("usage: wal-bench [--dir DIR] [--secs N] [--only append|pipelined|recovery]");
+                eprintln!("usage: wal-bench [--dir DIR] [--secs N] [--only append|pipelined|tasks|recovery]");
                 std::process::exit(2);
             }
         }
@@ -123,6 +216,9 @@ fn main() {
     }
     if only.as_deref().is_none_or(|o| o == "pipelined") {
         pipelined(&dir, &log_dir, secs);
+    }
+    if only.as_deref().is_none_or(|o| o == "tasks") {
+        tasks(&dir, &log_dir, secs);
     }
     if only.as_deref().is_none_or(|o| o == "recovery") {
         recovery(&log_dir);
