@@ -679,8 +679,10 @@ impl Conn {
                         ensure_topic(&store, &m).await
                     };
                     (self.chain(before, move || store2.append_stamped(&m2, stamp)), Some(intent))
-                } else if !self.chain_pending() && self.shared.store.has_topic(msg.topic.as_str()) {
-                    (MessageAppend::Now(self.shared.store.append(&msg)), None)
+                } else if let Some(stream) =
+                    (!self.chain_pending()).then(|| self.shared.store.topic_stream(msg.topic.as_str())).flatten()
+                {
+                    (MessageAppend::Now(self.shared.store.append_to(&stream, &msg)), None)
                 } else {
                     let (store, m) = (self.shared.store.clone(), msg.clone());
                     let (store2, m2) = (store.clone(), msg.clone());

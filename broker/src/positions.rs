@@ -59,18 +59,32 @@ pub(crate) enum Offer {
 #[derive(Debug, Default)]
 pub(crate) struct Positions {
     streams: HashMap<String, StreamPos>,
+    /// How many of `streams` are being read from the log: asked for every live delivery
+    /// (see `Session::offer_early`), so kept rather than counted over every stream.
+    replaying: usize,
     /// Changed since last saved.
     pub(crate) dirty: bool,
+}
+
+/// Sets where `p` is read from the log, keeping `replaying` (the count of streams being
+/// read) in step.
+fn set_replay(p: &mut StreamPos, replaying: &mut usize, to: Option<u64>) {
+    match (p.replay_from.is_some(), to.is_some()) {
+        (false, true) => *replaying += 1,
+        (true, false) => *replaying -= 1,
+        _ => {}
+    }
+    p.replay_from = to;
 }
 
 impl Positions {
     /// Positions restored from a saved record: every stream is read from its cursor.
     pub(crate) fn restored(saved: impl IntoIterator<Item = (String, u64)>) -> Positions {
-        let streams = saved
+        let streams: HashMap<_, _> = saved
             .into_iter()
             .map(|(t, c)| (t, StreamPos { live_from: 0, replay_from: Some(c), next: c, ..Default::default() }))
             .collect();
-        Positions { streams, dirty: false }
+        Positions { replaying: streams.len(), streams, dirty: false }
     }
 
     /// A subscription began while `topic`'s stream ends at `end`: only what comes after
@@ -89,6 +103,7 @@ impl Positions {
                 topic.to_owned(),
                 StreamPos { live_from: 0, replay_from: Some(from), next: from, ..Default::default() },
             );
+            self.replaying += 1;
             self.dirty = true;
         }
     }
@@ -96,7 +111,14 @@ impl Positions {
     /// Stops following streams for which `keep` is false (after an unsubscribe).
     pub(crate) fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
         let before = self.streams.len();
-        self.streams.retain(|t, _| keep(t));
+        let replaying = &mut self.replaying;
+        self.streams.retain(|t, p| {
+            let kept = keep(t);
+            if !kept && p.replay_from.is_some() {
+                *replaying -= 1;
+            }
+            kept
+        });
         self.dirty |= self.streams.len() != before;
     }
 
@@ -119,7 +141,7 @@ impl Positions {
             return Offer::Skip;
         }
         if !room {
-            p.replay_from = Some(offset);
+            set_replay(p, &mut self.replaying, Some(offset));
             self.dirty = true;
             return Offer::Skip;
         }
@@ -142,7 +164,8 @@ impl Positions {
     pub(crate) fn return_to_log(&mut self, topic: &str, offset: u64) {
         if let Some(p) = self.streams.get_mut(topic) {
             p.outstanding.remove(&offset);
-            p.replay_from = Some(p.replay_from.map_or(offset, |r| r.min(offset)));
+            let from = p.replay_from.map_or(offset, |r| r.min(offset));
+            set_replay(p, &mut self.replaying, Some(from));
             self.dirty = true;
         }
     }
@@ -171,7 +194,7 @@ impl Positions {
         }
         p.next = p.next.max(read_to);
         if read_to >= end {
-            p.replay_from = None;
+            set_replay(p, &mut self.replaying, None);
             p.live_from = p.live_from.max(read_to);
         } else {
             p.replay_from = Some(read_to.max(from));
@@ -229,7 +252,8 @@ impl Positions {
 
     /// Whether any stream is being read from the log.
     pub(crate) fn replaying(&self) -> bool {
-        self.streams.values().any(|p| p.replay_from.is_some())
+        debug_assert_eq!(self.replaying, self.streams.values().filter(|p| p.replay_from.is_some()).count());
+        self.replaying > 0
     }
 
     /// Whether the session follows `topic`.
@@ -242,6 +266,28 @@ impl Positions {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replaying_follows_every_stream_into_and_out_of_the_log() {
+        let mut p = Positions::restored([("a".to_string(), 3)]);
+        assert!(p.replaying(), "restored streams are read from the log");
+        p.replayed("a", 3, &[3, 4], 5, 5);
+        assert!(!p.replaying(), "read to the end: live again");
+        p.start_at_end("b", 0);
+        assert_eq!(p.offer("b", 0, false), Offer::Skip, "no room: b is read from the log");
+        assert!(p.replaying());
+        assert_eq!(p.offer("a", 5, true), Offer::Take);
+        p.return_to_log("a", 5);
+        p.return_to_log("a", 5);
+        assert!(p.replaying());
+        p.retain(|t| t != "b");
+        assert!(p.replaying(), "a still is");
+        p.replayed("a", 5, &[5], 6, 6);
+        assert!(!p.replaying());
+        p.replay("c", 0);
+        p.retain(|t| t != "c");
+        assert!(!p.replaying(), "an unsubscribed stream no longer counts");
+    }
 
     #[test]
     fn live_deliveries_move_the_cursor_as_they_are_acknowledged() {

@@ -98,6 +98,17 @@ impl Store {
         }
     }
 
+    /// `topic`'s stream, if it exists yet: appending through it ([`Store::append_to`]) saves
+    /// the name lookup [`Store::append`] makes.
+    pub fn topic_stream(&self, topic: &str) -> Option<promptmq_wal::Stream> {
+        self.wal.lookup(&format!("{TOPIC_PREFIX}{topic}"))
+    }
+
+    /// Appends a message to `stream`, its topic's stream (from [`Store::topic_stream`]).
+    pub fn append_to(&self, stream: &promptmq_wal::Stream, msg: &Message) -> Completion<u64> {
+        self.wal.append(stream, msg.to_record_stamped(Instant::now(), crate::message::new_stamp()))
+    }
+
     /// Whether `topic` has its stream yet (appending to a new topic first creates it, which
     /// waits for a synced catalogue record: see [`Store::create_topic`]).
     pub fn has_topic(&self, topic: &str) -> bool {
