@@ -40,6 +40,10 @@ pub struct Target {
 #[derive(Default, Debug)]
 struct Node {
     children: HashMap<String, Node>,
+    /// Whether `children` holds `+` / `#`: most nodes have neither, and every routed
+    /// message would otherwise hash both names at every level it walks.
+    plus: bool,
+    hash: bool,
     /// client → options of its plain subscription ending here.
     subs: HashMap<String, SubOptions>,
     /// group → its members, round robin.
@@ -79,6 +83,19 @@ impl Node {
     fn is_empty(&self) -> bool {
         self.children.is_empty() && self.subs.is_empty() && self.shared.is_empty()
     }
+
+    /// The child for `level`, created if missing.
+    fn child(&mut self, level: &str) -> &mut Node {
+        self.plus |= level == "+";
+        self.hash |= level == "#";
+        self.children.entry(level.to_string()).or_default()
+    }
+
+    fn remove_child(&mut self, level: &str) {
+        self.children.remove(level);
+        self.plus &= level != "+";
+        self.hash &= level != "#";
+    }
 }
 
 /// The subscription trie.
@@ -110,7 +127,7 @@ impl Router {
         let (group, plain) = split_shared(filter);
         let mut node = &mut self.root;
         for level in plain.split('/') {
-            node = node.children.entry(level.to_string()).or_default();
+            node = node.child(level);
         }
         let existed = match group {
             None => node.subs.insert(client.to_string(), opts).is_some(),
@@ -285,7 +302,7 @@ fn remove(node: &mut Node, levels: &[&str], client: &str, group: Option<&str>) -
             let Some(child) = node.children.get_mut(*first) else { return false };
             let removed = remove(child, rest, client, group);
             if child.is_empty() {
-                node.children.remove(*first);
+                node.remove_child(first);
             }
             removed
         }
@@ -303,7 +320,7 @@ struct Walk {
 
 fn collect(node: &mut Node, levels: &[&str], depth: usize, walk: &mut Walk, out: &mut Vec<Found>) {
     // `#` here matches this level and everything below, including the parent level itself.
-    if !(walk.dollar && depth == 0) {
+    if node.hash && !(walk.dollar && depth == 0) {
         if let Some(hash) = node.children.get_mut("#") {
             take(hash, walk, out);
         }
@@ -314,7 +331,7 @@ fn collect(node: &mut Node, levels: &[&str], depth: usize, walk: &mut Walk, out:
             if let Some(child) = node.children.get_mut(*first) {
                 collect(child, rest, depth + 1, walk, out);
             }
-            if !(walk.dollar && depth == 0) {
+            if node.plus && !(walk.dollar && depth == 0) {
                 if let Some(plus) = node.children.get_mut("+") {
                     collect(plus, rest, depth + 1, walk, out);
                 }
@@ -348,6 +365,38 @@ mod tests {
         let mut v: Vec<_> = r.route(t, "publisher").into_iter().map(|t| t.client).collect();
         v.sort();
         v
+    }
+
+    proptest::proptest! {
+        /// Random subscribes and unsubscribes (wildcards included) against a list checked
+        /// with `topic::matches`: the trie routes every topic to exactly the model's clients.
+        #[test]
+        fn routes_match_a_brute_force_model(
+            ops in proptest::collection::vec((proptest::bool::weighted(0.7), 0..4usize, 0..12usize), 1..60),
+            topics in proptest::collection::vec(0..8usize, 1..8),
+        ) {
+            const FILTERS: [&str; 12] =
+                ["#", "+", "a/#", "a/+", "+/b", "a/b", "a/b/#", "+/+/c", "a/+/c", "$SYS/#", "b", "+/b/#"];
+            const TOPICS: [&str; 8] = ["a", "a/b", "a/b/c", "b", "x/b", "$SYS/up", "a/x/c", "x/b/y"];
+            let mut r = Router::default();
+            let mut model: std::collections::BTreeSet<(String, &str)> = Default::default();
+            for (add, c, f) in ops {
+                let client = format!("c{c}");
+                if add {
+                    r.subscribe(&client, FILTERS[f], o(QoS::AtMostOnce));
+                    model.insert((client, FILTERS[f]));
+                } else {
+                    proptest::prop_assert_eq!(r.unsubscribe(&client, FILTERS[f]), model.remove(&(client.clone(), FILTERS[f])));
+                }
+            }
+            for t in topics {
+                let topic = TOPICS[t];
+                let mut want: Vec<String> =
+                    model.iter().filter(|(_, f)| topic::matches(f, topic)).map(|(c, _)| c.clone()).collect();
+                want.dedup();
+                proptest::prop_assert_eq!(clients(&mut r, topic), want, "topic {}", topic);
+            }
+        }
     }
 
     #[test]
