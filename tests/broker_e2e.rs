@@ -691,3 +691,62 @@ fn pipelined_publishes_keep_their_order_in_the_log() {
         assert_eq!(got, (1..=60).collect::<Vec<_>>(), "{client}: in the order sent");
     }
 }
+
+/// QoS 0 messages that arrive in one read are routed together: in one write, 200 QoS 0
+/// messages on two topics with a QoS 1 message after every 25th, to a subscriber of each
+/// topic and one of both. Every subscriber gets its messages in the order sent, the QoS 1
+/// ones in their place among them, and a retained QoS 0 message in the middle too.
+#[test]
+fn qos0_messages_of_one_read_keep_their_order_among_other_packets() {
+    let (_d, b) = broker();
+    let mut both = Client::connect(b.addr, "both", V5);
+    both.subscribe("batch/#", QoS::AtLeastOnce);
+    let mut a = Client::connect(b.addr, "a", V5);
+    a.subscribe("batch/a", QoS::AtLeastOnce);
+    let mut bb = Client::connect(b.addr, "b", V3);
+    bb.subscribe("batch/b", QoS::AtLeastOnce);
+    let mut p = Client::connect(b.addr, "p", V5);
+    let publish = |topic: &str, qos: QoS, payload: String| Publish {
+        dup: false,
+        qos,
+        retain: false,
+        topic: topic.into(),
+        packet_id: None,
+        properties: Properties::default(),
+        payload: Bytes::from(payload),
+    };
+    let mut out = bytes::BytesMut::new();
+    let mut sent: Vec<(String, String)> = Vec::new();
+    let mut id = 0u16;
+    for i in 0..200u32 {
+        let topic = if i % 3 == 0 { "batch/b" } else { "batch/a" };
+        let payload = format!("m{i}");
+        encode(&Packet::Publish(publish(topic, QoS::AtMostOnce, payload.clone())), V5, &mut out).unwrap();
+        sent.push((topic.to_string(), payload));
+        if i % 25 == 24 {
+            id += 1;
+            let payload = format!("q{i}");
+            let mut p1 = publish(topic, QoS::AtLeastOnce, payload.clone());
+            p1.packet_id = Some(id);
+            encode(&Packet::Publish(p1), V5, &mut out).unwrap();
+            sent.push((topic.to_string(), payload));
+        }
+        if i == 100 {
+            let mut r = publish("batch/a", QoS::AtMostOnce, "retained".into());
+            r.retain = true;
+            encode(&Packet::Publish(r), V5, &mut out).unwrap();
+            sent.push(("batch/a".to_string(), "retained".to_string()));
+        }
+    }
+    p.send_raw(&out);
+    let acked = (0..id).filter(|_| matches!(p.recv(T), Some(Packet::PubAck(_)))).count();
+    assert_eq!(acked, id as usize, "every QoS 1 message acknowledged");
+    for (c, filter) in [(&mut both, "batch/"), (&mut a, "batch/a"), (&mut bb, "batch/b")] {
+        let want: Vec<&str> = sent.iter().filter(|(t, _)| t.starts_with(filter)).map(|(_, m)| m.as_str()).collect();
+        let got: Vec<String> = drain_expecting(c, want.len(), QUIET)
+            .iter()
+            .map(|m| std::str::from_utf8(&m.payload).unwrap().to_string())
+            .collect();
+        assert_eq!(got, want, "{filter}: in the order sent");
+    }
+}

@@ -99,6 +99,8 @@ struct Conn {
     aliases: HashMap<u16, ByteStr>,
     out_aliases: OutboundAliases,
     pending: VecDeque<PendingAck>,
+    /// QoS 0 messages of the current read, routed together once it is handled.
+    qos0: Vec<Arc<Message>>,
     /// Packets to send, in order, each once the log record it waits for (if any) is durable.
     outbox: VecDeque<(Option<Completion<u64>>, Packet)>,
     /// Fires when the latest chained append (see `chain`) has been issued.
@@ -344,6 +346,7 @@ async fn accept(
                 .min(shared.limits.max_inflight().max(1)),
             client_max_packet: c.properties.maximum_packet_size.map_or(usize::MAX, |m| m as usize),
             aliases: HashMap::new(),
+            qos0: Vec::new(),
             out_aliases: OutboundAliases::new(if v5 { c.properties.topic_alias_maximum.unwrap_or(0) } else { 0 }),
             pending: VecDeque::new(),
             outbox: VecDeque::new(),
@@ -477,13 +480,34 @@ impl Conn {
 
     /// Decodes and handles every whole packet in the read buffer.
     fn handle_input(&mut self) -> Result<(), End> {
+        let handled = self.handle_packets();
+        // Received before whatever ended the connection: routed all the same.
+        self.route_qos0();
+        handled
+    }
+
+    fn handle_packets(&mut self) -> Result<(), End> {
         loop {
             let p = match decode(&mut self.rbuf, Some(self.version), self.shared.limits.max_packet_size()) {
                 Ok(Some(p)) => p,
                 Ok(None) => return Ok(()),
                 Err(e) => return Err(End::Refused(e.reason_code(), e.to_string())),
             };
+            // Any other packet may depend on the QoS 0 messages before it having been
+            // routed (a QoS 1 message on the same topic, an UNSUBSCRIBE): route them first.
+            if !matches!(&p, Packet::Publish(x) if x.qos == QoS::AtMostOnce && !x.retain) {
+                self.route_qos0();
+            }
             self.handle(p)?;
+        }
+    }
+
+    /// Routes the QoS 0 messages gathered from the read buffer, together (see
+    /// [`Shared::route_all`]).
+    fn route_qos0(&mut self) {
+        if !self.qos0.is_empty() {
+            self.shared.route_all(&self.qos0);
+            self.qos0.clear();
         }
     }
 
@@ -638,7 +662,12 @@ impl Conn {
                 if self.shared.cfg.persist_qos0 {
                     drop(self.shared.store.append(&msg));
                 }
-                self.shared.route(&msg, None);
+                if retain {
+                    self.shared.route(&msg, None);
+                } else {
+                    // Routed with the rest of this read's QoS 0 messages (`handle_packets`).
+                    self.qos0.push(msg);
+                }
                 Ok(())
             }
             (_, Some(id)) => {

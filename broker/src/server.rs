@@ -112,6 +112,50 @@ impl Shared {
         self.route_durable(msg, offset, EarlyRoute::default());
     }
 
+    /// [`Shared::route`] for messages that are not in the log (QoS 0), in order. One lock of
+    /// the router and of the session table serves them all, and each session is locked
+    /// once for its run of deliveries: under load one read brings dozens of messages, and
+    /// the two workers taking those locks in turn for each of them was most of the cost of
+    /// routing (the cache lines of the locks moving between cores).
+    pub(crate) fn route_all(&self, msgs: &[Arc<Message>]) {
+        if let [m] = msgs {
+            return self.route(m, None);
+        }
+        let routed: Vec<_> = {
+            let mut router = lock(&self.router);
+            msgs.iter().map(|m| router.route(m.topic.as_str(), &m.publisher)).collect()
+        };
+        let sessions = lock(&self.sessions);
+        // Deliveries per session, each session's in message order.
+        let mut runs: Vec<(&Arc<Mutex<Session>>, Vec<Delivery>)> = Vec::new();
+        for (m, targets) in msgs.iter().zip(&routed) {
+            for (i, t) in targets.iter().enumerate() {
+                let Some(s) = sessions.get(&t.client) else { continue };
+                // Each message of a topic routes to the same sessions in the same order:
+                // look where this target went for the previous message first.
+                let at = match runs.get(i) {
+                    Some((r, _)) if Arc::ptr_eq(r, s) => Some(i),
+                    _ => runs.iter().position(|(r, _)| Arc::ptr_eq(r, s)),
+                };
+                let d = Delivery::through(m, t, None);
+                match at {
+                    Some(k) => runs[k].1.push(d),
+                    None => runs.push((s, vec![d])),
+                }
+            }
+        }
+        let limit = self.limits.queue();
+        for (s, deliveries) in runs {
+            let mut s = lock(s);
+            for d in deliveries {
+                if s.offer(d, limit) == Queued::Dropped {
+                    self.stats.messages_dropped.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(client = ?s.client_id, "queue full; message dropped");
+                }
+            }
+        }
+    }
+
     /// Queues a QoS 1 message whose append is issued but not yet durable for the sessions
     /// that take it early (see [`crate::early_delivery`]); pass the result to
     /// [`Shared::route_durable`] once it is durable, or drop it.
