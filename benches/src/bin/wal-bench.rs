@@ -263,28 +263,36 @@ fn appends(dir: &std::path::Path, log_dir: &std::path::Path, secs: f64) {
     }
 }
 
-/// `sync = always` with appends pipelined from one thread, against the raw probe.
+/// Appends pipelined from one thread, `sync = always` in rounds against the raw probe (as
+/// [`tasks`]); `none` once, with no raw figure (it measures the CPU path alone).
 fn pipelined(dir: &std::path::Path, log_dir: &std::path::Path, secs: f64) {
-    println!("\n| sync | record | appends in flight (one thread) | appends/s | p50 µs | p99 µs | raw disk appends/s (same batch) | WAL / raw |");
-    println!("|---|---|---|---|---|---|---|---|");
-    // `none` has no raw figure: it measures the CPU path (encode, index, hand-offs) alone.
+    let rounds: usize = std::env::var("WAL_BENCH_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(3);
+    println!("\n`always`: {rounds} rounds per row, each: the WAL for --secs, then the raw probe; the median round by ratio, and every round's ratio");
+    println!("| sync | record | appends in flight (one thread) | appends/s | p50 µs | p99 µs | raw disk appends/s (same batch) | WAL / raw | ratios of all rounds |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for (name, sync) in [("always", SyncMode::Always), ("none", SyncMode::None)] {
         for size in [128usize, 1024] {
             for inflight in [1usize, 8, 64] {
-                let o = run_pipelined(log_dir, sync, size, inflight, secs);
+                let run = || run_pipelined(log_dir, sync, size, inflight, secs);
+                if sync != SyncMode::Always {
+                    let o = run();
+                    let rate = o.records as f64 / o.elapsed.as_secs_f64();
+                    println!(
+                        "| {name} | {size} B | {inflight} | {rate:.0} | {:.0} | {:.0} | - | - | - |",
+                        us(o.p50),
+                        us(o.p99)
+                    );
+                    continue;
+                }
+                let (o, raw, ratios) = alternate(dir, rounds, (size + 48) * inflight, inflight, secs, run);
                 let rate = o.records as f64 / o.elapsed.as_secs_f64();
-                let (raw, ratio) = if sync == SyncMode::Always {
-                    let batches = ((secs * 2000.0) as usize).clamp(200, 20_000);
-                    let (el, _) = raw_disk_probe(dir, (size + 48) * inflight, batches, true).expect("probe");
-                    let raw = (batches * inflight) as f64 / el.as_secs_f64();
-                    (format!("{raw:.0}"), format!("{:.0} %", 100.0 * rate / raw))
-                } else {
-                    ("-".into(), "-".into())
-                };
+                let all: Vec<_> = ratios.iter().map(|r| format!("{:.0} %", r * 100.0)).collect();
                 println!(
-                    "| {name} | {size} B | {inflight} | {rate:.0} | {:.0} | {:.0} | {raw} | {ratio} |",
+                    "| {name} | {size} B | {inflight} | {rate:.0} | {:.0} | {:.0} | {raw:.0} | {:.0} % | {} |",
                     us(o.p50),
-                    us(o.p99)
+                    us(o.p99),
+                    100.0 * rate / raw,
+                    all.join(" / ")
                 );
             }
         }
