@@ -1,8 +1,11 @@
 //! `wal-bench`: append throughput and latency of promptmq-wal, next to a raw-disk probe of the
 //! same I/O pattern measured in the same run, plus the recovery scan rate.
 //!
-//! Usage: `cargo run --release -p promptmq-benches --bin wal-bench -- [--dir DIR] [--secs N]`
+//! Usage: `cargo run --release -p promptmq-benches --bin wal-bench -- [--dir DIR] [--secs N]
+//! [--only append|pipelined|tasks|recovery]`
 //! Each scenario runs for `--secs` (default 3) or 2 000 000 appends, whichever comes first.
+//! `pipelined` and `tasks` run each `sync = always` row `WAL_BENCH_ROUNDS` times (default 3),
+//! each round followed by the raw probe, and report the median round.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
