@@ -145,14 +145,45 @@ pub(crate) fn scan(
     mut each: impl FnMut(&RecordView<'_>, u64) -> Result<()>,
 ) -> Result<SegmentScan> {
     let mut st = ScanState::new(start, first_lsn);
+    st.zero_from = zero_tail_start(data) as u64;
     scan_part(path, data, 0, true, &mut st, max_body, &mut each)?;
     Ok(st.scan)
+}
+
+/// Where the run of zero bytes that ends `data` starts (`data.len()` if it ends with
+/// anything else). A segment is zero-filled ahead of its writes when the log preallocates
+/// (see `Options::preallocate`), so the bytes after its last record are zeros: no valid
+/// record begins with zeros (its length field is at least [`MIN_BODY_LEN`]), so a scan that
+/// finds no record where only zeros follow has reached the end, not damage.
+fn zero_tail_start(data: &[u8]) -> usize {
+    data.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1)
+}
+
+/// [`zero_tail_start`] of a whole file, read backwards a chunk at a time.
+fn file_zero_tail_start(path: &Path, file: &File) -> Result<u64> {
+    use std::os::unix::fs::FileExt;
+    let len = file.metadata().map_err(|e| Error::io("reading the size of", path, e))?.len();
+    let mut buf = vec![0u8; SCAN_CHUNK];
+    let mut end = len;
+    while end > 0 {
+        let start = end.saturating_sub(SCAN_CHUNK as u64);
+        let part = &mut buf[..(end - start) as usize];
+        file.read_exact_at(part, start).map_err(|e| Error::io("reading", path, e))?;
+        let z = zero_tail_start(part);
+        if z > 0 {
+            return Ok(start + z as u64);
+        }
+        end = start;
+    }
+    Ok(0)
 }
 
 /// Where a scan has got to; positions are file offsets.
 struct ScanState {
     pos: u64,
     next_lsn: u64,
+    /// From here to the end of the file there are only zeros (see [`zero_tail_start`]).
+    zero_from: u64,
     scan: SegmentScan,
 }
 
@@ -162,6 +193,7 @@ impl ScanState {
         ScanState {
             pos,
             next_lsn: first_lsn,
+            zero_from: u64::MAX,
             scan: SegmentScan { valid_end: pos, records: 0, last_lsn: None, bad: Vec::new() },
         }
     }
@@ -177,6 +209,8 @@ enum Stopped {
     /// The next bytes are not a valid record: finding where valid records resume needs the
     /// rest of the file.
     Damaged,
+    /// Only zeros follow the last record: the segment ends here (preallocated space).
+    End,
 }
 
 /// Scans `data`, the bytes of the file from offset `base`, from `st.pos` on. With `at_eof`
@@ -205,6 +239,7 @@ fn scan_part(
                 st.scan.valid_end = st.pos;
                 continue;
             }
+            _ if st.pos >= st.zero_from => return Ok(Stopped::End),
             DecodedView::Incomplete if !at_eof => return Ok(Stopped::NeedMore),
             _ if !at_eof => return Ok(Stopped::Damaged),
             DecodedView::Record(..) => "record LSN goes backwards",
@@ -250,6 +285,8 @@ pub(crate) struct SegmentFile<'b> {
     path: PathBuf,
     /// `None` once everything is in `buf` (compressed, or read to its end).
     file: Option<File>,
+    /// Where the zeros that end the file start (see [`zero_tail_start`]).
+    zero_from: u64,
     buf: &'b mut Vec<u8>,
     /// Bytes per read ([`SCAN_CHUNK`]; tests use small ones to cross many boundaries).
     chunk: usize,
@@ -267,13 +304,17 @@ impl<'b> SegmentFile<'b> {
         let mut file = File::open(path).map_err(|e| Error::io("opening", path, e))?;
         read_chunk(path, &mut file, buf, chunk)?;
         let compressed = SegmentHeader::decode(buf).is_ok_and(|h| h.flags & format::SEGMENT_FLAG_COMPRESSED != 0);
-        let mut seg = SegmentFile { path: path.into(), file: Some(file), buf, chunk };
+        let mut seg = SegmentFile { path: path.into(), file: Some(file), zero_from: u64::MAX, buf, chunk };
         if compressed {
             seg.file = None;
             load_into(path, seg.buf)?;
         } else if seg.buf.len() < chunk {
             seg.file = None; // the whole file fitted
         }
+        seg.zero_from = match &seg.file {
+            None => zero_tail_start(seg.buf) as u64,
+            Some(f) => file_zero_tail_start(path, f)?,
+        };
         Ok(seg)
     }
 
@@ -293,10 +334,14 @@ impl<'b> SegmentFile<'b> {
         mut each: impl FnMut(&RecordView<'_>, u64) -> Result<()>,
     ) -> Result<SegmentScan> {
         let mut st = ScanState::new(start, first_lsn);
+        st.zero_from = self.zero_from;
         let mut base = 0u64; // file offset of buf[0]
         loop {
             let at_eof = self.file.is_none();
             let stopped = scan_part(&self.path, self.buf, base, at_eof, &mut st, max_body, &mut each)?;
+            if stopped == Stopped::End {
+                return Ok(st.scan);
+            }
             let Some(file) = self.file.as_mut() else {
                 return Ok(st.scan);
             };
@@ -311,7 +356,7 @@ impl<'b> SegmentFile<'b> {
                     file.read_to_end(self.buf).map_err(|e| Error::io("reading", &self.path, e))?;
                     self.file = None;
                 }
-                Stopped::Done | Stopped::NeedMore => {
+                Stopped::Done | Stopped::NeedMore | Stopped::End => {
                     let want = self.chunk.max(self.buf.len());
                     if read_chunk(&self.path, file, self.buf, want)? < want {
                         self.file = None;
@@ -439,6 +484,87 @@ mod tests {
         assert_eq!(lsns, vec![10, 11, 12, 13, 14]);
         assert_eq!(s.valid_end, len);
         assert!(s.bad.is_empty());
+    }
+
+    /// Scans `data` whole and, written to a file, in chunks of `chunk` bytes.
+    fn scan_both(data: &[u8], chunk: usize) -> [(SegmentScan, Vec<u64>); 2] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.seg");
+        std::fs::write(&path, data).unwrap();
+        let mut whole = Vec::new();
+        let a = scan(&path, data, 0, 10, 1 << 20, |r, _| {
+            whole.push(r.meta.lsn);
+            Ok(())
+        })
+        .unwrap();
+        let mut buf = Vec::new();
+        let mut chunked = Vec::new();
+        let b = SegmentFile::open_chunked(&path, &mut buf, chunk)
+            .unwrap()
+            .scan(0, 10, 1 << 20, |r, _| {
+                chunked.push(r.meta.lsn);
+                Ok(())
+            })
+            .unwrap();
+        [(a, whole), (b, chunked)]
+    }
+
+    #[test]
+    fn zeros_after_the_last_record_are_the_end_not_damage() {
+        let (_, mut data, _) = segment(5);
+        let end = data.len() as u64;
+        data.resize(data.len() + 100_000, 0);
+        for chunk in [64, 4096, 1 << 20] {
+            for (s, lsns) in scan_both(&data, chunk) {
+                assert_eq!(lsns, vec![10, 11, 12, 13, 14]);
+                assert_eq!(s.valid_end, end);
+                assert!(s.bad.is_empty(), "chunk {chunk}: {:?}", s.bad);
+            }
+        }
+    }
+
+    #[test]
+    fn zeros_followed_by_anything_are_still_damage() {
+        // A zeroed record in the middle: the records after it are found and kept.
+        let (_, mut data, starts) = segment(5);
+        let (a, b) = (starts[2] as usize, starts[3] as usize);
+        data[a..b].fill(0);
+        for chunk in [64, 1 << 20] {
+            for (s, lsns) in scan_both(&data, chunk) {
+                assert_eq!(lsns, vec![10, 11, 13, 14]);
+                assert_eq!(s.bad.len(), 1, "chunk {chunk}");
+                assert!(!s.bad[0].at_tail);
+            }
+        }
+        // Zeros, then a byte of a torn write: a torn tail, reported.
+        let (_, mut data, starts) = segment(5);
+        let end = data.len();
+        data.resize(end + 5000, 0);
+        data[end + 4000] = 7;
+        for chunk in [64, 1 << 20] {
+            for (s, lsns) in scan_both(&data, chunk) {
+                assert_eq!(lsns.len(), 5);
+                assert_eq!(s.valid_end, end as u64);
+                assert_eq!(s.bad.len(), 1, "chunk {chunk}");
+                assert!(s.bad[0].at_tail);
+            }
+        }
+        let _ = starts;
+    }
+
+    #[test]
+    fn a_last_record_ending_in_zeros_is_kept() {
+        let h = SegmentHeader { version: FORMAT_VERSION, flags: 0, shard: 0, first_lsn: 10 };
+        let mut data = h.encode().to_vec();
+        let m = RecordMeta { lsn: 10, stream: 1, offset: 0, timestamp_ms: 0, flags: 0 };
+        encode_record(&mut data, &m, None, &[0u8; 300]);
+        let end = data.len() as u64;
+        data.resize(data.len() + 1000, 0);
+        for (s, lsns) in scan_both(&data, 64) {
+            assert_eq!(lsns, vec![10]);
+            assert_eq!(s.valid_end, end);
+            assert!(s.bad.is_empty());
+        }
     }
 
     #[test]
