@@ -45,6 +45,7 @@ mod options;
 mod recovery;
 mod segment;
 mod shard;
+mod spare;
 mod stream;
 mod sync;
 mod tail;

@@ -385,9 +385,15 @@ pub const SUGGESTED_MAINTENANCE_INTERVAL: Duration = Duration::from_secs(60);
 pub(crate) fn remove_leftovers(shard_dir: &Path) -> Result<()> {
     let rd = std::fs::read_dir(shard_dir).map_err(|e| Error::io("listing", shard_dir, e))?;
     for entry in rd.flatten() {
-        if entry.file_name().to_string_lossy().ends_with(TMP_EXTENSION) {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.ends_with(TMP_EXTENSION) {
             let p = entry.path();
             tracing::info!(file = %p.display(), "removing an unfinished compaction output");
+            std::fs::remove_file(&p).map_err(|e| Error::io("removing", &p, e))?;
+        } else if name == crate::spare::SPARE_NAME {
+            // Possibly half made when the process stopped: a new one is made when needed.
+            let p = entry.path();
             std::fs::remove_file(&p).map_err(|e| Error::io("removing", &p, e))?;
         }
     }

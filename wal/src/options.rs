@@ -85,6 +85,7 @@ pub struct Options {
     pub(crate) max_batch_bytes: usize,
     pub(crate) create: bool,
     pub(crate) full_recovery: bool,
+    pub(crate) preallocate: bool,
     pub(crate) observer: Option<std::sync::Arc<dyn crate::CommitObserver>>,
 }
 
@@ -101,6 +102,7 @@ impl Default for Options {
             max_batch_bytes: 4 << 20,
             create: true,
             full_recovery: false,
+            preallocate: true,
             observer: None,
         }
     }
@@ -121,6 +123,15 @@ impl Options {
     /// Size at which a segment file is sealed and a new one started (default 64 MiB).
     pub fn segment_bytes(mut self, n: u64) -> Self {
         self.segment_bytes = n;
+        self
+    }
+    /// Whether each shard prepares its next segment ahead of time, written full of zeros
+    /// and synced (default true; not with [`SyncMode::None`], which never syncs). A sync then
+    /// carries the appended data alone instead of also the file's new size: measured 1.3–2.6×
+    /// more commits per second on ext4. Costs one spare segment of disk per shard (made
+    /// once the active one is half full) and writing it once.
+    pub fn preallocate(mut self, on: bool) -> Self {
+        self.preallocate = on;
         self
     }
     /// The sync mode (default [`SyncMode::Always`]).

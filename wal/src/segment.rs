@@ -32,7 +32,9 @@ pub(crate) fn list_segments(shard_dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
         let name = name.to_string_lossy();
         match name.strip_suffix(SEGMENT_SUFFIX).and_then(|n| n.parse::<u64>().ok()) {
             Some(lsn) => out.push((lsn, entry.path())),
-            None if name.ends_with(crate::maintenance::TMP_EXTENSION) || name.ends_with(".seg.bad") => {}
+            None if name.ends_with(crate::maintenance::TMP_EXTENSION)
+                || name.ends_with(".seg.bad")
+                || name == crate::spare::SPARE_NAME => {}
             None => {
                 tracing::warn!(file = %entry.path().display(), "ignoring a file that is not a segment")
             }

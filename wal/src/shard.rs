@@ -182,7 +182,15 @@ impl Shard {
         segment_bytes: u64,
         max_batch_bytes: usize,
         queue_bytes: usize,
+        preallocate: bool,
     ) -> Result<Shard> {
+        let spares = match preallocate {
+            true => Some(
+                crate::spare::Spares::start(&shared.dir, segment_bytes, format!("wal-spare-{}", shared.id))
+                    .map_err(|e| Error::io("starting the spare-segment thread of", shared.dir.clone(), e))?,
+            ),
+            false => None,
+        };
         let (file, seg_first, seg_len) = match start.active {
             Some((first, len)) => {
                 let path = segment_path(&shared.dir, first);
@@ -214,6 +222,8 @@ impl Shard {
             scratch: Vec::new(),
             local: Default::default(),
             summary: start.summary,
+            spares,
+            spare_asked: false,
         };
         let sink = Arc::new(crate::sync::Mutex::new(writer));
         let (q, s) = (queue.clone(), sink.clone());
@@ -287,6 +297,10 @@ struct ShardWriter {
     local: crate::hash::IdMap<u64>,
     /// What the active segment holds; stored in the index when the segment is sealed.
     summary: SegSummary,
+    /// Prepares the next segment (see [`crate::spare`]); `None` without preallocation.
+    spares: Option<crate::spare::Spares>,
+    /// A spare was asked for since the last roll.
+    spare_asked: bool,
 }
 
 fn now_ms() -> u64 {
@@ -337,7 +351,17 @@ impl ShardWriter {
         }
         let first = self.next_lsn;
         let path = segment_path(&self.shared.dir, first);
-        let mut f = self.backend.create(&path).map_err(|e| Error::io("creating", &path, e))?;
+        let mut f = match self.spares.as_ref().and_then(|s| s.take()) {
+            Some(spare) => match std::fs::rename(&spare, &path).and_then(|_| self.backend.open(&path)) {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), error = %e, "could not use the spare segment; creating one");
+                    let _ = std::fs::remove_file(&path);
+                    self.backend.create(&path).map_err(|e| Error::io("creating", &path, e))?
+                }
+            },
+            None => self.backend.create(&path).map_err(|e| Error::io("creating", &path, e))?,
+        };
         let header = SegmentHeader { version: FORMAT_VERSION, flags: 0, shard: self.shared.id, first_lsn: first };
         let durable = self.sync != SyncMode::None;
         let res = f
@@ -360,9 +384,20 @@ impl ShardWriter {
                 tracing::warn!(shard = self.shared.id, error = %e, "could not store a sealed segment's summary");
             }
         }
+        if let Some(old) = self.file.as_mut() {
+            // A segment made from a spare ends in zeros: cut it to its records. Recovery
+            // would read the zeros as the end anyway, so a failure here costs only space.
+            let old_path = segment_path(&self.shared.dir, self.seg_first);
+            if std::fs::metadata(&old_path).is_ok_and(|m| m.len() > self.seg_len) {
+                if let Err(e) = old.truncate(self.seg_len) {
+                    tracing::warn!(file = %old_path.display(), error = %e, "could not cut a sealed segment to its length");
+                }
+            }
+        }
         self.file = Some(f);
         self.seg_first = first;
         self.seg_len = SEGMENT_HEADER_LEN as u64;
+        self.spare_asked = false;
         self.synced_len = self.seg_len;
         self.unsynced_since = None;
         self.shared.add_segment(first);
@@ -457,6 +492,13 @@ impl ShardWriter {
         }
         self.seg_len += self.buf.len() as u64;
         self.next_lsn = lsn;
+        if !self.spare_asked && self.seg_len.saturating_mul(2) >= self.segment_bytes {
+            // Half way: time enough to write the next one before it is needed.
+            if let Some(s) = &self.spares {
+                s.want();
+            }
+            self.spare_asked = true;
+        }
         self.unsynced_since.get_or_insert_with(Instant::now);
         match self.sync {
             _ if force_sync && self.synced_len < self.seg_len => self.sync_now()?,

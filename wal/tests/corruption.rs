@@ -71,12 +71,14 @@ fn truncating_the_newest_segment_anywhere_keeps_the_valid_prefix() {
         copy_dir(pristine.path(), work.path());
         let target = work.path().join(last.strip_prefix(pristine.path()).unwrap());
         std::fs::OpenOptions::new().write(true).open(&target).unwrap().set_len(cut).unwrap();
-        for mode in [RecoveryMode::Strict, RecoveryMode::Tolerant] {
+        // The newest segment may have been made from a zero-filled spare: a cut in its
+        // zeros loses nothing. Each open below appends one record.
+        for (appended, mode) in [RecoveryMode::Strict, RecoveryMode::Tolerant].into_iter().enumerate() {
             let wal = open(work.path(), mode).unwrap_or_else(|e| panic!("cut at {cut}, {mode:?}: {e}"));
             let got = offsets(&wal);
             // A torn tail loses a suffix and nothing else.
             assert_eq!(got, (0..got.len() as u64).collect::<Vec<_>>(), "cut at {cut}");
-            assert!(got.len() as u64 <= RECORDS);
+            assert!(got.len() as u64 <= RECORDS + appended as u64);
             // The log accepts appends after the repair, continuing the offsets.
             let s = wal.lookup("s").unwrap();
             let next = wal.append(&s, common::payload(0, got.len() as u64)).wait().unwrap();
