@@ -121,7 +121,7 @@ fn make(path: &Path, bytes: u64, stopped: &dyn Fn() -> bool) -> io::Result<bool>
         f.write_all_at(&zeros[..n], at)?;
         at += n as u64;
         chunks += 1;
-        if chunks % SYNC_EVERY == 0 {
+        if chunks.is_multiple_of(SYNC_EVERY) {
             f.sync_data()?;
         }
     }
