@@ -15,8 +15,31 @@ pub fn raw_disk_probe(
     batches: usize,
     sync: bool,
 ) -> std::io::Result<(Duration, Vec<Duration>)> {
+    raw_disk_probe_in(dir, batch_bytes, batches, sync, false)
+}
+
+/// [`raw_disk_probe`], with `zeroed`: into a file written full of zeros and synced first,
+/// as the log's preallocated segments are (a sync then carries data, not a new file size).
+pub fn raw_disk_probe_in(
+    dir: &Path,
+    batch_bytes: usize,
+    batches: usize,
+    sync: bool,
+    zeroed: bool,
+) -> std::io::Result<(Duration, Vec<Duration>)> {
     let path = dir.join("raw-probe.bin");
     let f = OpenOptions::new().create(true).truncate(true).read(true).write(true).open(&path)?;
+    if zeroed {
+        let zeros = vec![0u8; 1 << 20];
+        let total = (batch_bytes * batches) as u64;
+        let mut at = 0u64;
+        while at < total {
+            let n = (total - at).min(zeros.len() as u64) as usize;
+            f.write_all_at(&zeros[..n], at)?;
+            at += n as u64;
+        }
+        f.sync_all()?;
+    }
     let buf = vec![0x5au8; batch_bytes];
     let mut lat = Vec::with_capacity(batches);
     let start = Instant::now();

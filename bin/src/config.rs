@@ -253,6 +253,9 @@ pub struct Storage {
     pub retention: RetentionCfg,
     /// Rewrite sealed segments zstd-compressed during maintenance.
     pub compress: bool,
+    /// Prepare each next segment ahead of time, zero-filled (faster syncs; one spare
+    /// segment of disk per shard).
+    pub preallocate: bool,
     /// Seconds between retention / compaction runs (> 0).
     pub maintenance_interval_secs: u64,
 }
@@ -348,6 +351,7 @@ impl Default for Config {
                 verify_all_on_start: false,
                 retention: RetentionCfg::default(),
                 compress: b.storage.compress,
+                preallocate: b.storage.preallocate,
                 maintenance_interval_secs: b.storage.maintenance_interval.as_secs(),
             },
             limits: Limits {
@@ -563,6 +567,7 @@ impl Config {
                 max_records: limit(st.retention.max_messages),
             },
             compress: st.compress,
+            preallocate: st.preallocate,
             maintenance_interval: Duration::from_secs(st.maintenance_interval_secs),
         };
         b.allow_anonymous = self.auth.allow_anonymous;

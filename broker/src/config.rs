@@ -28,6 +28,9 @@ pub struct StorageSettings {
     pub retention: promptmq_wal::Retention,
     /// Rewrite sealed segments zstd-compressed during maintenance.
     pub compress: bool,
+    /// Prepare each next segment ahead of time, zero-filled (`promptmq_wal::Options::preallocate`):
+    /// faster syncs for one spare segment of disk per shard.
+    pub preallocate: bool,
     /// How often retention and compaction run.
     pub maintenance_interval: Duration,
 }
@@ -42,6 +45,7 @@ impl Default for StorageSettings {
             verify_all_on_start: false,
             retention: promptmq_wal::Retention::FOREVER,
             compress: false,
+            preallocate: true,
             maintenance_interval: promptmq_wal::SUGGESTED_MAINTENANCE_INTERVAL,
         }
     }

@@ -50,6 +50,7 @@ impl Store {
             .segment_bytes(settings.segment_bytes)
             .recovery(settings.recovery)
             .full_recovery(settings.verify_all_on_start)
+            .preallocate(settings.preallocate)
             .observer(observer);
         opts = opts.shards(settings.shards.unwrap_or_else(default_shards));
         let mut store = match &settings.backend {

@@ -20,10 +20,10 @@ use std::thread::JoinHandle;
 /// Name of the spare in its shard's directory (removed at open, like other leftovers).
 pub(crate) const SPARE_NAME: &str = "next.seg.spare";
 
-/// Zeros written per call, and synced every this many calls: the device is not handed one
-/// flush of a whole segment at once, which would hold the log's own syncs behind it.
+/// Zeros written per call. After each, writeback of the chunk is started without waiting
+/// (`sync_file_range`), so the zeros reach the disk as a steady stream beside the log's own
+/// writes instead of as one flush of a whole segment that the log's syncs would queue behind.
 const ZERO_CHUNK: usize = 1 << 20;
-const SYNC_EVERY: u64 = 4;
 
 #[derive(Default)]
 struct State {
@@ -90,12 +90,16 @@ impl Spares {
         lock(&self.shared.0).ready.take()
     }
 
-    /// Stops the thread (a spare being made is abandoned and removed).
+    /// Stops the thread; a spare being made is abandoned and a ready one removed (a closed
+    /// log leaves no spare behind; the next open would remove it anyway).
     pub(crate) fn stop(&mut self) {
         lock(&self.shared.0).stop = true;
         self.shared.1.notify_all();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
+        }
+        if let Some(p) = lock(&self.shared.0).ready.take() {
+            let _ = std::fs::remove_file(p);
         }
     }
 }
@@ -112,21 +116,25 @@ fn make(path: &Path, bytes: u64, stopped: &dyn Fn() -> bool) -> io::Result<bool>
     let f = OpenOptions::new().create(true).truncate(true).write(true).open(path)?;
     let zeros = vec![0u8; ZERO_CHUNK];
     let mut at = 0u64;
-    let mut chunks = 0u64;
     while at < bytes {
         if stopped() {
             return Ok(false);
         }
         let n = (bytes - at).min(ZERO_CHUNK as u64) as usize;
         f.write_all_at(&zeros[..n], at)?;
+        start_writeback(&f, at, n as u64);
         at += n as u64;
-        chunks += 1;
-        if chunks.is_multiple_of(SYNC_EVERY) {
-            f.sync_data()?;
-        }
     }
     f.sync_all()?;
     Ok(true)
+}
+
+/// Starts writing `len` bytes at `at` back to the disk, without waiting. Only a hint: the
+/// final `fsync` is what makes the spare durable, so a failure here changes nothing.
+fn start_writeback(f: &std::fs::File, at: u64, len: u64) {
+    use std::os::unix::io::AsRawFd;
+    // SAFETY: sync_file_range on a valid, owned descriptor has no memory-safety preconditions.
+    let _ = unsafe { libc::sync_file_range(f.as_raw_fd(), at as i64, len as i64, libc::SYNC_FILE_RANGE_WRITE) };
 }
 
 #[cfg(test)]

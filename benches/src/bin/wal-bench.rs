@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use promptmq_benches::{percentile, raw_disk_probe};
+use promptmq_benches::{percentile, raw_disk_probe, raw_disk_probe_in};
 use promptmq_wal::{Options, SyncMode, Wal};
 
 const MAX_APPENDS: u64 = 2_000_000;
@@ -64,9 +64,7 @@ fn run_appends(dir: &std::path::Path, sync: SyncMode, size: usize, writers: usiz
 /// One thread keeping `inflight` appends outstanding (as the broker's connections do):
 /// submit, and whenever `inflight` are pending, wait for the oldest.
 fn run_pipelined(dir: &std::path::Path, sync: SyncMode, size: usize, inflight: usize, secs: f64) -> Outcome {
-    let _ = std::fs::remove_dir_all(dir);
-    let wal = Wal::open(dir, Options::default().shards(1).sync(sync)).expect("open");
-    let stream = wal.stream("bench").expect("stream");
+    let (wal, stream) = open_steady(dir, sync);
     let payload = bytes::Bytes::from(vec![0xabu8; size]);
     let mut pending = std::collections::VecDeque::with_capacity(inflight);
     let mut lats = Vec::with_capacity(1 << 20);
@@ -99,12 +97,52 @@ fn run_pipelined(dir: &std::path::Path, sync: SyncMode, size: usize, inflight: u
     Outcome { records: lats.len() as u64, elapsed, p50: percentile(&mut lats, 50.0), p99: percentile(&mut lats, 99.0) }
 }
 
+/// Whether the `pipelined` and `tasks` logs preallocate (`WAL_BENCH_PREALLOCATE=0`: no); the
+/// raw probe they are compared with then writes into a zero-filled file too.
+fn preallocating() -> bool {
+    std::env::var("WAL_BENCH_PREALLOCATE").map_or(true, |v| v != "0")
+}
+
+/// Segment size of the `pipelined` and `tasks` runs (MiB, `WAL_BENCH_SEGMENT_MB`, default 16).
+fn segment_bytes() -> u64 {
+    std::env::var("WAL_BENCH_SEGMENT_MB").ok().and_then(|m| m.parse().ok()).unwrap_or(16u64) << 20
+}
+
+/// A fresh one-shard log in its steady state: the first segment of a new log is an ordinary
+/// growing file, every later one is made from a zero-filled spare (`Options::preallocate`,
+/// off with `WAL_BENCH_PREALLOCATE=0`). So the first segment is filled, untimed, with 1 MiB
+/// records — waiting for the spare once it is asked for, half way — and the timed appends
+/// go to the second, as they would in a log that has been running for a while.
+fn open_steady(dir: &std::path::Path, sync: SyncMode) -> (Wal, promptmq_wal::Stream) {
+    let _ = std::fs::remove_dir_all(dir);
+    let seg = segment_bytes();
+    let prealloc = preallocating();
+    let wal =
+        Wal::open(dir, Options::default().shards(1).sync(sync).segment_bytes(seg).preallocate(prealloc)).expect("open");
+    let stream = wal.stream("bench").expect("stream");
+    let fill = wal.stream("fill").expect("stream");
+    let big = bytes::Bytes::from(vec![0x11u8; 1 << 20]);
+    let spare = dir.join("shards").join("0000").join("next.seg.spare");
+    let mut written = 0u64;
+    while written <= seg {
+        wal.append(&fill, big.clone()).wait().expect("prefill");
+        written += 1 << 20;
+        if prealloc && sync != SyncMode::None && written > seg / 2 && written <= seg / 2 + (1 << 20) {
+            let t = Instant::now();
+            while std::fs::metadata(&spare).map_or(true, |m| m.len() < seg) && t.elapsed() < Duration::from_secs(10) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            // Made and synced once its length is complete and the thread has let go of it.
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    (wal, stream)
+}
+
 /// `tasks` tokio tasks on a multi-threaded runtime (one worker per core), each appending
 /// and awaiting its append in a loop: how an async server uses the log.
 fn run_tasks(dir: &std::path::Path, sync: SyncMode, size: usize, tasks: usize, secs: f64) -> Outcome {
-    let _ = std::fs::remove_dir_all(dir);
-    let wal = Wal::open(dir, Options::default().shards(1).sync(sync)).expect("open");
-    let stream = wal.stream("bench").expect("stream");
+    let (wal, stream) = open_steady(dir, sync);
     let payload = bytes::Bytes::from(vec![0xabu8; size]);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     let stop = Arc::new(AtomicBool::new(false));
@@ -158,7 +196,7 @@ fn alternate(
         let o = wal_run();
         let rate = o.records as f64 / o.elapsed.as_secs_f64();
         let batches = ((secs * 2000.0) as usize).clamp(200, 20_000);
-        let (el, _) = raw_disk_probe(dir, batch_bytes, batches, true).expect("probe");
+        let (el, _) = raw_disk_probe_in(dir, batch_bytes, batches, true, preallocating()).expect("probe");
         let raw = (batches * batch_records) as f64 / el.as_secs_f64();
         done.push((rate / raw, raw, o));
     }
