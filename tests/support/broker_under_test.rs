@@ -21,6 +21,9 @@ fn main() {
         // Two shards whatever the machine: session records and messages then land in
         // different shard logs, whose syncs are independent — the harder case for a kill.
         cfg.storage.shards = Some(2);
+        // Small segments: a kill loop then also lands between rolls, while a spare segment
+        // is being made, and in segments made from spares (zero-filled ahead of use).
+        cfg.storage.segment_bytes = 1 << 20;
         let broker = match Broker::start(cfg).await {
             Ok(b) => b,
             Err(e) => {
