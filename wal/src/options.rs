@@ -127,8 +127,9 @@ impl Options {
     }
     /// Whether each shard prepares its next segment ahead of time, written full of zeros
     /// and synced (default true; not with [`SyncMode::None`], which never syncs). A sync then
-    /// carries the appended data alone instead of also the file's new size: measured 1.3–2.6×
-    /// more commits per second on ext4. Costs one spare segment of disk per shard (made
+    /// carries the appended data alone instead of also the file's new size: on ext4, 1.3–2.6×
+    /// more syncs per second in a plain write-and-sync loop, 1.2–1.5× more appends per second
+    /// through the log (BENCHMARKS.md). Costs one spare segment of disk per shard (made
     /// once the active one is half full) and writing it once.
     pub fn preallocate(mut self, on: bool) -> Self {
         self.preallocate = on;

@@ -3,7 +3,8 @@
 //! A sync of a write that grows a file must also commit the file's new size (on ext4 a
 //! journal commit and a second device flush); a sync of a write into blocks that already
 //! hold data — zeros written and synced earlier — carries the data alone. Measured on this
-//! project's test machine: 1.3–2.6× more commits per second (BENCHMARKS.md, session 7).
+//! project's test machine: 1.3–2.6× more write-and-sync rounds per second, 1.2–1.5× more
+//! appends per second through the log (BENCHMARKS.md, session 7).
 //!
 //! So each shard keeps one spare segment file ready: a thread writes it full of zeros and
 //! syncs it, off the commit path, once the active segment is half full; the writer renames it
