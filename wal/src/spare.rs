@@ -21,10 +21,13 @@ use std::thread::JoinHandle;
 /// Name of the spare in its shard's directory (removed at open, like other leftovers).
 pub(crate) const SPARE_NAME: &str = "next.seg.spare";
 
-/// Zeros written per call. After each, writeback of the chunk is started without waiting
-/// (`sync_file_range`), so the zeros reach the disk as a steady stream beside the log's own
-/// writes instead of as one flush of a whole segment that the log's syncs would queue behind.
-const ZERO_CHUNK: usize = 1 << 20;
+/// Zeros written per call; each chunk is written back before the next (`sync_file_range`)
+/// and followed by a pause. The log's own syncs queue behind whatever of the spare is in
+/// the device: one chunk at a time (about a millisecond here) instead of a whole segment
+/// flushed at once (tens of them: p99 of `sync = always` appends 9–13 ms with 4 MiB flushes,
+/// the broker's p99 at 20 k msg/s 11–17 ms against 9 ms without spares).
+const ZERO_CHUNK: usize = 256 << 10;
+const PAUSE: std::time::Duration = std::time::Duration::from_millis(2);
 
 #[derive(Default)]
 struct State {
@@ -123,19 +126,22 @@ fn make(path: &Path, bytes: u64, stopped: &dyn Fn() -> bool) -> io::Result<bool>
         }
         let n = (bytes - at).min(ZERO_CHUNK as u64) as usize;
         f.write_all_at(&zeros[..n], at)?;
-        start_writeback(&f, at, n as u64);
+        write_back(&f, at, n as u64);
         at += n as u64;
+        std::thread::sleep(PAUSE);
     }
     f.sync_all()?;
     Ok(true)
 }
 
-/// Starts writing `len` bytes at `at` back to the disk, without waiting. Only a hint: the
-/// final `fsync` is what makes the spare durable, so a failure here changes nothing.
-fn start_writeback(f: &std::fs::File, at: u64, len: u64) {
+/// Writes `len` bytes at `at` back to the disk and waits for them (data only, no journal
+/// commit). Pacing only: the final `fsync` is what makes the spare durable, so a failure
+/// here changes nothing.
+fn write_back(f: &std::fs::File, at: u64, len: u64) {
     use std::os::unix::io::AsRawFd;
+    let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE | libc::SYNC_FILE_RANGE_WRITE | libc::SYNC_FILE_RANGE_WAIT_AFTER;
     // SAFETY: sync_file_range on a valid, owned descriptor has no memory-safety preconditions.
-    let _ = unsafe { libc::sync_file_range(f.as_raw_fd(), at as i64, len as i64, libc::SYNC_FILE_RANGE_WRITE) };
+    let _ = unsafe { libc::sync_file_range(f.as_raw_fd(), at as i64, len as i64, flags) };
 }
 
 #[cfg(test)]
