@@ -129,8 +129,9 @@ impl Options {
     /// and synced (default true; not with [`SyncMode::None`], which never syncs). A sync then
     /// carries the appended data alone instead of also the file's new size: on ext4, 1.3–2.6×
     /// more syncs per second in a plain write-and-sync loop, 1.2–1.5× more appends per second
-    /// through the log (BENCHMARKS.md). Costs one spare segment of disk per shard (made
-    /// once the active one is half full) and writing it once.
+    /// through the log for small records, none at ~90 MB/s of log (BENCHMARKS.md). Costs one
+    /// spare segment of disk per shard (made once the active one is half full), and every
+    /// segment is written twice (zeros first, paced; see `spare`).
     pub fn preallocate(mut self, on: bool) -> Self {
         self.preallocate = on;
         self
