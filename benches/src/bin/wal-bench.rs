@@ -206,9 +206,27 @@ fn alternate(
     (o, raw, ratios)
 }
 
+/// Rounds per `always` row of `pipelined` and `tasks` (`WAL_BENCH_ROUNDS`, default 3).
+fn rounds() -> usize {
+    std::env::var("WAL_BENCH_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(3)
+}
+
+/// One table row of a scenario measured in rounds against the raw probe (see [`alternate`]).
+fn print_ratio_row(sync: &str, size: usize, concurrency: usize, o: &Outcome, raw: f64, ratios: &[f64]) {
+    let rate = o.records as f64 / o.elapsed.as_secs_f64();
+    let all: Vec<_> = ratios.iter().map(|r| format!("{:.0} %", r * 100.0)).collect();
+    println!(
+        "| {sync} | {size} B | {concurrency} | {rate:.0} | {:.0} | {:.0} | {raw:.0} | {:.0} % | {} |",
+        us(o.p50),
+        us(o.p99),
+        100.0 * rate / raw,
+        all.join(" / ")
+    );
+}
+
 /// Concurrent async appenders (tokio tasks), `sync = always`, in rounds against the raw probe.
 fn tasks(dir: &std::path::Path, log_dir: &std::path::Path, secs: f64) {
-    let rounds: usize = std::env::var("WAL_BENCH_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(3);
+    let rounds = rounds();
     println!("\n{rounds} rounds per row, each: the WAL for --secs, then the raw probe; the median round by ratio, and every round's ratio");
     println!("| sync | record | tasks | appends/s | p50 µs | p99 µs | raw disk appends/s (same batch) | WAL / raw | ratios of all rounds |");
     println!("|---|---|---|---|---|---|---|---|---|");
@@ -217,15 +235,7 @@ fn tasks(dir: &std::path::Path, log_dir: &std::path::Path, secs: f64) {
             let (o, raw, ratios) = alternate(dir, rounds, (size + 48) * n, n, secs, || {
                 run_tasks(log_dir, SyncMode::Always, size, n, secs)
             });
-            let rate = o.records as f64 / o.elapsed.as_secs_f64();
-            let all: Vec<_> = ratios.iter().map(|r| format!("{:.0} %", r * 100.0)).collect();
-            println!(
-                "| always | {size} B | {n} | {rate:.0} | {:.0} | {:.0} | {raw:.0} | {:.0} % | {} |",
-                us(o.p50),
-                us(o.p99),
-                100.0 * rate / raw,
-                all.join(" / ")
-            );
+            print_ratio_row("always", size, n, &o, raw, &ratios);
         }
     }
 }
@@ -307,7 +317,7 @@ fn appends(dir: &std::path::Path, log_dir: &std::path::Path, secs: f64) {
 /// Appends pipelined from one thread, `sync = always` in rounds against the raw probe (as
 /// [`tasks`]); `none` once, with no raw figure (it measures the CPU path alone).
 fn pipelined(dir: &std::path::Path, log_dir: &std::path::Path, secs: f64) {
-    let rounds: usize = std::env::var("WAL_BENCH_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(3);
+    let rounds = rounds();
     println!("\n`always`: {rounds} rounds per row, each: the WAL for --secs, then the raw probe; the median round by ratio, and every round's ratio");
     println!("| sync | record | appends in flight (one thread) | appends/s | p50 µs | p99 µs | raw disk appends/s (same batch) | WAL / raw | ratios of all rounds |");
     println!("|---|---|---|---|---|---|---|---|---|");
@@ -326,15 +336,7 @@ fn pipelined(dir: &std::path::Path, log_dir: &std::path::Path, secs: f64) {
                     continue;
                 }
                 let (o, raw, ratios) = alternate(dir, rounds, (size + 48) * inflight, inflight, secs, run);
-                let rate = o.records as f64 / o.elapsed.as_secs_f64();
-                let all: Vec<_> = ratios.iter().map(|r| format!("{:.0} %", r * 100.0)).collect();
-                println!(
-                    "| {name} | {size} B | {inflight} | {rate:.0} | {:.0} | {:.0} | {raw:.0} | {:.0} % | {} |",
-                    us(o.p50),
-                    us(o.p99),
-                    100.0 * rate / raw,
-                    all.join(" / ")
-                );
+                print_ratio_row(name, size, inflight, &o, raw, &ratios);
             }
         }
     }
