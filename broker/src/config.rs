@@ -45,7 +45,7 @@ impl Default for StorageSettings {
             verify_all_on_start: false,
             retention: promptmq_wal::Retention::FOREVER,
             compress: false,
-            preallocate: true,
+            preallocate: false,
             maintenance_interval: promptmq_wal::SUGGESTED_MAINTENANCE_INTERVAL,
         }
     }

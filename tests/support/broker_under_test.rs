@@ -24,6 +24,7 @@ fn main() {
         // Small segments: a kill loop then also lands between rolls, while a spare segment
         // is being made, and in segments made from spares (zero-filled ahead of use).
         cfg.storage.segment_bytes = 1 << 20;
+        cfg.storage.preallocate = true;
         let broker = match Broker::start(cfg).await {
             Ok(b) => b,
             Err(e) => {

@@ -17,7 +17,8 @@ fn main() {
         eprintln!("{e}");
         std::process::exit(2);
     });
-    let wal = match Wal::open(&dir, Options::default().shards(2).segment_bytes(256 << 10).sync(sync)) {
+    let wal = match Wal::open(&dir, Options::default().shards(2).segment_bytes(256 << 10).sync(sync).preallocate(true))
+    {
         Ok(w) => w,
         Err(e) => {
             eprintln!("open failed: {e}");

@@ -48,7 +48,7 @@ fn fill(wal: &Wal, root: &std::path::Path, n: usize) -> u64 {
 fn spare_segments_end_in_zeros_until_sealed_and_reopen_clean() {
     for sync in [SyncMode::Always, SyncMode::Interval(Duration::from_millis(2))] {
         let dir = tempfile::tempdir().unwrap();
-        let opts = || Options::default().shards(1).segment_bytes(SEGMENT).sync(sync);
+        let opts = || Options::default().shards(1).segment_bytes(SEGMENT).sync(sync).preallocate(true);
         let wal = Wal::open(dir.path(), opts()).unwrap();
         let count = fill(&wal, dir.path(), 4);
         // `fill` returned: the active segment came from a spare (its file is the full size).
