@@ -40,3 +40,27 @@ fn bench_runs_bounded_and_reports_json() {
     assert!(json["latency_ms"]["p99"].as_f64().unwrap() > 0.0);
     rt.block_on(broker.shutdown());
 }
+
+#[test]
+fn bench_without_a_broker_fails_and_stops() {
+    // A port nothing listens on: bound, then released.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_promptmq-bench"))
+        .args(["--port", &port, "--publishers", "1", "--subscribers", "2", "--duration", "1"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run promptmq-bench");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("promptmq-bench kept running with no broker to talk to");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(!status.success(), "connection failures must fail the run");
+}

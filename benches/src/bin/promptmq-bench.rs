@@ -78,6 +78,9 @@ struct Args {
     drain: f64,
 }
 
+/// Longest wait for a subscriber's CONNACK and SUBACK.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
+
 const STAMP: usize = 20; // publisher u32, seq u64, nanos since start u64
 
 struct Conn {
@@ -248,26 +251,11 @@ async fn subscriber(
     t: Arc<Totals>,
     hist: Arc<Mutex<Histogram<u64>>>,
 ) -> std::io::Result<()> {
-    let mut c = Conn::open(&a, &format!("bench-sub-{idx}")).await?;
-    let filter = if a.shared { "$share/bench/bench/#".to_string() } else { "bench/#".to_string() };
-    c.send(&Packet::Subscribe(Subscribe {
-        packet_id: 1,
-        properties: Properties::default(),
-        subscriptions: vec![Subscription {
-            filter,
-            qos: qos(&a),
-            no_local: false,
-            retain_as_published: false,
-            retain_handling: RetainHandling::Never,
-        }],
-    }));
-    c.flush().await?;
-    loop {
-        if let Packet::SubAck(_) = c.recv().await? {
-            break;
-        }
-    }
+    let setup = tokio::time::timeout(SETUP_TIMEOUT, subscribe(&a, idx)).await;
+    // Every subscriber reaches the barrier, subscribed or not: one that failed must not hold
+    // the run (and the publishers) forever.
     ready.wait().await;
+    let mut c = setup.map_err(|_| std::io::Error::other("no SUBACK in time"))??;
     let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).map_err(std::io::Error::other)?;
     let mut seen: Vec<Vec<u64>> = vec![Vec::new(); a.publishers];
     while !done.load(Ordering::Relaxed) {
@@ -307,6 +295,29 @@ async fn subscriber(
     }
     let _ = hist.lock().map(|mut h| h.add(&local));
     Ok(())
+}
+
+/// Connects subscriber `idx` and subscribes it; returns once the broker acknowledged.
+async fn subscribe(a: &Args, idx: usize) -> std::io::Result<Conn> {
+    let mut c = Conn::open(a, &format!("bench-sub-{idx}")).await?;
+    let filter = if a.shared { "$share/bench/bench/#".to_string() } else { "bench/#".to_string() };
+    c.send(&Packet::Subscribe(Subscribe {
+        packet_id: 1,
+        properties: Properties::default(),
+        subscriptions: vec![Subscription {
+            filter,
+            qos: qos(a),
+            no_local: false,
+            retain_as_published: false,
+            retain_handling: RetainHandling::Never,
+        }],
+    }));
+    c.flush().await?;
+    loop {
+        if let Packet::SubAck(_) = c.recv().await? {
+            return Ok(c);
+        }
+    }
 }
 
 fn main() {
