@@ -11,7 +11,10 @@ fn bench_runs_bounded_and_reports_json() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let broker = rt.block_on(Broker::start(BrokerConfig::new("127.0.0.1:0".parse().unwrap(), dir.path()))).unwrap();
     let port = broker.local_addr().port().to_string();
+    let log = dir.path().join("latency.log");
     let out = Command::new(env!("CARGO_BIN_EXE_promptmq-bench"))
+        .arg("--latency-log")
+        .arg(&log)
         .args([
             "--port",
             &port,
@@ -38,6 +41,22 @@ fn bench_runs_bounded_and_reports_json() {
     assert_eq!(json["lost"], 0);
     assert_eq!(json["duplicates"], 0);
     assert!(json["latency_ms"]["p99"].as_f64().unwrap() > 0.0);
+    // One `sent_ns latency_ns` line per received message, in send order.
+    let lines: Vec<(u64, u64)> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let (s, l) = l.split_once(' ').expect("two fields");
+            (s.parse().unwrap(), l.parse().unwrap())
+        })
+        .collect();
+    assert_eq!(lines.len(), 1000);
+    assert!(lines.windows(2).all(|w| w[0].0 <= w[1].0), "sorted by send time");
+    let max_ms = json["latency_ms"]["max"].as_f64().unwrap();
+    assert!(
+        lines.iter().all(|&(_, l)| l > 0 && (l as f64 / 1e6) <= max_ms * 1.01 + 0.001),
+        "latencies within the reported max"
+    );
     rt.block_on(broker.shutdown());
 }
 

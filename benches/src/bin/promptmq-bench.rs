@@ -11,6 +11,7 @@
 //! promptmq-bench --port 1883 --publishers 1 --subscribers 100 --qos 1 --rate 1000   # fan-out
 //! promptmq-bench --port 1883 --subscribers 4 --shared --qos 1                         # shared
 //! promptmq-bench --port 1883 --publishers 0 --subscribers 0 --idle 10000              # idle conns
+//! promptmq-bench --port 1883 --publishers 4 --qos 1 --rate 11000 --latency-log lat.txt # every latency
 //! ```
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -76,6 +77,11 @@ struct Args {
     /// Seconds to wait after publishing stops for the last messages to arrive.
     #[arg(long, default_value_t = 2.0)]
     drain: f64,
+    /// Also write every received message as a `sent_ns latency_ns` line (nanoseconds since
+    /// the start) to this file, sorted by send time: shows whether a tail is spread over
+    /// the run or stalls at moments.
+    #[arg(long)]
+    latency_log: Option<std::path::PathBuf>,
 }
 
 /// Longest wait for a subscriber's CONNACK and SUBACK.
@@ -250,6 +256,7 @@ async fn subscriber(
     done: Arc<AtomicBool>,
     t: Arc<Totals>,
     hist: Arc<Mutex<Histogram<u64>>>,
+    log: Option<Arc<Mutex<Vec<(u64, u64)>>>>,
 ) -> std::io::Result<()> {
     let setup = tokio::time::timeout(SETUP_TIMEOUT, subscribe(&a, idx)).await;
     // Every subscriber reaches the barrier, subscribed or not: one that failed must not hold
@@ -258,6 +265,7 @@ async fn subscriber(
     let mut c = setup.map_err(|_| std::io::Error::other("no SUBACK in time"))??;
     let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).map_err(std::io::Error::other)?;
     let mut seen: Vec<Vec<u64>> = vec![Vec::new(); a.publishers];
+    let mut logged = Vec::new();
     while !done.load(Ordering::Relaxed) {
         let p = match tokio::time::timeout(Duration::from_millis(100), c.recv()).await {
             Ok(r) => r?,
@@ -273,7 +281,11 @@ async fn subscriber(
                 let mut b = &p.payload[..STAMP];
                 let (pubi, seq, sent) = (b.get_u32() as usize, b.get_u64(), b.get_u64());
                 let now = start.elapsed().as_nanos() as u64;
-                let _ = local.record(now.saturating_sub(sent).max(1));
+                let latency = now.saturating_sub(sent).max(1);
+                let _ = local.record(latency);
+                if log.is_some() {
+                    logged.push((sent, latency));
+                }
                 if let Some(bits) = seen.get_mut(pubi) {
                     let (w, bit) = ((seq / 64) as usize, seq % 64);
                     if bits.len() <= w {
@@ -294,6 +306,9 @@ async fn subscriber(
         }
     }
     let _ = hist.lock().map(|mut h| h.add(&local));
+    if let Some(log) = log {
+        let _ = log.lock().map(|mut l| l.append(&mut logged));
+    }
     Ok(())
 }
 
@@ -318,6 +333,18 @@ async fn subscribe(a: &Args, idx: usize) -> std::io::Result<Conn> {
             return Ok(c);
         }
     }
+}
+
+/// Writes the `(sent_ns, latency_ns)` pairs, sorted by send time, one line each.
+fn write_latency_log(path: &std::path::Path, log: &Mutex<Vec<(u64, u64)>>) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut all = log.lock().map(|l| l.clone()).unwrap_or_default();
+    all.sort_unstable();
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    for (sent, lat) in all {
+        writeln!(out, "{sent} {lat}")?;
+    }
+    out.flush()
 }
 
 fn main() {
@@ -351,11 +378,13 @@ async fn run(a: Args) -> i32 {
 
     let ready = Arc::new(tokio::sync::Barrier::new(a.subscribers + 1));
     let sub_done = Arc::new(AtomicBool::new(false));
+    let log = a.latency_log.as_ref().map(|_| Arc::new(Mutex::new(Vec::new())));
     let mut subs = Vec::new();
     for i in 0..a.subscribers {
-        let (a, ready, done, t, hist) = (a.clone(), ready.clone(), sub_done.clone(), t.clone(), hist.clone());
+        let (a, ready, done, t, hist, log) =
+            (a.clone(), ready.clone(), sub_done.clone(), t.clone(), hist.clone(), log.clone());
         subs.push(tokio::spawn(async move {
-            if let Err(e) = subscriber(a, i, start, ready.clone(), done, t.clone(), hist).await {
+            if let Err(e) = subscriber(a, i, start, ready.clone(), done, t.clone(), hist, log).await {
                 eprintln!("subscriber {i}: {e}");
                 t.errors.fetch_add(1, Ordering::Relaxed);
             }
@@ -397,6 +426,12 @@ async fn run(a: Args) -> i32 {
         let _ = s.await;
     }
 
+    if let (Some(path), Some(log)) = (&a.latency_log, log) {
+        if let Err(e) = write_latency_log(path, &log) {
+            eprintln!("--latency-log {}: {e}", path.display());
+            t.errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
     let sent = t.sent.load(Ordering::Relaxed);
     let received = t.received.load(Ordering::Relaxed);
     let want = if a.shared || a.subscribers == 0 {
