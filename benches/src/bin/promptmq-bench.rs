@@ -157,6 +157,13 @@ fn qos(a: &Args) -> QoS {
     QoS::from_u8(a.qos).unwrap_or(QoS::AtMostOnce)
 }
 
+/// What the subscribers measured: every latency, and with `--latency-log` each message's.
+struct Measured {
+    hist: Mutex<Histogram<u64>>,
+    /// `(sent_ns, latency_ns)` per received message.
+    log: Option<Mutex<Vec<(u64, u64)>>>,
+}
+
 #[derive(Default)]
 struct Totals {
     sent: AtomicU64,
@@ -255,8 +262,7 @@ async fn subscriber(
     ready: Arc<tokio::sync::Barrier>,
     done: Arc<AtomicBool>,
     t: Arc<Totals>,
-    hist: Arc<Mutex<Histogram<u64>>>,
-    log: Option<Arc<Mutex<Vec<(u64, u64)>>>>,
+    measured: Arc<Measured>,
 ) -> std::io::Result<()> {
     let setup = tokio::time::timeout(SETUP_TIMEOUT, subscribe(&a, idx)).await;
     // Every subscriber reaches the barrier, subscribed or not: one that failed must not hold
@@ -283,7 +289,7 @@ async fn subscriber(
                 let now = start.elapsed().as_nanos() as u64;
                 let latency = now.saturating_sub(sent).max(1);
                 let _ = local.record(latency);
-                if log.is_some() {
+                if measured.log.is_some() {
                     logged.push((sent, latency));
                 }
                 if let Some(bits) = seen.get_mut(pubi) {
@@ -305,8 +311,8 @@ async fn subscriber(
             c.flush().await?;
         }
     }
-    let _ = hist.lock().map(|mut h| h.add(&local));
-    if let Some(log) = log {
+    let _ = measured.hist.lock().map(|mut h| h.add(&local));
+    if let Some(log) = &measured.log {
         let _ = log.lock().map(|mut l| l.append(&mut logged));
     }
     Ok(())
@@ -361,7 +367,10 @@ fn main() {
 async fn run(a: Args) -> i32 {
     let a = Arc::new(a);
     let t = Arc::new(Totals::default());
-    let hist = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("histogram")));
+    let measured = Arc::new(Measured {
+        hist: Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("histogram")),
+        log: a.latency_log.as_ref().map(|_| Mutex::new(Vec::new())),
+    });
     let start = Instant::now();
 
     let mut idle = Vec::with_capacity(a.idle);
@@ -378,13 +387,11 @@ async fn run(a: Args) -> i32 {
 
     let ready = Arc::new(tokio::sync::Barrier::new(a.subscribers + 1));
     let sub_done = Arc::new(AtomicBool::new(false));
-    let log = a.latency_log.as_ref().map(|_| Arc::new(Mutex::new(Vec::new())));
     let mut subs = Vec::new();
     for i in 0..a.subscribers {
-        let (a, ready, done, t, hist, log) =
-            (a.clone(), ready.clone(), sub_done.clone(), t.clone(), hist.clone(), log.clone());
+        let (a, ready, done, t, measured) = (a.clone(), ready.clone(), sub_done.clone(), t.clone(), measured.clone());
         subs.push(tokio::spawn(async move {
-            if let Err(e) = subscriber(a, i, start, ready.clone(), done, t.clone(), hist, log).await {
+            if let Err(e) = subscriber(a, i, start, ready.clone(), done, t.clone(), measured).await {
                 eprintln!("subscriber {i}: {e}");
                 t.errors.fetch_add(1, Ordering::Relaxed);
             }
@@ -426,8 +433,8 @@ async fn run(a: Args) -> i32 {
         let _ = s.await;
     }
 
-    if let (Some(path), Some(log)) = (&a.latency_log, log) {
-        if let Err(e) = write_latency_log(path, &log) {
+    if let (Some(path), Some(log)) = (&a.latency_log, &measured.log) {
+        if let Err(e) = write_latency_log(path, log) {
             eprintln!("--latency-log {}: {e}", path.display());
             t.errors.fetch_add(1, Ordering::Relaxed);
         }
@@ -440,7 +447,7 @@ async fn run(a: Args) -> i32 {
         sent * a.subscribers as u64
     };
     let lost = want.saturating_sub(received.saturating_sub(t.dups.load(Ordering::Relaxed)));
-    let h = hist.lock().map(|h| h.clone()).unwrap_or_else(|_| Histogram::new(3).expect("histogram"));
+    let h = measured.hist.lock().map(|h| h.clone()).unwrap_or_else(|_| Histogram::new(3).expect("histogram"));
     let ms = |q: f64| h.value_at_quantile(q) as f64 / 1e6;
     let rss_kb = std::fs::read_to_string("/proc/self/status")
         .ok()
