@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use promptmq_benches::{percentile, raw_disk_probe, raw_disk_probe_in};
+use promptmq_benches::{percentile, process_cpu, raw_disk_probe, raw_disk_probe_in};
 use promptmq_wal::{Options, SyncMode, Wal};
 
 const MAX_APPENDS: u64 = 2_000_000;
@@ -416,13 +416,16 @@ fn recovery(log_dir: &std::path::Path) {
             eprintln!("log as written kept in {}", pristine.display());
         }
     }
+    let cpu0 = process_cpu();
     let t = Instant::now();
     let wal = Wal::open(log_dir, Options::default().full_recovery(true)).expect("reopen");
     let el = t.elapsed();
+    // CPU time swings less than elapsed time on a shared machine: compare builds by both.
+    let cpu = cpu0.zip(process_cpu()).map_or("?".into(), |(a, b)| format!("{:.0}", (b - a).as_secs_f64() * 1e3));
     let scanned = wal.recovery_report().records_scanned();
     assert!(scanned >= n, "recovery scanned {scanned} of {n} records");
     println!(
-        "\nrecovery (full scan + re-index, 2 shards, 128 B records): {scanned} records in {:.0} ms = {:.2} M records/s",
+        "\nrecovery (full scan + re-index, 2 shards, 128 B records): {scanned} records in {:.0} ms = {:.2} M records/s (CPU {cpu} ms)",
         el.as_secs_f64() * 1e3,
         scanned as f64 / el.as_secs_f64() / 1e6
     );
