@@ -12,6 +12,7 @@ fn bench_runs_bounded_and_reports_json() {
     let broker = rt.block_on(Broker::start(BrokerConfig::new("127.0.0.1:0".parse().unwrap(), dir.path()))).unwrap();
     let port = broker.local_addr().port().to_string();
     let log = dir.path().join("latency.log");
+    let started = std::time::Instant::now();
     let out = Command::new(env!("CARGO_BIN_EXE_promptmq-bench"))
         .arg("--latency-log")
         .arg(&log)
@@ -25,7 +26,7 @@ fn bench_runs_bounded_and_reports_json() {
             "--qos",
             "1",
             "--duration",
-            "1",
+            "30",
             "--count",
             "500",
             "--version",
@@ -34,9 +35,12 @@ fn bench_runs_bounded_and_reports_json() {
         .output()
         .expect("run promptmq-bench");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // --count ends the run, not --duration (30 s), and the rates are over the time spent.
+    assert!(started.elapsed() < std::time::Duration::from_secs(20), "the bench waited out --duration");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let json: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).expect("last line is JSON");
     assert_eq!(json["sent"], 1000, "2 publishers x --count 500");
+    assert!(json["send_rate"].as_f64().unwrap() > 1000.0 / 20.0, "rate over the publishing time");
     assert_eq!(json["received"], 1000);
     assert_eq!(json["lost"], 0);
     assert_eq!(json["duplicates"], 0);

@@ -410,11 +410,19 @@ async fn run(a: Args) -> i32 {
             }
         }));
     }
-    tokio::time::sleep(Duration::from_secs_f64(a.duration)).await;
-    stop.store(true, Ordering::Relaxed);
+    // Publishing ends at --duration, or earlier once every publisher has sent --count: the
+    // rates are over the time actually spent publishing.
+    let stopper = {
+        let (stop, duration) = (stop.clone(), Duration::from_secs_f64(a.duration));
+        tokio::spawn(async move {
+            tokio::time::sleep(duration).await;
+            stop.store(true, Ordering::Relaxed);
+        })
+    };
     for p in pubs {
         let _ = p.await;
     }
+    stopper.abort();
     let pub_elapsed = pub_start.elapsed();
     // Let the last messages arrive, then stop the subscribers.
     let expected_per_sub = if a.shared { 0 } else { t.sent.load(Ordering::Relaxed) };
