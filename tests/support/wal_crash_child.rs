@@ -1,5 +1,6 @@
 //! Child process of the WAL crash test: appends from several threads and prints one line
-//! per acknowledged record, `ACK <stream> <offset> <payload>`, until it is killed.
+//! per acknowledged record, `ACK <stream> <offset> <payload>`, until it is killed; one
+//! thread creates new streams meanwhile.
 //! Usage: `wal-crash-child DIR CYCLE [always|interval|none]` (default `always`).
 
 use std::io::Write;
@@ -59,6 +60,31 @@ fn main() {
             })
         })
         .collect();
+    // One more thread creates streams while the others append, so kills also land in the
+    // middle of a creation (its catalogue record, index entry, first record). Bounded, so
+    // that the parent's checks stay quick.
+    let creator = {
+        let (wal, out) = (wal.clone(), out.clone());
+        std::thread::spawn(move || {
+            for i in 0..200u64 {
+                let name = format!("new-c{cycle}-{i}");
+                let payload = format!("first of {name}");
+                let appended = wal.stream(&name).and_then(|s| wal.append(&s, payload.clone()).wait());
+                match appended {
+                    Ok(off) => {
+                        let mut o = out.lock().unwrap_or_else(|p| p.into_inner());
+                        let _ = writeln!(o, "ACK {name} {off} {payload}");
+                        let _ = o.flush();
+                    }
+                    Err(e) => {
+                        eprintln!("creating {name} failed: {e}");
+                        std::process::exit(1);
+                    }
+                }
+            }
+        })
+    };
+    let _ = creator.join();
     for t in threads {
         let _ = t.join();
     }

@@ -151,6 +151,9 @@ pub(crate) struct Index {
     /// Serialises the two writers of stored positions: a checkpoint (snapshot of the open
     /// blocks, commit, dropping them from memory) and compaction's position updates.
     positions: std::sync::Mutex<()>,
+    /// The highest `next_stream_id` written: streams are created concurrently, and the
+    /// stored value must only grow.
+    next_stream_id: std::sync::Mutex<u64>,
 }
 
 const STREAM_NAME_PREFIX: u8 = b'n';
@@ -274,6 +277,8 @@ impl Index {
             db,
             sync,
             positions: std::sync::Mutex::new(()),
+            // Ids handed out are at or above the stored value, so writes start from there.
+            next_stream_id: std::sync::Mutex::new(0),
         };
         index.upgrade_format()?;
         Ok(index)
@@ -339,16 +344,21 @@ impl Index {
         Ok(out)
     }
 
-    /// Writes a new stream durably (always synced: creation is rare and losing a stream's
-    /// name while keeping its records would orphan them).
+    /// Writes a new stream, durable per the sync mode ([`Index::persist`]) before it
+    /// returns. Called once the stream's catalogue record is in the log, so a stream whose
+    /// entry here is lost (`none` and a power failure) is restored from that record.
     pub(crate) fn create_stream(&self, meta: &StreamMeta) -> Result<()> {
-        let mut b = self.db.batch();
-        b.insert(&self.streams, name_key(&meta.name), be(meta.id).to_vec());
-        b.insert(&self.streams, meta_key(meta.id), meta.encode());
-        b.insert(&self.meta, "next_stream_id", (meta.id + 1).to_le_bytes().to_vec());
-        b.commit()?;
-        self.db.persist(PersistMode::SyncData)?;
-        Ok(())
+        {
+            let mut next = self.next_stream_id.lock().unwrap_or_else(|p| p.into_inner());
+            *next = (*next).max(meta.id + 1);
+            let mut b = self.db.batch();
+            b.insert(&self.streams, name_key(&meta.name), be(meta.id).to_vec());
+            b.insert(&self.streams, meta_key(meta.id), meta.encode());
+            b.insert(&self.meta, "next_stream_id", next.to_le_bytes().to_vec());
+            b.commit()?;
+        }
+        // Outside the lock: concurrent creations share their syncs where fjall allows.
+        self.persist()
     }
 
     /// Stores a stream's settings (first offset, retention). The stored `next_offset` is

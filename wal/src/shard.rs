@@ -38,7 +38,8 @@ pub(crate) struct AppendReq {
     /// `None` for a flush request, which carries no records.
     pub(crate) stream: Option<Arc<StreamState>>,
     pub(crate) records: Vec<NewRecord>,
-    /// Sync before completing, whatever the sync mode (`Wal::flush`).
+    /// Sync before completing, whatever the sync mode (`Wal::flush`, and a catalogue
+    /// record outside `None`); a flush request (no catalogue record) also checkpoints.
     pub(crate) force_sync: bool,
     /// With `stream: None`: the id of the stream whose catalogue record `records` holds.
     pub(crate) catalog: Option<u64>,
@@ -452,9 +453,12 @@ impl ShardWriter {
         let batch_first_lsn = lsn;
         let mut outs = Vec::with_capacity(batch.len());
         let mut force_sync = false;
+        // A flush also checkpoints the index; a stream's creation only needs its record synced.
+        let mut flush = false;
         let mut catalog = false;
         for (i, p) in batch.iter().enumerate() {
             force_sync |= p.req.force_sync;
+            flush |= p.req.force_sync && p.req.catalog.is_none();
             let Some(s) = &p.req.stream else {
                 let id = p.req.catalog.unwrap_or(0);
                 outs.push(id);
@@ -539,7 +543,7 @@ impl ShardWriter {
                 self.touched.entry(s.id).or_insert_with(|| s.clone());
             }
         }
-        if (force_sync || self.bytes_since_checkpoint >= CHECKPOINT_BYTES) && self.synced_len == self.seg_len {
+        if (flush || self.bytes_since_checkpoint >= CHECKPOINT_BYTES) && self.synced_len == self.seg_len {
             self.checkpoint();
         }
         Ok(outs)

@@ -111,13 +111,22 @@ pub struct StreamInfo {
     pub compacted: bool,
 }
 
+/// Streams being created: the next id, and the names in creation (a second caller for
+/// the same name waits for the first instead of creating it twice).
+struct Creating {
+    next_id: u64,
+    names: std::collections::HashSet<String>,
+}
+
 struct Inner {
     root: PathBuf,
     opts: Options,
     index: Arc<Index>,
     shards: Vec<Shard>,
     streams: RwLock<HashMap<String, Arc<StreamState>>>,
-    create: Mutex<u64>,
+    create: Mutex<Creating>,
+    /// Signalled when a creation ends (see [`Creating`]).
+    created: std::sync::Condvar,
     report: RecoveryReport,
     closed: AtomicBool,
     _lock: File,
@@ -373,7 +382,8 @@ impl Wal {
                 index,
                 shards: started_shards,
                 streams: RwLock::new(streams),
-                create: Mutex::new(next_id),
+                create: Mutex::new(Creating { next_id, names: Default::default() }),
+                created: std::sync::Condvar::new(),
                 report,
                 closed: AtomicBool::new(false),
                 _lock: lock,
@@ -510,12 +520,35 @@ impl Wal {
             return Err(Error::InvalidStreamName(format!("length {} is outside 1..={MAX_STREAM_NAME}", name.len())));
         }
         self.check_open()?;
-        let mut next_id = self.inner.create.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(s) = self.lookup(name) {
-            return Ok(s);
-        }
+        let id = {
+            let mut c = self.inner.create.lock().unwrap_or_else(|p| p.into_inner());
+            loop {
+                if let Some(s) = self.lookup(name) {
+                    return Ok(s);
+                }
+                if !c.names.contains(name) {
+                    break;
+                }
+                c = self.inner.created.wait(c).unwrap_or_else(|p| p.into_inner());
+            }
+            c.names.insert(name.to_string());
+            // The id is used up even if creation fails below: the catalogue record may
+            // already be in the log, and recovery would bring it back.
+            c.next_id += 1;
+            c.next_id - 1
+        };
+        let created = self.create_stream(id, name, opts);
+        self.inner.create.lock().unwrap_or_else(|p| p.into_inner()).names.remove(name);
+        self.inner.created.notify_all();
+        created
+    }
+
+    /// Writes stream `id`'s catalogue record to the log, then its index entry, each
+    /// durable per the sync mode, and makes it visible. Creations of different names run
+    /// concurrently, so their catalogue records share group commits.
+    fn create_stream(&self, id: u64, name: &str, opts: StreamOptions) -> Result<Stream> {
         let meta = StreamMeta {
-            id: *next_id,
+            id,
             name: name.to_string(),
             shard: (fnv1a(name) % self.inner.shards.len() as u64) as u32,
             first_offset: 0,
@@ -523,14 +556,13 @@ impl Wal {
             retention: opts.retention.unwrap_or(self.inner.opts.retention),
             compacted: opts.compacted,
         };
-        // The id is used up even if creation fails below: the catalogue record may already
-        // be in the log, and recovery would bring it back.
-        *next_id += 1;
         let shard = &self.inner.shards[meta.shard as usize];
         let logged = shard.submit(AppendReq {
             stream: None,
             records: vec![NewRecord { key: None, payload: Bytes::from(meta.encode()) }],
-            force_sync: true,
+            // `None` promises no sync, and its records need the catalogue record no more
+            // than the page cache holds it.
+            force_sync: self.inner.opts.sync != crate::SyncMode::None,
             catalog: Some(meta.id),
         });
         logged.wait()?;

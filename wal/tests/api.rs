@@ -286,3 +286,50 @@ fn a_blocked_tail_wakes_when_a_record_is_committed() {
     assert_eq!(n, 1);
     assert!(waited < Duration::from_secs(30), "woken by the timeout, not the commit: {waited:?}");
 }
+
+#[test]
+fn streams_created_concurrently_are_one_per_name_and_survive_reopen() {
+    for sync in [SyncMode::Always, SyncMode::None] {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = || Options::default().shards(2).sync(sync);
+        let wal = Arc::new(Wal::open(dir.path(), opts()).unwrap());
+        // 8 threads ask for 60 names, each name by two threads at once.
+        let got: Vec<Vec<(String, u64)>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..8)
+                .map(|t| {
+                    let wal = wal.clone();
+                    scope.spawn(move || {
+                        (0..60)
+                            .map(|i| {
+                                let name = format!("topic/{}", (i * 4 + t / 2) % 240);
+                                let s = wal.stream(&name).unwrap();
+                                wal.append(&s, name.clone()).wait().unwrap();
+                                (name, s.id())
+                            })
+                            .collect()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let mut ids = std::collections::HashMap::new();
+        for (name, id) in got.into_iter().flatten() {
+            assert_eq!(*ids.entry(name.clone()).or_insert(id), id, "{name} created twice");
+        }
+        assert_eq!(ids.len(), 240);
+        let distinct: std::collections::HashSet<_> = ids.values().collect();
+        assert_eq!(distinct.len(), 240, "two names share an id");
+        drop(wal);
+
+        let wal = Wal::open(dir.path(), opts()).unwrap();
+        for (name, id) in &ids {
+            let s = wal.lookup(name).unwrap_or_else(|| panic!("{name} lost ({sync:?})"));
+            assert_eq!(s.id(), *id);
+            let recs = wal.read(&s, 0, 10).unwrap();
+            assert_eq!(recs.len(), 2, "{name}: one record from each of its two creators");
+            assert!(recs.iter().all(|r| r.payload.as_ref() == name.as_bytes()));
+        }
+        let fresh = wal.stream("after/reopen").unwrap();
+        assert!(ids.values().all(|&id| id != fresh.id()), "an id was handed out twice");
+    }
+}
