@@ -344,21 +344,19 @@ impl Index {
         Ok(out)
     }
 
-    /// Writes a new stream, durable per the sync mode ([`Index::persist`]) before it
-    /// returns. Called once the stream's catalogue record is in the log, so a stream whose
-    /// entry here is lost (`none` and a power failure) is restored from that record.
+    /// Writes a new stream, not synced: called *before* the stream's catalogue record goes
+    /// to the log, so the next checkpoint past that record — committed later than this
+    /// batch — makes it durable, and until then recovery restores the stream from the
+    /// record (see `Wal::create_stream`).
     pub(crate) fn create_stream(&self, meta: &StreamMeta) -> Result<()> {
-        {
-            let mut next = self.next_stream_id.lock().unwrap_or_else(|p| p.into_inner());
-            *next = (*next).max(meta.id + 1);
-            let mut b = self.db.batch();
-            b.insert(&self.streams, name_key(&meta.name), be(meta.id).to_vec());
-            b.insert(&self.streams, meta_key(meta.id), meta.encode());
-            b.insert(&self.meta, "next_stream_id", next.to_le_bytes().to_vec());
-            b.commit()?;
-        }
-        // Outside the lock: concurrent creations share their syncs where fjall allows.
-        self.persist()
+        let mut next = self.next_stream_id.lock().unwrap_or_else(|p| p.into_inner());
+        *next = (*next).max(meta.id + 1);
+        let mut b = self.db.batch();
+        b.insert(&self.streams, name_key(&meta.name), be(meta.id).to_vec());
+        b.insert(&self.streams, meta_key(meta.id), meta.encode());
+        b.insert(&self.meta, "next_stream_id", next.to_le_bytes().to_vec());
+        b.commit()?;
+        Ok(())
     }
 
     /// Stores a stream's settings (first offset, retention). The stored `next_offset` is

@@ -374,7 +374,20 @@ impl Wal {
             ms = report.duration.as_millis() as u64,
             "log opened"
         );
-        let streams = by_id.into_values().map(|s| (s.name.clone(), s)).collect();
+        // A name held by two ids: a creation whose catalogue record failed left its index
+        // entry, and the name was created again, with a higher id; that one has the records.
+        let mut streams: HashMap<String, Arc<StreamState>> = HashMap::with_capacity(by_id.len());
+        for s in by_id.into_values() {
+            match streams.entry(s.name.clone()) {
+                std::collections::hash_map::Entry::Occupied(mut e) if e.get().id < s.id => {
+                    e.insert(s);
+                }
+                std::collections::hash_map::Entry::Occupied(_) => {}
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(s);
+                }
+            }
+        }
         Ok(Wal {
             inner: Arc::new(Inner {
                 root,
@@ -543,9 +556,9 @@ impl Wal {
         created
     }
 
-    /// Writes stream `id`'s catalogue record to the log, then its index entry, each
-    /// durable per the sync mode, and makes it visible. Creations of different names run
-    /// concurrently, so their catalogue records share group commits.
+    /// Writes stream `id`'s index entry and its catalogue record (durable per the sync
+    /// mode), and makes it visible. Creations of different names run concurrently, so their
+    /// catalogue records share group commits.
     fn create_stream(&self, id: u64, name: &str, opts: StreamOptions) -> Result<Stream> {
         let meta = StreamMeta {
             id,
@@ -556,6 +569,11 @@ impl Wal {
             retention: opts.retention.unwrap_or(self.inner.opts.retention),
             compacted: opts.compacted,
         };
+        // The index entry first, not synced: a checkpoint that covers the catalogue record
+        // is committed after it, and its sync makes the entry durable; until then recovery
+        // scans the record and restores the stream from it. So a creation costs one log
+        // sync, shared with the creations and appends of the same group commit.
+        self.inner.index.create_stream(&meta)?;
         let shard = &self.inner.shards[meta.shard as usize];
         let logged = shard.submit(AppendReq {
             stream: None,
@@ -566,7 +584,6 @@ impl Wal {
             catalog: Some(meta.id),
         });
         logged.wait()?;
-        self.inner.index.create_stream(&meta)?;
         let state = Arc::new(StreamState::from_meta(&meta));
         self.inner.streams.write().unwrap_or_else(|p| p.into_inner()).insert(name.to_string(), state.clone());
         Ok(Stream { state })

@@ -155,3 +155,30 @@ fn interval_mode_syncs_in_the_background_within_the_interval() {
         std::thread::sleep(Duration::from_millis(2));
     }
 }
+
+#[test]
+fn a_stream_whose_creation_failed_on_a_full_disk_can_be_created_again_and_keeps_its_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let (backend, plan) = FaultyBackend::new(StdBackend);
+    let opts = || Options::default().shards(1);
+    let wal = Wal::open_with_backend(dir.path(), opts(), Arc::new(backend)).unwrap();
+    plan.lock().unwrap().space_left = Some(0);
+    let e = wal.stream("t").expect_err("no room for the catalogue record");
+    assert!(e.is_disk_full(), "expected DiskFull, got {e}");
+    assert!(wal.lookup("t").is_none(), "a failed creation hands out no stream");
+    plan.lock().unwrap().space_left = None;
+    let t = wal.stream("t").unwrap();
+    assert_eq!(wal.append(&t, "kept").wait().unwrap(), 0);
+    wal.close().unwrap();
+
+    // The first attempt's index entry is still there under the same name; the stream that
+    // holds the record must be the one found.
+    for _ in 0..3 {
+        let wal = Wal::open(dir.path(), opts()).unwrap();
+        let t = wal.lookup("t").unwrap();
+        let recs = wal.read(&t, 0, 10).unwrap();
+        assert_eq!(recs.len(), 1, "the record of the second creation is found");
+        assert_eq!(&recs[0].payload[..], b"kept");
+        wal.close().unwrap();
+    }
+}
