@@ -118,6 +118,19 @@ struct Creating {
     names: std::collections::HashSet<String>,
 }
 
+/// A name in [`Creating::names`], released on drop.
+struct NameInCreation<'a> {
+    inner: &'a Inner,
+    name: &'a str,
+}
+
+impl Drop for NameInCreation<'_> {
+    fn drop(&mut self) {
+        self.inner.create.lock().unwrap_or_else(|p| p.into_inner()).names.remove(self.name);
+        self.inner.created.notify_all();
+    }
+}
+
 struct Inner {
     root: PathBuf,
     opts: Options,
@@ -550,10 +563,9 @@ impl Wal {
             c.next_id += 1;
             c.next_id - 1
         };
-        let created = self.create_stream(id, name, opts);
-        self.inner.create.lock().unwrap_or_else(|p| p.into_inner()).names.remove(name);
-        self.inner.created.notify_all();
-        created
+        // Released however the creation ends, or callers waiting for the name would wait forever.
+        let _creating = NameInCreation { inner: &self.inner, name };
+        self.create_stream(id, name, opts)
     }
 
     /// Writes stream `id`'s index entry and its catalogue record (durable per the sync
