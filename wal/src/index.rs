@@ -33,6 +33,11 @@ use crate::options::{Retention, SyncMode};
 /// at or below the offset, whatever its length.
 pub(crate) const BLOCK_LEN: usize = 1024;
 
+/// Most bytes of fjall journal before its memory tables are written out. The journal is
+/// replayed at every open: with 200 000 streams the default bound (512 MiB) let it reach 74 MB,
+/// and a restart after `kill -9` took 4.0 s (1.7 s with this bound, 1.2 MB left to replay).
+const MAX_JOURNAL_BYTES: u64 = 64 << 20;
+
 /// Where a record is: the segment (by its first LSN), the byte position in it (in the
 /// segment's uncompressed layout) and the record's encoded length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -266,7 +271,7 @@ fn segment_key(shard: u32, first_lsn: u64) -> [u8; 12] {
 
 impl Index {
     pub(crate) fn open(dir: &Path, sync: SyncMode) -> Result<Index> {
-        let db = Database::builder(dir).open()?;
+        let db = Database::builder(dir).max_journaling_size(MAX_JOURNAL_BYTES).open()?;
         let ks = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default);
         let index = Index {
             streams: ks("streams")?,
