@@ -264,6 +264,8 @@ impl Wal {
         }
         let index = Arc::new(Index::open(&root.join("index"), opts.sync)?);
         let mut by_id: StreamMap = Default::default();
+        // What the index holds now, so that the checkpoint below rewrites only what changed.
+        let mut stored: crate::hash::IdMap<StreamMeta> = Default::default();
         for m in index.load_streams()? {
             if m.shard >= shard_count {
                 return Err(Error::Index(format!(
@@ -272,6 +274,7 @@ impl Wal {
                 )));
             }
             by_id.insert(m.id, Arc::new(StreamState::from_meta(&m)));
+            stored.insert(m.id, m);
         }
         let max_body = (opts.max_record_bytes + format::RECORD_HEADER_LEN + u16::MAX as usize) as u32;
         let mut report = RecoveryReport::default();
@@ -347,8 +350,15 @@ impl Wal {
         let per_shard: Vec<_> = shards
             .iter()
             .map(|(shared, start)| {
-                let ours: Vec<_> = by_id.values().filter(|s| s.shard == shared.id).collect();
-                let states: Vec<_> = ours.iter().map(|s| s.checkpoint_state()).collect();
+                // A stream whose catalogue entry is unchanged and that has no open block
+                // would be written as it is (with 100 000 streams, 11 MB of index journal
+                // at every open).
+                let (ours, states): (Vec<_>, Vec<_>) = by_id
+                    .values()
+                    .filter(|s| s.shard == shared.id)
+                    .map(|s| (s, s.checkpoint_state()))
+                    .filter(|(s, (meta, block))| block.is_some() || stored.get(&s.id) != Some(meta))
+                    .unzip();
                 let cp = start
                     .active
                     .or(start.indexed_to)
