@@ -44,18 +44,7 @@ fn main() {
                 };
                 for i in 0u64.. {
                     let payload = format!("c{cycle}-t{t}-i{i}-{}", "p".repeat((i % 97) as usize));
-                    match wal.append(&stream, payload.clone()).wait() {
-                        Ok(off) => {
-                            let mut o = out.lock().unwrap_or_else(|p| p.into_inner());
-                            // One write per line, flushed at once: the parent must see every ack.
-                            let _ = writeln!(o, "ACK {name} {off} {payload}");
-                            let _ = o.flush();
-                        }
-                        Err(e) => {
-                            eprintln!("append failed: {e}");
-                            std::process::exit(1);
-                        }
-                    }
+                    report(&out, &name, &payload, wal.append(&stream, payload.clone()).wait(), "append");
                 }
             })
         })
@@ -70,22 +59,29 @@ fn main() {
                 let name = format!("new-c{cycle}-{i}");
                 let payload = format!("first of {name}");
                 let appended = wal.stream(&name).and_then(|s| wal.append(&s, payload.clone()).wait());
-                match appended {
-                    Ok(off) => {
-                        let mut o = out.lock().unwrap_or_else(|p| p.into_inner());
-                        let _ = writeln!(o, "ACK {name} {off} {payload}");
-                        let _ = o.flush();
-                    }
-                    Err(e) => {
-                        eprintln!("creating {name} failed: {e}");
-                        std::process::exit(1);
-                    }
-                }
+                report(&out, &name, &payload, appended, "creation");
             }
         })
     };
     let _ = creator.join();
     for t in threads {
         let _ = t.join();
+    }
+}
+
+/// Prints an acknowledged record as `ACK <stream> <offset> <payload>`, or ends the child on
+/// a failed `what`.
+fn report(out: &Mutex<std::io::Stdout>, name: &str, payload: &str, acked: promptmq_wal::Result<u64>, what: &str) {
+    match acked {
+        Ok(off) => {
+            let mut o = out.lock().unwrap_or_else(|p| p.into_inner());
+            // One write per line, flushed at once: the parent must see every ack.
+            let _ = writeln!(o, "ACK {name} {off} {payload}");
+            let _ = o.flush();
+        }
+        Err(e) => {
+            eprintln!("{what} of {name} failed: {e}");
+            std::process::exit(1);
+        }
     }
 }
