@@ -401,14 +401,9 @@ impl Wal {
         // entry, and the name was created again, with a higher id; that one has the records.
         let mut streams: HashMap<String, Arc<StreamState>> = HashMap::with_capacity(by_id.len());
         for s in by_id.into_values() {
-            match streams.entry(s.name.clone()) {
-                std::collections::hash_map::Entry::Occupied(mut e) if e.get().id < s.id => {
-                    e.insert(s);
-                }
-                std::collections::hash_map::Entry::Occupied(_) => {}
-                std::collections::hash_map::Entry::Vacant(e) => {
-                    e.insert(s);
-                }
+            let held = streams.entry(s.name.clone()).or_insert_with(|| s.clone());
+            if held.id < s.id {
+                *held = s;
             }
         }
         Ok(Wal {
