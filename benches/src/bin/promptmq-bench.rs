@@ -344,7 +344,8 @@ async fn subscribe(a: &Args, idx: usize) -> std::io::Result<Conn> {
 /// Writes the `(sent_ns, latency_ns)` pairs, sorted by send time, one line each.
 fn write_latency_log(path: &std::path::Path, log: &Mutex<Vec<(u64, u64)>>) -> std::io::Result<()> {
     use std::io::Write;
-    let mut all = log.lock().map(|l| l.clone()).unwrap_or_default();
+    // The subscribers are done: take the pairs instead of copying them (a million at 50 k/s).
+    let mut all = log.lock().map(|mut l| std::mem::take(&mut *l)).unwrap_or_default();
     all.sort_unstable();
     let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
     for (sent, lat) in all {
