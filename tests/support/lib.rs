@@ -337,6 +337,24 @@ impl Client {
         }
     }
 
+    /// Sends PINGREQ and waits for the PINGRESP. The broker handles one connection's packets
+    /// in order, so a QoS 0 PUBLISH sent before has been taken in when this returns (other
+    /// connections can then rely on it). Packets that arrive first are kept for `recv`.
+    pub fn ping(&mut self) {
+        self.send(&Packet::PingReq);
+        let mut other = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = deadline.checked_duration_since(Instant::now()).expect("no PINGRESP within 10 s");
+            match self.recv(left) {
+                Some(Packet::PingResp) => break,
+                Some(p) => other.push(p),
+                None => panic!("no PINGRESP: the connection closed or timed out"),
+            }
+        }
+        self.held.extend(other);
+    }
+
     /// The next PUBLISH within `timeout`, acknowledging it per its QoS.
     pub fn next_publish(&mut self, timeout: Duration) -> Option<Publish> {
         let deadline = Instant::now() + timeout;
