@@ -38,6 +38,13 @@ pub(crate) const BLOCK_LEN: usize = 1024;
 /// and a restart after `kill -9` took 4.0 s (1.7 s with this bound, 1.2 MB left to replay).
 const MAX_JOURNAL_BYTES: u64 = 64 << 20;
 
+/// Most bytes a keyspace holds in memory before fjall writes them to a table (its default is
+/// 64 MiB). Smaller tables are written sooner, so an open replays a journal whose entries
+/// are mostly in tables already: a clean restart with 100 000 streams (36 MB of journal)
+/// opened in 1.4-1.7 s instead of 2.2 s. Only keyspaces created with it get it: fjall keeps
+/// the size an existing index was made with.
+const MAX_MEMTABLE_BYTES: u64 = 8 << 20;
+
 /// Where a record is: the segment (by its first LSN), the byte position in it (in the
 /// segment's uncompressed layout) and the record's encoded length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -272,7 +279,8 @@ fn segment_key(shard: u32, first_lsn: u64) -> [u8; 12] {
 impl Index {
     pub(crate) fn open(dir: &Path, sync: SyncMode) -> Result<Index> {
         let db = Database::builder(dir).max_journaling_size(MAX_JOURNAL_BYTES).open()?;
-        let ks = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default);
+        let ks =
+            |name: &str| db.keyspace(name, || KeyspaceCreateOptions::default().max_memtable_size(MAX_MEMTABLE_BYTES));
         let index = Index {
             streams: ks("streams")?,
             blocks: ks("blocks")?,
