@@ -21,6 +21,7 @@ mod monitor;
 mod positions;
 mod qos2_store;
 mod replay;
+mod retained;
 pub mod router;
 mod server;
 mod session;

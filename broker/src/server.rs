@@ -17,6 +17,7 @@ use crate::listener::{self, ListenerConfig, ListenerError, ListenerKind};
 use crate::message::Message;
 use crate::positions::Positions;
 use crate::qos2_store::{self, InboundIntent, OutboundQos2, Qos2State};
+use crate::retained::Retained;
 use crate::router::Router;
 use crate::session::{Delivery, Outbound, Queued, Session};
 use crate::session_store::{self, SessionRecord};
@@ -76,7 +77,7 @@ pub(crate) struct Shared {
     pub(crate) store: Store,
     pub(crate) router: Mutex<Router>,
     pub(crate) sessions: Mutex<HashMap<String, Arc<Mutex<Session>>>>,
-    pub(crate) retained: Mutex<HashMap<String, Arc<Message>>>,
+    pub(crate) retained: Mutex<Retained>,
     pub(crate) stats: Stats,
     /// Client ids that have a session record in the log.
     persisted: Mutex<std::collections::HashSet<String>>,
@@ -502,22 +503,12 @@ impl Shared {
 
     /// Updates the retained message of a topic in memory (the log write is the caller's).
     pub(crate) fn set_retained(&self, msg: &Arc<Message>) {
-        let mut r = lock(&self.retained);
-        if msg.payload.is_empty() {
-            r.remove(msg.topic.as_str());
-        } else {
-            r.insert(msg.topic.to_string(), msg.clone());
-        }
+        lock(&self.retained).set(msg);
     }
 
     /// Retained messages matching `filter` (not for shared subscriptions [MQTT-3.8.4-3... v5 3.3.1.3]).
     pub(crate) fn retained_matching(&self, filter: &str) -> Vec<Arc<Message>> {
-        let now = Instant::now();
-        lock(&self.retained)
-            .values()
-            .filter(|m| !m.expired(now) && topic::matches(filter, m.topic.as_str()))
-            .cloned()
-            .collect()
+        lock(&self.retained).matching(filter, Instant::now())
     }
 
     /// Publishes a broker-generated retained message (for `$SYS`).
@@ -636,7 +627,7 @@ impl Broker {
             store,
             router: Mutex::new(Router::default()),
             sessions: Mutex::new(HashMap::new()),
-            retained: Mutex::new(retained),
+            retained: Mutex::new(Retained::from(retained)),
             stats: Stats::default(),
             persisted: Mutex::new(saved.keys().cloned().collect()),
             to_save: Mutex::new(Vec::new()),
