@@ -87,3 +87,32 @@ fn bench_without_a_broker_fails_and_stops() {
     };
     assert!(!status.success(), "connection failures must fail the run");
 }
+
+/// `--retained` stores the messages and `--subscribe-rounds` times SUBSCRIBEs against them,
+/// each round waiting for every retained message its filter matches (1 for a topic, all
+/// 1 000 of a group for `K/+`): a broker that sent fewer would end the run with an error.
+#[test]
+fn bench_times_subscriptions_against_retained_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let broker = rt.block_on(Broker::start(BrokerConfig::new("127.0.0.1:0".parse().unwrap(), dir.path()))).unwrap();
+    let port = broker.local_addr().port().to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_promptmq-bench"))
+        .args(["--port", &port, "--publishers", "0", "--subscribers", "0", "--retained", "2500"])
+        .args(["--subscribe-rounds", "6", "--duration", "1", "--drain", "0"])
+        .output()
+        .expect("run promptmq-bench");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let json: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).expect("last line is JSON");
+    assert_eq!(json["errors"], 0);
+    assert_eq!(json["retained"], 2500);
+    for kind in ["exact", "wildcard"] {
+        let s = &json["subscribe_ms"][kind];
+        assert_eq!(s["rounds"], 3, "{kind}: {s}");
+        assert!(s["p50"].as_f64().unwrap() > 0.0 && s["max"].as_f64().unwrap() >= s["p99"].as_f64().unwrap());
+    }
+    let received = broker.stats().messages_received.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(received >= 2500, "the broker took in {received} PUBLISHes");
+    rt.block_on(broker.shutdown());
+}

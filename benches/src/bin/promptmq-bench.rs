@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use clap::Parser;
 use hdrhistogram::Histogram;
+use promptmq_benches::percentile;
 use promptmq_broker::codec::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -82,6 +83,15 @@ struct Args {
     /// the run or stalls at moments.
     #[arg(long)]
     latency_log: Option<std::path::PathBuf>,
+    /// Before the run, store this many retained messages (topics `bench/retained/K/J`, 1 000
+    /// per K) from one connection.
+    #[arg(long, default_value_t = 0)]
+    retained: usize,
+    /// Then time this many SUBSCRIBE → SUBACK round trips against them, alternately to one
+    /// topic and to `bench/retained/K/+` (1 000 matches), each followed by its retained
+    /// messages and an UNSUBSCRIBE: what a subscription costs with many retained messages.
+    #[arg(long, default_value_t = 0)]
+    subscribe_rounds: usize,
 }
 
 /// Longest wait for a subscriber's CONNACK and SUBACK.
@@ -318,6 +328,106 @@ async fn subscriber(
     Ok(())
 }
 
+/// `--retained` and `--subscribe-rounds`: stores the retained messages, then times the
+/// subscriptions; `{"exact": {p50, p99, max}, "wildcard": {...}}` in ms (null without rounds).
+async fn retained_scenario(a: &Args) -> std::io::Result<serde_json::Value> {
+    if a.retained == 0 {
+        return Ok(serde_json::Value::Null);
+    }
+    let topic = |i: usize| format!("bench/retained/{}/{}", i / 1000, i % 1000);
+    let mut c = Conn::open(a, "bench-retainer").await?;
+    let payload = Bytes::from(vec![b'r'; a.payload.max(1)]);
+    for i in 0..a.retained {
+        c.send(&Packet::Publish(Publish {
+            dup: false,
+            qos: QoS::AtMostOnce,
+            retain: true,
+            topic: topic(i).as_str().into(),
+            packet_id: None,
+            properties: Properties::default(),
+            payload: payload.clone(),
+        }));
+        if c.wbuf.len() > 32 << 10 {
+            c.flush().await?;
+        }
+    }
+    // A broker handles one connection's packets in order: after the PINGRESP every retained
+    // message has been taken in.
+    c.send(&Packet::PingReq);
+    c.flush().await?;
+    tokio::time::timeout(SETUP_TIMEOUT, async {
+        while !matches!(c.recv().await?, Packet::PingResp) {}
+        Ok::<_, std::io::Error>(())
+    })
+    .await
+    .map_err(|_| std::io::Error::other("no PINGRESP after storing the retained messages"))??;
+    if a.subscribe_rounds == 0 {
+        return Ok(serde_json::Value::Null);
+    }
+    let groups = a.retained.div_ceil(1000);
+    let (mut exact, mut wildcard) = (Vec::new(), Vec::new());
+    for round in 0..a.subscribe_rounds {
+        let k = (round / 2 * 7919) % a.retained;
+        let (filter, expect) = if round % 2 == 0 {
+            (topic(k), 1)
+        } else {
+            let g = (round / 2) % groups;
+            (format!("bench/retained/{g}/+"), (a.retained - g * 1000).min(1000))
+        };
+        let id = (round % 60_000 + 1) as u16;
+        let started = Instant::now();
+        c.send(&Packet::Subscribe(Subscribe {
+            packet_id: id,
+            properties: Properties::default(),
+            subscriptions: vec![Subscription {
+                filter: filter.clone(),
+                qos: QoS::AtMostOnce,
+                no_local: false,
+                retain_as_published: false,
+                retain_handling: RetainHandling::OnSubscribe,
+            }],
+        }));
+        c.flush().await?;
+        let (mut took, mut got) = (None, 0);
+        tokio::time::timeout(SETUP_TIMEOUT, async {
+            while took.is_none() || got < expect {
+                match c.recv().await? {
+                    Packet::SubAck(_) => took = Some(started.elapsed()),
+                    Packet::Publish(_) => got += 1,
+                    _ => {}
+                }
+            }
+            Ok::<_, std::io::Error>(())
+        })
+        .await
+        .map_err(|_| std::io::Error::other(format!("{filter}: SUBACK and {expect} retained messages not in time")))??;
+        if let Some(d) = took {
+            if round % 2 == 0 { &mut exact } else { &mut wildcard }.push(d);
+        }
+        c.send(&Packet::Unsubscribe(Unsubscribe {
+            packet_id: id,
+            properties: Properties::default(),
+            filters: vec![filter],
+        }));
+        c.flush().await?;
+        tokio::time::timeout(SETUP_TIMEOUT, async {
+            while !matches!(c.recv().await?, Packet::UnsubAck(_)) {}
+            Ok::<_, std::io::Error>(())
+        })
+        .await
+        .map_err(|_| std::io::Error::other("no UNSUBACK in time"))??;
+    }
+    let summary = |v: &mut Vec<Duration>| {
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        if v.is_empty() {
+            return serde_json::Value::Null;
+        }
+        let max = v.iter().max().copied().unwrap_or_default();
+        serde_json::json!({"p50": ms(percentile(v, 50.0)), "p99": ms(percentile(v, 99.0)), "max": ms(max), "rounds": v.len()})
+    };
+    Ok(serde_json::json!({"exact": summary(&mut exact), "wildcard": summary(&mut wildcard)}))
+}
+
 /// Connects subscriber `idx` and subscribes it; returns once the broker acknowledged.
 async fn subscribe(a: &Args, idx: usize) -> std::io::Result<Conn> {
     let mut c = Conn::open(a, &format!("bench-sub-{idx}")).await?;
@@ -385,6 +495,15 @@ async fn run(a: Args) -> i32 {
             }
         }
     }
+
+    let subscribe_ms = match retained_scenario(&a).await {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("retained scenario: {e}");
+            t.errors.fetch_add(1, Ordering::Relaxed);
+            serde_json::Value::Null
+        }
+    };
 
     let ready = Arc::new(tokio::sync::Barrier::new(a.subscribers + 1));
     let sub_done = Arc::new(AtomicBool::new(false));
@@ -487,6 +606,7 @@ async fn run(a: Args) -> i32 {
         "latency_ms": {"p50": ms(0.5), "p90": ms(0.9), "p99": ms(0.99), "p999": ms(0.999), "max": h.max() as f64 / 1e6},
         "lost": lost, "duplicates": t.dups.load(Ordering::Relaxed), "errors": t.errors.load(Ordering::Relaxed),
         "idle_connections": idle.len(), "bench_rss_kb": rss_kb,
+        "retained": a.retained, "subscribe_ms": subscribe_ms,
     });
     println!("{json}");
     i32::from(t.errors.load(Ordering::Relaxed) > 0)
