@@ -46,8 +46,10 @@ pub struct Message {
     /// RETAIN flag as published.
     pub retain: bool,
     /// The properties forwarded to subscribers (spec 3.3.2.3): payload format, content type,
-    /// response topic, correlation data, user properties. Expiry is kept in `expires_at`.
-    pub properties: Properties,
+    /// response topic, correlation data, user properties; `None` when there are none (most
+    /// messages: inline they would be 344 of this struct's bytes, kept for every retained
+    /// and queued message). Expiry is kept in `expires_at`.
+    pub properties: Option<Box<Properties>>,
     /// Client id of the publisher (for no-local).
     pub publisher: Arc<str>,
     /// When the message expires (v5 message expiry interval).
@@ -67,7 +69,13 @@ impl Message {
             user_properties: p.properties.user_properties,
             ..Properties::default()
         };
+        let properties = (properties != Properties::default()).then(|| Box::new(properties));
         Message { topic, payload: p.payload, qos: p.qos, retain: p.retain, properties, publisher, expires_at }
+    }
+
+    /// A copy of the properties to forward (empty when there are none).
+    fn forwarded_properties(&self) -> Properties {
+        self.properties.as_deref().cloned().unwrap_or_default()
     }
 
     /// Whether the message has expired.
@@ -85,7 +93,7 @@ impl Message {
         sub_ids: &[u32],
         now: Instant,
     ) -> Option<Publish> {
-        let mut properties = self.properties.clone();
+        let mut properties = self.forwarded_properties();
         if let Some(t) = self.expires_at {
             let left = t.checked_duration_since(now)?;
             properties.message_expiry_interval = Some(left.as_secs().max(1) as u32);
@@ -117,7 +125,7 @@ impl Message {
                 retain: self.retain,
                 topic: self.topic.clone(),
                 packet_id: None,
-                properties: Properties { message_expiry_interval: Some(0), ..self.properties.clone() },
+                properties: Properties { message_expiry_interval: Some(0), ..self.forwarded_properties() },
                 payload: self.payload.clone(),
             },
         };
@@ -183,7 +191,7 @@ mod tests {
             payload: Bytes::from_static(b"hello"),
             qos: QoS::ExactlyOnce,
             retain: true,
-            properties: Properties { content_type: Some("text/plain".into()), ..Default::default() },
+            properties: Some(Box::new(Properties { content_type: Some("text/plain".into()), ..Default::default() })),
             publisher: Arc::from(publisher),
             expires_at: None,
         }
@@ -196,7 +204,7 @@ mod tests {
         let m = Message::from_record(r1.clone(), Duration::ZERO).expect("decodes");
         assert_eq!((m.topic.as_str(), &m.payload[..], m.qos, m.retain), ("a/b", &b"hello"[..], QoS::ExactlyOnce, true));
         assert_eq!(&*m.publisher, "alice");
-        assert_eq!(m.properties.content_type.as_deref(), Some("text/plain"));
+        assert_eq!(m.properties.as_ref().and_then(|p| p.content_type.as_deref()), Some("text/plain"));
         assert!(Message::record_stamp(&r1) < Message::record_stamp(&r2));
         assert_eq!(&*Message::from_record(r2, Duration::ZERO).expect("decodes").publisher, "");
     }

@@ -74,7 +74,7 @@ fn literal_prefix(filter: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec::{Properties, QoS};
+    use crate::codec::QoS;
     use bytes::Bytes;
     use proptest::prelude::*;
 
@@ -84,7 +84,7 @@ mod tests {
             payload: Bytes::from_static(payload.as_bytes()),
             qos: QoS::AtMostOnce,
             retain: true,
-            properties: Properties::default(),
+            properties: None,
             publisher: Arc::from("p"),
             expires_at: None,
         })
