@@ -33,7 +33,7 @@ impl Retained {
     /// The unexpired messages whose topic `filter` (valid, not shared) matches, in name order.
     pub(crate) fn matching(&self, filter: &str, now: Instant) -> Vec<Arc<Message>> {
         let live = |m: &&Arc<Message>| !m.expired(now) && topic::matches(filter, m.topic.as_str());
-        let prefix = literal_prefix(filter);
+        let prefix = topic::literal_prefix(filter);
         if prefix.len() == filter.len() {
             return self.by_topic.get(filter).filter(live).cloned().into_iter().collect();
         }
@@ -57,20 +57,6 @@ impl From<HashMap<String, Arc<Message>>> for Retained {
     }
 }
 
-/// The part of `filter` before its first wildcard level, without the separator that ends it:
-/// every name the filter matches starts with it (`a/#` matches `a` itself, so `a/#` gives
-/// `a`, not `a/`). The whole filter when it has no wildcard.
-fn literal_prefix(filter: &str) -> &str {
-    let mut end = 0usize;
-    for level in filter.split('/') {
-        if level == "+" || level == "#" {
-            return &filter[..end.saturating_sub(1)];
-        }
-        end += level.len() + 1;
-    }
-    filter
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,17 +78,6 @@ mod tests {
 
     fn topics(r: &Retained, filter: &str) -> Vec<String> {
         r.matching(filter, Instant::now()).iter().map(|m| m.topic.to_string()).collect()
-    }
-
-    #[test]
-    fn literal_prefixes() {
-        assert_eq!(literal_prefix("a/b/c"), "a/b/c");
-        assert_eq!(literal_prefix("a/b/+/c"), "a/b");
-        assert_eq!(literal_prefix("a/#"), "a");
-        assert_eq!(literal_prefix("#"), "");
-        assert_eq!(literal_prefix("+/x"), "");
-        assert_eq!(literal_prefix("/+"), "");
-        assert_eq!(literal_prefix("a//+"), "a/");
     }
 
     #[test]

@@ -385,10 +385,8 @@ impl Shared {
         if !s.persistent() || topic::parse_shared(filter).is_some() {
             return;
         }
-        for (t, end) in self.store.topics() {
-            if topic::matches(filter, &t) {
-                s.positions.start_at_end(&t, end);
-            }
+        for (t, end) in self.store.topics_matching(filter) {
+            s.positions.start_at_end(&t, end);
         }
     }
 
@@ -431,10 +429,8 @@ impl Shared {
             return;
         }
         let mut p = Positions::default();
-        for (t, end) in self.store.topics() {
-            if topic::matches(parsed.filter, &t) {
-                p.start_at_end(&t, end);
-            }
+        for (t, end) in self.store.topics_matching(parsed.filter) {
+            p.start_at_end(&t, end);
         }
         // Saved at once, before the member's session record that the SUBACK waits for: one
         // stream is durable in order, so a SUBACK means the group's start is saved too.
@@ -733,10 +729,8 @@ fn restore_groups(store: &Store, saved: &mut HashMap<String, SessionRecord>) -> 
         let filter = key.trim_start_matches("\0share\0").to_string();
         let Some(Ok(parsed)) = topic::parse_shared(&filter) else { continue };
         let mut p = Positions::restored(record.positions);
-        for (t, _) in &topics {
-            if topic::matches(parsed.filter, t) {
-                p.replay(t, 0);
-            }
+        for (t, _) in crate::store::matching(&topics, parsed.filter) {
+            p.replay(t, 0);
         }
         for x in record.outbound.iter().filter(|x| x.state == Qos2State::Complete) {
             p.complete_qos2(&x.topic, x.offset);
@@ -763,9 +757,8 @@ fn restore_sessions(shared: &Arc<Shared>, saved: HashMap<String, SessionRecord>)
         s.positions = Positions::restored(record.positions);
         // Streams the record does not name did not exist when it was written: all they hold
         // arrived since, so the session reads them from the start.
-        for (t, _) in &topics {
-            let followed = record.subs.iter().any(|(f, _)| topic::parse_shared(f).is_none() && topic::matches(f, t));
-            if followed {
+        for (f, _) in record.subs.iter().filter(|(f, _)| topic::parse_shared(f).is_none()) {
+            for (t, _) in crate::store::matching(&topics, f) {
                 s.positions.replay(t, 0);
             }
         }

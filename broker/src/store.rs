@@ -9,6 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use promptmq_wal::{Completion, Options, StreamOptions, Wal};
 
+use crate::codec::topic;
 use crate::message::Message;
 
 /// Stream holding retained messages, keyed by topic.
@@ -210,12 +211,33 @@ impl Store {
         }
     }
 
-    /// Every topic that has a stream, with the offset its next message will get.
+    /// Every topic that has a stream, with the offset its next message will get, sorted by
+    /// name (see [`matching`]).
     pub fn topics(&self) -> Vec<(String, u64)> {
         self.wal
             .streams()
             .into_iter()
             .filter_map(|i| Some((i.name.strip_prefix(TOPIC_PREFIX)?.to_owned(), i.next_offset)))
+            .collect()
+    }
+
+    /// The topics that have a stream and that `filter` (valid, not shared) matches, with the
+    /// offset the next message of each will get. Only the streams under the filter's literal
+    /// levels are looked at (one lookup for a filter without wildcards): a persistent
+    /// session's SUBSCRIBE listed all 100 000 topics of a log to find the one it named.
+    pub fn topics_matching(&self, filter: &str) -> Vec<(String, u64)> {
+        let prefix = topic::literal_prefix(filter);
+        if prefix.len() == filter.len() {
+            let end = self.wal.lookup(&format!("{TOPIC_PREFIX}{filter}")).map(|s| s.next_offset());
+            return end.map(|e| (filter.to_owned(), e)).into_iter().collect();
+        }
+        self.wal
+            .streams_with_prefix(&format!("{TOPIC_PREFIX}{prefix}"))
+            .into_iter()
+            .filter_map(|i| {
+                let name = i.name.strip_prefix(TOPIC_PREFIX)?;
+                topic::matches(filter, name).then(|| (name.to_owned(), i.next_offset))
+            })
             .collect()
     }
 
@@ -297,4 +319,77 @@ fn failed(e: StoreError) -> Completion<u64> {
 fn default_shards() -> u32 {
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     (cores / 2).clamp(1, 64) as u32
+}
+
+/// The entries of `topics` (sorted by name, as [`Store::topics`] returns them) that `filter`
+/// (valid, not shared) matches: a binary search to the filter's literal levels, then only
+/// the names under them. Restoring many sessions over many topics costs matches, not
+/// sessions × topics.
+pub(crate) fn matching<'a>(
+    topics: &'a [(String, u64)],
+    filter: &'a str,
+) -> impl Iterator<Item = &'a (String, u64)> + 'a {
+    let prefix = topic::literal_prefix(filter);
+    let start = topics.partition_point(|(t, _)| t.as_str() < prefix);
+    topics[start..]
+        .iter()
+        .take_while(move |(t, _)| t.starts_with(prefix))
+        .filter(move |(t, _)| topic::matches(filter, t))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn topics_matching_looks_under_the_filter_only_and_skips_other_streams() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), promptmq_wal::SyncMode::None).unwrap();
+        for t in ["a", "a/b", "a/b/c", "a/bc", "ab", "$SYS/x", "b/a"] {
+            store.create_topic(t).unwrap();
+        }
+        let names = |f: &str| store.topics_matching(f).into_iter().map(|(t, _)| t).collect::<Vec<_>>();
+        assert_eq!(names("a/#"), ["a", "a/b", "a/b/c", "a/bc"]);
+        assert_eq!(names("a/+"), ["a/b", "a/bc"]);
+        assert_eq!(names("a/b"), ["a/b"]);
+        assert_eq!(names("#"), ["a", "a/b", "a/b/c", "a/bc", "ab", "b/a"]);
+        assert_eq!(names("+/a"), ["b/a"]);
+        assert_eq!(names("$SYS/#"), ["$SYS/x"]);
+        assert!(names("nothing").is_empty());
+        // The retained and sessions streams are not topics.
+        store
+            .set_retained(&Arc::new(Message::from_publish(
+                crate::codec::Publish {
+                    dup: false,
+                    qos: crate::codec::QoS::AtMostOnce,
+                    retain: true,
+                    topic: "a/b".into(),
+                    packet_id: None,
+                    properties: Default::default(),
+                    payload: Bytes::from_static(b"v"),
+                },
+                "a/b".into(),
+                Arc::from("p"),
+            )))
+            .wait()
+            .unwrap();
+        assert_eq!(names("#").len(), 6);
+        assert_eq!(store.topics_matching("a/b/c"), vec![("a/b/c".to_string(), 0)]);
+    }
+
+    proptest! {
+        /// Over a sorted topic list, `matching` returns exactly what testing every name does.
+        #[test]
+        fn matching_is_the_same_as_a_full_scan(
+            names in proptest::collection::btree_set("[ab$]{0,2}(/[ab]{0,2}){0,3}", 1..40),
+            filter in "([ab]{0,2}|\\+)(/([ab]{0,2}|\\+)){0,3}(/#)?|#",
+        ) {
+            prop_assume!(topic::validate_filter(&filter).is_ok());
+            let topics: Vec<(String, u64)> = names.into_iter().map(|n| (n, 0)).collect();
+            let want: Vec<&String> = topics.iter().filter(|(t, _)| topic::matches(&filter, t)).map(|(t, _)| t).collect();
+            let got: Vec<&String> = matching(&topics, &filter).map(|(t, _)| t).collect();
+            prop_assert_eq!(got, want);
+        }
+    }
 }

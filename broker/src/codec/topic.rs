@@ -129,9 +129,41 @@ pub fn matches(filter: &str, name: &str) -> bool {
     }
 }
 
+/// The part of `filter` before its first wildcard level, without the separator that ends it:
+/// every name the filter matches starts with it (`a/#` matches `a` itself, so `a/#` gives
+/// `a`, not `a/`). The whole filter when it has no wildcard.
+///
+/// ```
+/// use promptmq_broker::codec::topic::literal_prefix;
+/// assert_eq!(literal_prefix("a/b/+/c"), "a/b");
+/// assert_eq!(literal_prefix("a/#"), "a");
+/// assert_eq!(literal_prefix("a/b"), "a/b");
+/// ```
+pub fn literal_prefix(filter: &str) -> &str {
+    let mut end = 0usize;
+    for level in filter.split('/') {
+        if level == "+" || level == "#" {
+            return &filter[..end.saturating_sub(1)];
+        }
+        end += level.len() + 1;
+    }
+    filter
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn literal_prefixes() {
+        assert_eq!(literal_prefix("a/b/c"), "a/b/c");
+        assert_eq!(literal_prefix("a/b/+/c"), "a/b");
+        assert_eq!(literal_prefix("a/#"), "a");
+        assert_eq!(literal_prefix("#"), "");
+        assert_eq!(literal_prefix("+/x"), "");
+        assert_eq!(literal_prefix("/+"), "");
+        assert_eq!(literal_prefix("a//+"), "a/");
+    }
 
     #[test]
     fn names() {
