@@ -99,7 +99,7 @@ fn bench_times_subscriptions_against_retained_messages() {
     let port = broker.local_addr().port().to_string();
     let out = Command::new(env!("CARGO_BIN_EXE_promptmq-bench"))
         .args(["--port", &port, "--publishers", "0", "--subscribers", "0", "--retained", "2500"])
-        .args(["--subscribe-rounds", "6", "--duration", "1", "--drain", "0"])
+        .args(["--subscribe-rounds", "6", "--duration", "1", "--drain", "0", "--qos", "1", "--persistent"])
         .output()
         .expect("run promptmq-bench");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

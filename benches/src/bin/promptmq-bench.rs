@@ -84,7 +84,9 @@ struct Args {
     #[arg(long)]
     latency_log: Option<std::path::PathBuf>,
     /// Before the run, store this many retained messages (topics `bench/retained/K/J`, 1 000
-    /// per K) from one connection.
+    /// per K) from one connection, with QoS 0, or QoS 1 when `--qos` is 1 or 2 (a log
+    /// keeping messages then has a stream per topic); `--persistent` makes that connection's
+    /// session persistent for the subscribe rounds.
     #[arg(long, default_value_t = 0)]
     retained: usize,
     /// Then time this many SUBSCRIBE → SUBACK round trips against them, alternately to one
@@ -337,30 +339,48 @@ async fn retained_scenario(a: &Args) -> std::io::Result<serde_json::Value> {
     let topic = |i: usize| format!("bench/retained/{}/{}", i / 1000, i % 1000);
     let mut c = Conn::open(a, "bench-retainer").await?;
     let payload = Bytes::from(vec![b'r'; a.payload.max(1)]);
+    // `--qos 1` (or 2) stores them with QoS 1: a broker that logs messages then has a stream
+    // per topic, which a persistent session (`--persistent`) subscribing has to look through.
+    let q = if a.qos == 0 { QoS::AtMostOnce } else { QoS::AtLeastOnce };
+    let mut inflight = 0usize;
     for i in 0..a.retained {
+        while q == QoS::AtLeastOnce && inflight >= a.inflight.max(1) {
+            c.flush().await?;
+            if matches!(c.recv().await?, Packet::PubAck(_)) {
+                inflight -= 1;
+            }
+        }
         c.send(&Packet::Publish(Publish {
             dup: false,
-            qos: QoS::AtMostOnce,
+            qos: q,
             retain: true,
             topic: topic(i).as_str().into(),
-            packet_id: None,
+            packet_id: (q == QoS::AtLeastOnce).then(|| (i % 65_000 + 1) as u16),
             properties: Properties::default(),
             payload: payload.clone(),
         }));
+        inflight += usize::from(q == QoS::AtLeastOnce);
         if c.wbuf.len() > 32 << 10 {
             c.flush().await?;
         }
     }
-    // A broker handles one connection's packets in order: after the PINGRESP every retained
-    // message has been taken in.
+    // A broker handles one connection's packets in order: after the PINGRESP (and the last
+    // PUBACK) every retained message has been taken in.
     c.send(&Packet::PingReq);
     c.flush().await?;
     tokio::time::timeout(SETUP_TIMEOUT, async {
-        while !matches!(c.recv().await?, Packet::PingResp) {}
+        let mut ponged = false;
+        while !ponged || inflight > 0 {
+            match c.recv().await? {
+                Packet::PingResp => ponged = true,
+                Packet::PubAck(_) => inflight -= 1,
+                _ => {}
+            }
+        }
         Ok::<_, std::io::Error>(())
     })
     .await
-    .map_err(|_| std::io::Error::other("no PINGRESP after storing the retained messages"))??;
+    .map_err(|_| std::io::Error::other("no PINGRESP or PUBACKs after storing the retained messages"))??;
     if a.subscribe_rounds == 0 {
         return Ok(serde_json::Value::Null);
     }
