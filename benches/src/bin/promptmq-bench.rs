@@ -169,6 +169,12 @@ fn qos(a: &Args) -> QoS {
     QoS::from_u8(a.qos).unwrap_or(QoS::AtMostOnce)
 }
 
+/// A histogram of latencies in nanoseconds, 1 ns to 60 s, 3 significant digits (the
+/// subscribers' own and the run's total, which they are added into).
+fn latency_histogram() -> Result<Histogram<u64>, hdrhistogram::CreationError> {
+    Histogram::new_with_bounds(1, 60_000_000_000, 3)
+}
+
 /// What the subscribers measured: every latency, and with `--latency-log` each message's.
 struct Measured {
     hist: Mutex<Histogram<u64>>,
@@ -281,7 +287,7 @@ async fn subscriber(
     // the run (and the publishers) forever.
     ready.wait().await;
     let mut c = setup.map_err(|_| std::io::Error::other("no SUBACK in time"))??;
-    let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).map_err(std::io::Error::other)?;
+    let mut local = latency_histogram().map_err(std::io::Error::other)?;
     let mut seen: Vec<Vec<u64>> = vec![Vec::new(); a.publishers];
     let mut logged = Vec::new();
     while !done.load(Ordering::Relaxed) {
@@ -499,7 +505,7 @@ async fn run(a: Args) -> i32 {
     let a = Arc::new(a);
     let t = Arc::new(Totals::default());
     let measured = Arc::new(Measured {
-        hist: Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("histogram")),
+        hist: Mutex::new(latency_histogram().expect("histogram")),
         log: a.latency_log.as_ref().map(|_| Mutex::new(Vec::new())),
     });
     let start = Instant::now();
