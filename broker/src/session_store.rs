@@ -134,8 +134,10 @@ pub(crate) struct Folded {
     pub(crate) stale: Vec<Vec<u8>>,
 }
 
-/// Folds the records of the sessions stream (oldest first) into the live sessions, each
-/// with the QoS 1 and QoS 2 entries its incarnation wrote.
+/// Folds the records of the sessions stream into the live sessions, each with the QoS 1 and
+/// QoS 2 entries its incarnation wrote. The newest record of a key decides it, so the fold
+/// gets either every record oldest first or just the newest of each key (what
+/// `Store::session_records` gives), in any order of keys.
 pub(crate) fn fold(records: impl IntoIterator<Item = (String, Bytes)>) -> Folded {
     let mut out = HashMap::new();
     let mut inbound: HashMap<(String, u16), (u64, InboundIntent)> = HashMap::new();

@@ -153,7 +153,9 @@ impl Store {
         let Some(s) = self.wal.lookup(stream) else { return Ok(()) };
         let mut from = 0;
         loop {
-            let recs = self.wal.read(&s, from, 4096)?;
+            // Bounded in bytes: a persistent session's record names every stream it follows
+            // (300 KB for 10 000 topics), and 4 096 of them took gigabytes at start-up.
+            let recs = self.wal.read_bounded(&s, from, 4096, 8 << 20)?;
             let Some(last) = recs.last() else { return Ok(()) };
             from = last.offset + 1;
             for r in recs {
@@ -267,10 +269,16 @@ impl Store {
         Ok((recs, read_to))
     }
 
-    /// Every record of the sessions stream, oldest first: (client id, payload).
+    /// The newest record of each key of the sessions stream, by key: (key, payload). Older
+    /// ones are superseded (the stream is compacted by key; until then they are read and
+    /// dropped here): kept, every saved state of every session was held in memory and
+    /// decoded at start-up — 1.7 GB and 9 s for 100 sessions that follow 10 000 topics.
     pub fn session_records(&self) -> Result<Vec<(String, Bytes)>, StoreError> {
-        let mut out = Vec::new();
-        self.for_each_keyed(SESSIONS, |key, r| out.push((key, r.payload)))?;
+        let mut latest = HashMap::new();
+        // A copy: the payload read is a slice of the chunk it was read with.
+        self.for_each_keyed(SESSIONS, |key, r| drop(latest.insert(key, Bytes::copy_from_slice(&r.payload))))?;
+        let mut out: Vec<(String, Bytes)> = latest.into_iter().collect();
+        out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         Ok(out)
     }
 
@@ -376,6 +384,21 @@ mod tests {
             .unwrap();
         assert_eq!(names("#").len(), 6);
         assert_eq!(store.topics_matching("a/b/c"), vec![("a/b/c".to_string(), 0)]);
+    }
+
+    #[test]
+    fn session_records_are_the_newest_of_each_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), promptmq_wal::SyncMode::None).unwrap();
+        for (client, state) in [("b", "1"), ("a", "1"), ("b", "2"), ("a", "2"), ("b", "3")] {
+            store.save_session(client, Some(Bytes::from(state))).wait().unwrap();
+        }
+        store.save_session("c", Some(Bytes::from("1"))).wait().unwrap();
+        store.save_session("c", None).wait().unwrap();
+        let got = store.session_records().unwrap();
+        let want: Vec<(String, Bytes)> =
+            vec![("a".into(), Bytes::from("2")), ("b".into(), Bytes::from("3")), ("c".into(), Bytes::new())];
+        assert_eq!(got, want);
     }
 
     proptest! {

@@ -76,7 +76,7 @@ impl Wal {
             let (mut lo, mut hi) = (first, next);
             while lo < hi {
                 let mid = lo + (hi - lo) / 2;
-                match self.read_state(s, mid, 1)?.first() {
+                match self.read_state(s, mid, 1, usize::MAX)?.first() {
                     Some(r) if r.timestamp_ms < cutoff => lo = r.offset + 1,
                     Some(_) => hi = mid,
                     None => lo = mid + 1,
@@ -197,18 +197,24 @@ impl Wal {
         let mut latest = HashMap::new();
         let mut from = s.first_offset.load(Ordering::Acquire);
         loop {
-            let recs = self.read_state(s, from, 4096)?;
+            // Bounded in bytes too: a compacted stream of large records (a broker's session
+            // states) read 4 096 at a time took gigabytes.
+            let recs = self.read_state(s, from, 4096, READ_BATCH_BYTES)?;
             let Some(last) = recs.last() else { break };
             from = last.offset + 1;
             for r in recs {
                 if let Some(k) = r.key {
-                    latest.insert(k, r.offset);
+                    // A copy: the key read is a slice of its whole record, which it would pin.
+                    latest.insert(Bytes::copy_from_slice(&k), r.offset);
                 }
             }
         }
         Ok(latest)
     }
 }
+
+/// Most bytes of records a maintenance pass reads at a time.
+const READ_BATCH_BYTES: usize = 8 << 20;
 
 fn all_dead(summary: &SegSummary, by_id: &crate::hash::IdMap<Arc<StreamState>>) -> bool {
     summary.streams.iter().all(|(id, ss)| match by_id.get(id) {

@@ -787,15 +787,40 @@ impl Wal {
     /// # Ok::<(), promptmq_wal::Error>(())
     /// ```
     pub fn read(&self, stream: &Stream, from: u64, max: usize) -> Result<Vec<Record>> {
-        self.read_state(&stream.state, from, max)
+        self.read_state(&stream.state, from, max, usize::MAX)
     }
 
-    pub(crate) fn read_state(&self, s: &Arc<StreamState>, from: u64, max: usize) -> Result<Vec<Record>> {
+    /// [`Wal::read`] that also stops once the records read hold `max_bytes` of keys and
+    /// payloads (at least one record is returned if there is one): a page of large records
+    /// then takes bounded memory, whatever their count.
+    ///
+    /// ```
+    /// # use promptmq_wal::{Wal, Options};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let wal = Wal::open(dir.path(), Options::default())?;
+    /// let s = wal.stream("s")?;
+    /// for _ in 0..10 { wal.append(&s, vec![0u8; 1000]).wait()?; }
+    /// assert_eq!(wal.read_bounded(&s, 0, 100, 2500)?.len(), 3);
+    /// assert_eq!(wal.read_bounded(&s, 0, 100, 1)?.len(), 1);
+    /// # Ok::<(), promptmq_wal::Error>(())
+    /// ```
+    pub fn read_bounded(&self, stream: &Stream, from: u64, max: usize, max_bytes: usize) -> Result<Vec<Record>> {
+        self.read_state(&stream.state, from, max, max_bytes)
+    }
+
+    pub(crate) fn read_state(
+        &self,
+        s: &Arc<StreamState>,
+        from: u64,
+        max: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Record>> {
         let from = from.max(s.first_offset.load(Ordering::Acquire));
         let end = s.visible.load(Ordering::Acquire).min(from.saturating_add(max as u64));
         let shard = &self.inner.shards[s.shard as usize].shared;
         let max_body = (self.inner.opts.max_record_bytes + format::RECORD_HEADER_LEN + u16::MAX as usize) as u32;
         let mut out = Vec::with_capacity((end.saturating_sub(from)) as usize);
+        let mut bytes = 0usize;
         let mut block = None;
         let mut chunk: Option<(u64, u64, Bytes)> = None; // (segment, start, bytes)
         let _no_compaction = shard.maintenance.read().unwrap_or_else(|p| p.into_inner());
@@ -854,7 +879,11 @@ impl Wal {
                     s.name, rec.meta.stream, rec.meta.offset
                 )));
             }
+            bytes += rec.payload.len() + rec.key.as_ref().map_or(0, |k| k.len());
             out.push(Record { offset, timestamp_ms: rec.meta.timestamp_ms, key: rec.key, payload: rec.payload });
+            if bytes >= max_bytes {
+                break;
+            }
         }
         Ok(out)
     }
