@@ -40,6 +40,7 @@ mod hash;
 mod index;
 pub mod io;
 mod maintenance;
+mod names;
 mod observe;
 mod options;
 mod recovery;

@@ -1,6 +1,5 @@
 //! The public handle: opening a log directory, streams, appends, reads, tails, cursors.
 
-use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -15,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::format::{self, Decoded, FRAME_LEN};
 use crate::index::{Checkpoint, Index, Pos, StreamMeta};
 use crate::io::Backend;
+use crate::names::StreamNames;
 use crate::options::{Options, Retention};
 use crate::recovery::{self, RecoveryReport};
 use crate::shard::{shard_dir, AppendReq, NewRecord, Shard, ShardShared};
@@ -136,7 +136,7 @@ struct Inner {
     opts: Options,
     index: Arc<Index>,
     shards: Vec<Shard>,
-    streams: RwLock<HashMap<String, Arc<StreamState>>>,
+    streams: RwLock<StreamNames>,
     create: Mutex<Creating>,
     /// Signalled when a creation ends (see [`Creating`]).
     created: std::sync::Condvar,
@@ -397,14 +397,9 @@ impl Wal {
             ms = report.duration.as_millis() as u64,
             "log opened"
         );
-        // A name held by two ids: a creation whose catalogue record failed left its index
-        // entry, and the name was created again, with a higher id; that one has the records.
-        let mut streams: HashMap<String, Arc<StreamState>> = HashMap::with_capacity(by_id.len());
+        let mut streams = StreamNames::default();
         for s in by_id.into_values() {
-            let held = streams.entry(s.name.clone()).or_insert_with(|| s.clone());
-            if held.id < s.id {
-                *held = s;
-            }
+            streams.insert_highest(s);
         }
         Ok(Wal {
             inner: Arc::new(Inner {
@@ -602,7 +597,7 @@ impl Wal {
         });
         logged.wait()?;
         let state = Arc::new(StreamState::from_meta(&meta));
-        self.inner.streams.write().unwrap_or_else(|p| p.into_inner()).insert(name.to_string(), state.clone());
+        self.inner.streams.write().unwrap_or_else(|p| p.into_inner()).insert(state.clone());
         Ok(Stream { state })
     }
 
@@ -652,14 +647,12 @@ impl Wal {
     /// # Ok::<(), promptmq_wal::Error>(())
     /// ```
     pub fn streams_with_prefix(&self, prefix: &str) -> Vec<StreamInfo> {
-        let mut v: Vec<StreamInfo> = self
-            .inner
+        self.inner
             .streams
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .filter(|(name, _)| name.starts_with(prefix))
-            .map(|(_, s)| {
+            .with_prefix(prefix)
+            .map(|s| {
                 let m = s.meta();
                 StreamInfo {
                     name: m.name,
@@ -671,9 +664,7 @@ impl Wal {
                     compacted: m.compacted,
                 }
             })
-            .collect();
-        v.sort_by(|a, b| a.name.cmp(&b.name));
-        v
+            .collect()
     }
 
     fn check_open(&self) -> Result<()> {
