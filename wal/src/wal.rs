@@ -843,12 +843,17 @@ impl Wal {
                     Decoded::Record(r, _) => break r,
                     Decoded::Incomplete if attempt == 0 => {
                         // Bigger than the chunk (or the chunk ended mid-record): read it whole.
-                        let need = if fresh.len() >= FRAME_LEN {
+                        // The index knows its length; the frame says it too, when the chunk
+                        // holds the frame. A chunk that ended inside the frame of a record
+                        // larger than READ_CHUNK used to get READ_CHUNK bytes again, and the
+                        // read failed ("does not decode: Incomplete") on a sound log.
+                        let framed = if fresh.len() >= FRAME_LEN {
                             FRAME_LEN + u32::from_le_bytes([fresh[8], fresh[9], fresh[10], fresh[11]]) as usize
                         } else {
-                            READ_CHUNK
+                            0
                         };
-                        let c = reader.read_chunk(pos.at, need.max(READ_CHUNK))?;
+                        let need = framed.max(pos.len as usize).max(READ_CHUNK);
+                        let c = reader.read_chunk(pos.at, need)?;
                         chunk = Some((pos.segment, pos.at, c));
                         attempt += 1;
                     }

@@ -365,3 +365,32 @@ fn reopening_an_unchanged_log_does_not_rewrite_every_stream_in_the_index() {
     assert_eq!(wal.streams().len(), 2000);
     assert_eq!(wal.read(&wal.lookup("device/1999").unwrap(), 0, 10).unwrap().len(), 1);
 }
+
+/// A page read whose chunk (64 KiB) ends inside the 12-byte frame of a record larger than
+/// the chunk: the record is read whole. It failed with "does not decode: Incomplete" on a
+/// sound log (a broker's session records of ~300 KB met it at start-up).
+#[test]
+fn a_chunk_ending_inside_the_frame_of_a_large_record_still_reads_it() {
+    use promptmq_wal::format::encoded_len;
+    const CHUNK: usize = 64 << 10;
+    for cut in [1usize, 5, 11, 12, 13] {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = Wal::open(dir.path(), Options::default().sync(SyncMode::None)).unwrap();
+        let s = wal.stream("s").unwrap();
+        // Small records filling the first chunk up to `cut` bytes into the large one.
+        let small = 1000;
+        let mut left = CHUNK - cut;
+        let mut n = 0;
+        while left > 0 {
+            let payload = if left >= 2 * encoded_len(0, small) { small } else { left - encoded_len(0, 0) };
+            wal.append(&s, vec![b's'; payload]).wait().unwrap();
+            left -= encoded_len(0, payload);
+            n += 1;
+        }
+        let big = vec![b'b'; 200_000];
+        wal.append(&s, big.clone()).wait().unwrap();
+        let recs = wal.read(&s, 0, n + 1).unwrap();
+        assert_eq!(recs.len(), n + 1, "cut {cut}");
+        assert_eq!(&recs[n].payload[..], &big[..], "cut {cut}");
+    }
+}
