@@ -101,6 +101,10 @@ struct Conn {
     pending: VecDeque<PendingAck>,
     /// QoS 0 messages of the current read, routed together once it is handled.
     qos0: Vec<Arc<Message>>,
+    /// Appends of the current read's QoS 1/2 messages, submitted together once it is
+    /// handled (one write for all of them), or before any other append of this connection
+    /// so that the log keeps the publisher's order.
+    appends: Option<promptmq_wal::Batch>,
     /// Packets to send, in order, each once the log record it waits for (if any) is durable.
     outbox: VecDeque<(Option<Completion<u64>>, Packet)>,
     /// Fires when the latest chained append (see `chain`) has been issued.
@@ -357,6 +361,7 @@ async fn accept(
             client_max_packet: c.properties.maximum_packet_size.map_or(usize::MAX, |m| m as usize),
             aliases: HashMap::new(),
             qos0: Vec::new(),
+            appends: None,
             out_aliases: OutboundAliases::new(if v5 { c.properties.topic_alias_maximum.unwrap_or(0) } else { 0 }),
             pending: VecDeque::new(),
             outbox: VecDeque::new(),
@@ -491,9 +496,17 @@ impl Conn {
     /// Decodes and handles every whole packet in the read buffer.
     fn handle_input(&mut self) -> Result<(), End> {
         let handled = self.handle_packets();
-        // Received before whatever ended the connection: routed all the same.
+        // Received before whatever ended the connection: stored and routed all the same.
+        self.submit_appends();
         self.route_qos0();
         handled
+    }
+
+    /// Hands this read's batched appends to the log (see `appends`).
+    fn submit_appends(&mut self) {
+        if let Some(b) = self.appends.take() {
+            b.submit();
+        }
     }
 
     fn handle_packets(&mut self) -> Result<(), End> {
@@ -507,6 +520,10 @@ impl Conn {
             // routed (a QoS 1 message on the same topic, an UNSUBSCRIBE): route them first.
             if !matches!(&p, Packet::Publish(x) if x.qos == QoS::AtMostOnce && !x.retain) {
                 self.route_qos0();
+            }
+            // Anything but a PUBLISH may append too (session records): the batch goes first.
+            if !matches!(&p, Packet::Publish(_)) {
+                self.submit_appends();
             }
             self.handle(p)?;
         }
@@ -665,6 +682,9 @@ impl Conn {
         match (qos, packet_id) {
             (QoS::AtMostOnce, _) => {
                 // QoS 0 promises nothing: the appends go ahead without anyone waiting for them.
+                if retain || self.shared.cfg.persist_qos0 {
+                    self.submit_appends();
+                }
                 if retain {
                     drop(self.shared.store.set_retained(&msg));
                     self.shared.set_retained(&msg);
@@ -691,6 +711,7 @@ impl Conn {
                 }
                 let mut done = Vec::new();
                 if retain {
+                    self.submit_appends();
                     done.push(self.shared.store.set_retained(&msg));
                 }
                 let (incarnation, persistent) = {
@@ -710,6 +731,7 @@ impl Conn {
                         stamp,
                         offset: None,
                     };
+                    self.submit_appends();
                     let written = self.shared.save_inbound(&self.client_id, incarnation, id, Some(&intent));
                     let (store, m) = (self.shared.store.clone(), msg.clone());
                     let (store2, m2) = (store.clone(), msg.clone());
@@ -721,8 +743,11 @@ impl Conn {
                 } else if let Some(stream) =
                     (!self.chain_pending()).then(|| self.shared.store.topic_stream(msg.topic.as_str())).flatten()
                 {
-                    (MessageAppend::Now(self.shared.store.append_to(&stream, &msg)), None)
+                    let store = &self.shared.store;
+                    let batch = self.appends.get_or_insert_with(|| store.batch());
+                    (MessageAppend::Now(store.append_to_batch(batch, &stream, &msg)), None)
                 } else {
+                    self.submit_appends();
                     let (store, m) = (self.shared.store.clone(), msg.clone());
                     let (store2, m2) = (store.clone(), msg.clone());
                     let before = async move { ensure_topic(&store, &m).await };

@@ -100,15 +100,27 @@ impl Store {
         }
     }
 
-    /// `topic`'s stream, if it exists yet: appending through it ([`Store::append_to`]) saves
+    /// `topic`'s stream, if it exists yet: appending through it ([`Store::append_to_batch`]) saves
     /// the name lookup [`Store::append`] makes.
     pub fn topic_stream(&self, topic: &str) -> Option<promptmq_wal::Stream> {
         self.wal.lookup(&format!("{TOPIC_PREFIX}{topic}"))
     }
 
-    /// Appends a message to `stream`, its topic's stream (from [`Store::topic_stream`]).
-    pub fn append_to(&self, stream: &promptmq_wal::Stream, msg: &Message) -> Completion<u64> {
-        self.wal.append(stream, msg.to_record_stamped(Instant::now(), crate::message::new_stamp()))
+    /// Starts a batch of appends ([`Store::append_to_batch`]): the messages of one read
+    /// from a client reach the log in one write instead of one each.
+    pub fn batch(&self) -> promptmq_wal::Batch {
+        self.wal.batch()
+    }
+
+    /// Appends a message to `stream`, its topic's stream (from [`Store::topic_stream`]), as
+    /// part of `batch`: nothing is written before the batch is submitted.
+    pub fn append_to_batch(
+        &self,
+        batch: &mut promptmq_wal::Batch,
+        stream: &promptmq_wal::Stream,
+        msg: &Message,
+    ) -> Completion<u64> {
+        batch.append(stream, msg.to_record_stamped(Instant::now(), crate::message::new_stamp()))
     }
 
     /// Whether `topic` has its stream yet (appending to a new topic first creates it, which

@@ -231,9 +231,21 @@ impl<R: Weighted, T> CommitQueue<R, T> {
 
     /// Queues a request. Blocks while the queue holds more than its byte limit (a single
     /// request larger than the limit is admitted when the queue is empty).
+    #[cfg(test)]
     pub(crate) fn submit(&self, req: R) -> Completion<T> {
         let (done, completion) = completion_pair();
-        let w = req.weight();
+        self.enqueue([Pending { req, done }]);
+        completion
+    }
+
+    /// Queues requests one after the other under one lock (so nothing gets between them),
+    /// blocking while the queue holds more than its byte limit (a group larger than the
+    /// limit is admitted when the queue is empty). On a closed queue their waiters fail.
+    fn enqueue<G>(&self, group: G)
+    where
+        G: AsRef<[Pending<R, T>]> + IntoIterator<Item = Pending<R, T>>,
+    {
+        let w: usize = group.as_ref().iter().map(|p| p.req.weight()).sum();
         let mut st = lock(&self.state);
         while !st.closed && st.bytes > 0 && st.bytes + w > self.max_bytes {
             st.blocked_submitters += 1;
@@ -245,11 +257,12 @@ impl<R: Weighted, T> CommitQueue<R, T> {
         }
         if st.closed {
             drop(st);
-            done.complete(Err(Error::Closed));
-            return completion;
+            // Each dropped completer fails its waiter with `Error::Closed`.
+            drop(group);
+            return;
         }
         st.bytes += w;
-        st.pending.push_back(Pending { req, done });
+        st.pending.extend(group);
         // A blocked submitter means the queue is full: the writer gathers no longer.
         let wake = st.writer_wants > 0 && (st.pending.len() >= st.writer_wants || st.blocked_submitters > 0);
         if wake {
@@ -262,7 +275,6 @@ impl<R: Weighted, T> CommitQueue<R, T> {
         if wake {
             self.work.notify_one();
         }
-        completion
     }
 
     /// Moves every pending request into `batch` (at most `max_bytes` of them, but at least
@@ -342,17 +354,34 @@ impl<R: Weighted, T> CommitQueue<R, T> {
     /// of an append's latency. Under load the sink is busy or requests are queued, so they
     /// still go through the writer in batches.
     pub(crate) fn submit_or_commit<S: BatchSink<R, Out = T>>(&self, req: R, sink: &Mutex<S>) -> Completion<T> {
+        let (done, completion) = completion_pair();
+        self.commit_or_enqueue([Pending { req, done }], sink);
+        completion
+    }
+
+    /// [`CommitQueue::submit_or_commit`] for requests whose waiters the caller made
+    /// ([`completion_pair`]): committed together, in order, as one batch when the queue is
+    /// quiet; otherwise queued together.
+    pub(crate) fn submit_or_commit_group<S: BatchSink<R, Out = T>>(&self, group: Vec<Pending<R, T>>, sink: &Mutex<S>) {
+        if !group.is_empty() {
+            self.commit_or_enqueue(group, sink);
+        }
+    }
+
+    fn commit_or_enqueue<S, G>(&self, mut group: G, sink: &Mutex<S>)
+    where
+        S: BatchSink<R, Out = T>,
+        G: AsRef<[Pending<R, T>]> + AsMut<[Pending<R, T>]> + IntoIterator<Item = Pending<R, T>>,
+    {
         if let Ok(mut s) = sink.try_lock() {
-            if s.commit_inline(&req) && self.quiet() {
-                let (done, completion) = completion_pair();
-                let mut batch = [Pending { req, done }];
-                let result = s.commit(&batch);
+            if s.commit_inline(group.as_ref()) && self.quiet() {
+                let result = s.commit(group.as_ref());
                 drop(s);
-                complete_batch(&mut batch, result);
-                return completion;
+                complete_batch(group.as_mut(), result);
+                return;
             }
         }
-        self.submit(req)
+        self.enqueue(group);
     }
 
     /// Nothing is queued or being committed, and the queue is open.
@@ -386,9 +415,9 @@ pub(crate) trait BatchSink<R> {
     fn gather_window(&self) -> Option<std::time::Duration> {
         None
     }
-    /// Whether `req` may be committed on the appender's thread (see
+    /// Whether `group` may be committed on the appender's thread (see
     /// [`CommitQueue::submit_or_commit`]): only when that commit is short (no sync).
-    fn commit_inline(&self, _req: &R) -> bool {
+    fn commit_inline(&self, _group: &[Pending<R, Self::Out>]) -> bool {
         false
     }
 }
@@ -579,7 +608,7 @@ mod tests {
         fn commit(&mut self, batch: &[Pending<Req, u64>]) -> Result<Vec<u64>> {
             self.0.commit(batch)
         }
-        fn commit_inline(&self, _req: &Req) -> bool {
+        fn commit_inline(&self, _group: &[Pending<Req, u64>]) -> bool {
             true
         }
     }
@@ -669,7 +698,7 @@ mod loom_tests {
             self.next += batch.len() as u64;
             Ok((start..self.next).collect())
         }
-        fn commit_inline(&self, _req: &Req) -> bool {
+        fn commit_inline(&self, _group: &[Pending<Req, u64>]) -> bool {
             self.inline
         }
     }
@@ -677,7 +706,13 @@ mod loom_tests {
     /// `bound` is the queue's byte limit (each request weighs 1): 1 makes the second
     /// submitter wait for space, exercising the back-pressure path. With `inline`, the
     /// appenders commit on their own thread whenever the queue lets them.
+    /// With `grouped`, the producer hands its two requests over as one group
+    /// ([`CommitQueue::submit_or_commit_group`]).
     fn model(fail_first: bool, bound: usize, inline: bool) {
+        model_with(fail_first, bound, inline, false)
+    }
+
+    fn model_with(fail_first: bool, bound: usize, inline: bool, grouped: bool) {
         let mut b = loom::model::Builder::new();
         // Bounded preemption keeps the state space tractable; bugs in queues like this one
         // show up within two or three preemptions.
@@ -696,6 +731,14 @@ mod loom_tests {
                 let (q, sink) = (q.clone(), sink.clone());
                 loom::thread::spawn(move || {
                     // Issued back to back, then awaited: the second must not overtake the first.
+                    if grouped {
+                        let ((da, a), (db, b)) = (completion_pair(), completion_pair());
+                        q.submit_or_commit_group(
+                            vec![Pending { req: Req, done: da }, Pending { req: Req, done: db }],
+                            &sink,
+                        );
+                        return (a.wait(), b.wait());
+                    }
                     let a = q.submit_or_commit(Req, &sink);
                     let b = q.submit_or_commit(Req, &sink);
                     (a.wait(), b.wait())
@@ -743,5 +786,11 @@ mod loom_tests {
     #[test]
     fn loom_inline_commits_with_a_failing_sink() {
         model(true, 1, true);
+    }
+
+    #[test]
+    fn loom_groups_keep_order_and_complete_once() {
+        model_with(false, 1, false, true);
+        model_with(true, 8, true, true);
     }
 }

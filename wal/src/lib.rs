@@ -61,7 +61,7 @@ pub use options::{Options, RecoveryMode, Retention, SyncMode, MAX_SEGMENT_BYTES}
 pub use recovery::{RecoveryReport, ShardReport};
 pub use segment::BadRange;
 pub use tail::Tail;
-pub use wal::{Record, Stream, StreamInfo, StreamOptions, Wal, WalStats, MAX_STREAM_NAME};
+pub use wal::{Batch, Record, Stream, StreamInfo, StreamOptions, Wal, WalStats, MAX_STREAM_NAME};
 
 impl From<std::io::Error> for Error {
     fn from(e: std::io::Error) -> Self {

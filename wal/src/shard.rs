@@ -49,6 +49,12 @@ pub(crate) struct AppendReq {
 /// own shard, before any of its records) so the catalogue can be rebuilt from the log alone.
 pub(crate) const CATALOG_STREAM: u64 = u64::MAX;
 
+impl AppendReq {
+    pub(crate) fn new(stream: &crate::Stream, records: Vec<NewRecord>) -> AppendReq {
+        AppendReq { stream: Some(stream.state().clone()), records, force_sync: false, catalog: None }
+    }
+}
+
 impl Weighted for AppendReq {
     fn weight(&self) -> usize {
         self.records.iter().map(|r| format::encoded_len(r.key.as_ref().map_or(0, |k| k.len()), r.payload.len())).sum()
@@ -244,6 +250,11 @@ impl Shard {
 
     pub(crate) fn submit(&self, req: AppendReq) -> Completion<u64> {
         self.queue.submit_or_commit(req, &self.sink)
+    }
+
+    /// Appends made together ([`crate::Batch`]): committed or queued as one group, in order.
+    pub(crate) fn submit_group(&self, group: Vec<Pending<AppendReq, u64>>) {
+        self.queue.submit_or_commit_group(group, &self.sink)
     }
 
     /// Stops accepting appends, lets the writer finish what is queued, sync and checkpoint.
@@ -584,11 +595,10 @@ impl BatchSink<AppendReq> for ShardWriter {
     /// Only a commit that is a `write` and nothing more: no sync due, no segment to roll,
     /// no checkpoint to store — those stay on the writer thread, off the appender's
     /// (often an async runtime's worker).
-    fn commit_inline(&self, req: &AppendReq) -> bool {
-        let w = req.weight() as u64;
+    fn commit_inline(&self, group: &[Pending<AppendReq, u64>]) -> bool {
+        let w: u64 = group.iter().map(|p| p.req.weight() as u64).sum();
         self.sync != SyncMode::Always
-            && !req.force_sync
-            && req.stream.is_some()
+            && group.iter().all(|p| !p.req.force_sync && p.req.stream.is_some())
             && self.failed.is_none()
             && self.file.is_some()
             && self.seg_len + w < self.segment_bytes

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use crate::commit::Completion;
+use crate::commit::{completion_pair, Completion, Pending};
 use crate::error::{Error, Result};
 use crate::format::{self, Decoded, FRAME_LEN};
 use crate::index::{Checkpoint, Index, Pos, StreamMeta};
@@ -57,7 +57,90 @@ pub struct Stream {
     state: Arc<StreamState>,
 }
 
+/// Appends to one or more streams, handed to the log together ([`Wal::batch`]): the
+/// appends of each shard go to its writer as one group, in the order they were made, so
+/// one write (and one sync, per the sync mode) carries them all. Each append has its own
+/// [`Completion`], resolved once that record is durable.
+///
+/// Nothing reaches the log before [`Batch::submit`]; a batch dropped without it is
+/// submitted then, so no append made through it is silently lost.
+#[must_use = "appends reach the log when the batch is submitted"]
+pub struct Batch {
+    wal: Wal,
+    /// Per shard, the appends in the order they were made (shards touched so far only).
+    shards: Vec<(u32, Vec<Pending<AppendReq, u64>>)>,
+}
+
+impl Batch {
+    /// Adds an append of one record to `stream`; see [`Wal::append`].
+    pub fn append(&mut self, stream: &Stream, payload: impl Into<Bytes>) -> Completion<u64> {
+        self.push(stream, None, payload.into())
+    }
+
+    /// Adds an append of one keyed record to `stream`; see [`Wal::append_keyed`].
+    pub fn append_keyed(
+        &mut self,
+        stream: &Stream,
+        key: impl Into<Bytes>,
+        payload: impl Into<Bytes>,
+    ) -> Completion<u64> {
+        self.push(stream, Some(key.into()), payload.into())
+    }
+
+    fn push(&mut self, stream: &Stream, key: Option<Bytes>, payload: Bytes) -> Completion<u64> {
+        let recs = match self.wal.new_records([(key, payload)]) {
+            Ok(r) => r,
+            Err(e) => return Completion::ready(Err(e)),
+        };
+        let (done, completion) = completion_pair();
+        let shard = stream.state.shard;
+        let req = AppendReq::new(stream, recs);
+        match self.shards.iter_mut().find(|(s, _)| *s == shard) {
+            Some((_, group)) => group.push(Pending { req, done }),
+            None => self.shards.push((shard, vec![Pending { req, done }])),
+        }
+        completion
+    }
+
+    /// How many appends the batch holds.
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|(_, g)| g.len()).sum()
+    }
+
+    /// Whether the batch holds no append.
+    pub fn is_empty(&self) -> bool {
+        self.shards.is_empty()
+    }
+
+    /// Hands the appends to the log (see [`Wal::batch`]).
+    pub fn submit(mut self) {
+        self.submit_now();
+    }
+
+    fn submit_now(&mut self) {
+        for (shard, group) in self.shards.drain(..) {
+            self.wal.inner.shards[shard as usize].submit_group(group);
+        }
+    }
+}
+
+impl Drop for Batch {
+    fn drop(&mut self) {
+        self.submit_now();
+    }
+}
+
+impl std::fmt::Debug for Batch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batch").field("appends", &self.len()).finish()
+    }
+}
+
 impl Stream {
+    pub(crate) fn state(&self) -> &Arc<StreamState> {
+        &self.state
+    }
+
     /// The stream's name.
     pub fn name(&self) -> &str {
         &self.state.name
@@ -715,25 +798,48 @@ impl Wal {
         stream: &Stream,
         records: impl IntoIterator<Item = (Option<Bytes>, Bytes)>,
     ) -> Completion<u64> {
-        if let Err(e) = self.check_open() {
-            return Completion::ready(Err(e));
+        match self.new_records(records) {
+            Ok(recs) => self.inner.shards[stream.state.shard as usize].submit(AppendReq::new(stream, recs)),
+            Err(e) => Completion::ready(Err(e)),
         }
+    }
+
+    /// The records of an append, checked against the log's limits.
+    fn new_records(&self, records: impl IntoIterator<Item = (Option<Bytes>, Bytes)>) -> Result<Vec<NewRecord>> {
+        self.check_open()?;
         let mut recs = Vec::new();
         for (key, payload) in records {
             let klen = key.as_ref().map_or(0, |k| k.len());
             if klen > u16::MAX as usize {
-                return Completion::ready(Err(Error::KeyTooLong(klen)));
+                return Err(Error::KeyTooLong(klen));
             }
             if klen + payload.len() > self.inner.opts.max_record_bytes {
-                return Completion::ready(Err(Error::RecordTooLarge {
+                return Err(Error::RecordTooLarge {
                     size: klen + payload.len(),
                     max: self.inner.opts.max_record_bytes,
-                }));
+                });
             }
             recs.push(NewRecord { key, payload });
         }
-        let shard = &self.inner.shards[stream.state.shard as usize];
-        shard.submit(AppendReq { stream: Some(stream.state.clone()), records: recs, force_sync: false, catalog: None })
+        Ok(recs)
+    }
+
+    /// Starts a [`Batch`]: appends to any streams, handed to the log together.
+    ///
+    /// ```
+    /// # use promptmq_wal::{Wal, Options};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let wal = Wal::open(dir.path(), Options::default())?;
+    /// let (a, b) = (wal.stream("a")?, wal.stream("b")?);
+    /// let mut batch = wal.batch();
+    /// let first = batch.append(&a, "one");
+    /// let second = batch.append_keyed(&b, "k", "two");
+    /// batch.submit();
+    /// assert_eq!((first.wait()?, second.wait()?), (0, 0));
+    /// # Ok::<(), promptmq_wal::Error>(())
+    /// ```
+    pub fn batch(&self) -> Batch {
+        Batch { wal: self.clone(), shards: Vec::new() }
     }
 
     /// Makes every append issued so far durable (an `fdatasync` per shard, whatever the

@@ -394,3 +394,62 @@ fn a_chunk_ending_inside_the_frame_of_a_large_record_still_reads_it() {
         assert_eq!(&recs[n].payload[..], &big[..], "cut {cut}");
     }
 }
+
+/// Counts the group commits of a log and the records in each.
+#[derive(Debug, Default)]
+struct Commits(std::sync::Mutex<Vec<usize>>);
+impl promptmq_wal::CommitObserver for Commits {
+    fn committed(&self, c: &promptmq_wal::CommitInfo) {
+        self.0.lock().unwrap().push(c.records);
+    }
+}
+
+#[test]
+fn a_batch_reaches_each_shard_as_one_commit_in_order() {
+    for sync in [SyncMode::None, SyncMode::Always] {
+        let dir = tempfile::tempdir().unwrap();
+        let commits = Arc::new(Commits::default());
+        let opts = Options::default().shards(2).sync(sync).observer(commits.clone());
+        let wal = Wal::open(dir.path(), opts.clone()).unwrap();
+        // Streams in both shards (names hash to shards).
+        let streams: Vec<_> = (0..8).map(|i| wal.stream(&format!("s{i}")).unwrap()).collect();
+        let mut per_shard = [0usize; 2];
+        for i in wal.streams() {
+            per_shard[i.shard as usize] += 3;
+        }
+        assert!(per_shard.iter().all(|&n| n > 0), "the streams span both shards");
+        commits.0.lock().unwrap().clear();
+
+        let mut batch = wal.batch();
+        let mut done = Vec::new();
+        for round in 0..3 {
+            for (i, s) in streams.iter().enumerate() {
+                done.push((i, round, batch.append(s, format!("{i}/{round}"))));
+            }
+        }
+        // Refused up front, without holding back the rest.
+        let too_big = batch.append(&streams[0], vec![0u8; 64 << 20]);
+        assert_eq!(batch.len(), 24);
+        batch.submit();
+        for (_, round, c) in done {
+            assert_eq!(c.wait().unwrap(), round as u64, "offsets follow the order of the appends");
+        }
+        assert!(matches!(too_big.wait(), Err(Error::RecordTooLarge { .. })));
+        let mut got = commits.0.lock().unwrap().clone();
+        got.sort_unstable();
+        per_shard.sort_unstable();
+        assert_eq!(got, per_shard, "{sync:?}: one commit per shard carries the whole batch");
+
+        // Dropped unsubmitted: submitted all the same.
+        let mut batch = wal.batch();
+        let late = batch.append(&streams[1], "late");
+        drop(batch);
+        assert_eq!(late.wait().unwrap(), 3);
+
+        wal.close().unwrap();
+        let wal = Wal::open(dir.path(), opts).unwrap();
+        let s = wal.lookup("s1").unwrap();
+        let got: Vec<_> = wal.read(&s, 0, 10).unwrap().into_iter().map(|r| r.payload).collect();
+        assert_eq!(got, vec!["1/0", "1/1", "1/2", "late"]);
+    }
+}
