@@ -1228,7 +1228,7 @@ impl Conn {
                 slot.0 = Some(stored);
             }
         }
-        if s.persistent() && s.positions.dirty {
+        if s.persistent() && s.positions.dirty() {
             // Acknowledgements moved the position: saved within `positions_save_interval`,
             // which bounds what a crash makes the client receive again.
             self.shared.queue_position_save(&self.client_id, &session, &mut s);

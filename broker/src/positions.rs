@@ -13,7 +13,7 @@
 //! swap two neighbours. Reading from the log then may hand an offset over twice (a QoS 1
 //! duplicate, which QoS 1 allows); nothing is ever skipped.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 /// Where one session stands in one topic stream.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -62,8 +62,15 @@ pub(crate) struct Positions {
     /// How many of `streams` are being read from the log: asked for every live delivery
     /// (see `Session::offer_early`), so kept rather than counted over every stream.
     replaying: usize,
-    /// Changed since last saved.
-    pub(crate) dirty: bool,
+    /// Streams whose cursor may have moved since the last save: a save writes only these
+    /// (a session following 10 000 topics would otherwise write them all, about 300 KB, each
+    /// time one of them moved).
+    changed: HashSet<String>,
+    /// Streams were dropped since the last save: only a whole record says so.
+    dropped: bool,
+    /// Sequence number of the last save, whole or partial: at a restart, a partial save
+    /// counts only if it is newer than the whole record.
+    seq: u64,
 }
 
 /// Sets where `p` is read from the log, keeping `replaying` (the count of streams being
@@ -78,13 +85,55 @@ fn set_replay(p: &mut StreamPos, replaying: &mut usize, to: Option<u64>) {
 }
 
 impl Positions {
-    /// Positions restored from a saved record: every stream is read from its cursor.
-    pub(crate) fn restored(saved: impl IntoIterator<Item = (String, u64)>) -> Positions {
+    /// Positions restored from a saved record (`seq`: the newest save it holds): every
+    /// stream is read from its cursor.
+    pub(crate) fn restored(saved: impl IntoIterator<Item = (String, u64)>, seq: u64) -> Positions {
         let streams: HashMap<_, _> = saved
             .into_iter()
             .map(|(t, c)| (t, StreamPos { live_from: 0, replay_from: Some(c), next: c, ..Default::default() }))
             .collect();
-        Positions { replaying: streams.len(), streams, dirty: false }
+        Positions { replaying: streams.len(), streams, seq, ..Default::default() }
+    }
+
+    /// Changed since last saved.
+    pub(crate) fn dirty(&self) -> bool {
+        self.dropped || !self.changed.is_empty()
+    }
+
+    /// Whether a save must write the whole record (streams were dropped), not just the
+    /// changed cursors.
+    pub(crate) fn needs_whole_save(&self) -> bool {
+        self.dropped
+    }
+
+    /// A whole save: every cursor, and its sequence number.
+    pub(crate) fn save_all(&mut self) -> (Vec<(String, u64)>, u64) {
+        self.changed.clear();
+        self.dropped = false;
+        self.seq += 1;
+        (self.cursors(), self.seq)
+    }
+
+    /// A partial save: the cursors that may have moved since the last save, and its
+    /// sequence number.
+    pub(crate) fn save_changed(&mut self) -> (Vec<(String, u64)>, u64) {
+        let mut v: Vec<_> = self
+            .changed
+            .drain()
+            .filter_map(|t| {
+                let c = self.streams.get(&t)?.cursor();
+                Some((t, c))
+            })
+            .collect();
+        v.sort();
+        self.seq += 1;
+        (v, self.seq)
+    }
+
+    fn touch(&mut self, topic: &str) {
+        if !self.changed.contains(topic) {
+            self.changed.insert(topic.to_owned());
+        }
     }
 
     /// A subscription began while `topic`'s stream ends at `end`: only what comes after
@@ -92,7 +141,7 @@ impl Positions {
     pub(crate) fn start_at_end(&mut self, topic: &str, end: u64) {
         if !self.streams.contains_key(topic) {
             self.streams.insert(topic.to_owned(), StreamPos { live_from: end, next: end, ..Default::default() });
-            self.dirty = true;
+            self.touch(topic);
         }
     }
 
@@ -104,7 +153,7 @@ impl Positions {
                 StreamPos { live_from: 0, replay_from: Some(from), next: from, ..Default::default() },
             );
             self.replaying += 1;
-            self.dirty = true;
+            self.touch(topic);
         }
     }
 
@@ -119,7 +168,11 @@ impl Positions {
             }
             kept
         });
-        self.dirty |= self.streams.len() != before;
+        if self.streams.len() != before {
+            let streams = &self.streams;
+            self.changed.retain(|t| streams.contains_key(t));
+            self.dropped = true;
+        }
     }
 
     /// A live delivery of `topic`@`offset`. `room` says whether the session can take it now
@@ -142,7 +195,7 @@ impl Positions {
         }
         if !room {
             set_replay(p, &mut self.replaying, Some(offset));
-            self.dirty = true;
+            self.touch(topic);
             return Offer::Skip;
         }
         p.outstanding.insert(offset);
@@ -154,7 +207,7 @@ impl Positions {
     pub(crate) fn done(&mut self, topic: &str, offset: u64) {
         if let Some(p) = self.streams.get_mut(topic) {
             if p.outstanding.remove(&offset) {
-                self.dirty = true;
+                self.touch(topic);
             }
         }
     }
@@ -166,7 +219,7 @@ impl Positions {
             p.outstanding.remove(&offset);
             let from = p.replay_from.map_or(offset, |r| r.min(offset));
             set_replay(p, &mut self.replaying, Some(from));
-            self.dirty = true;
+            self.touch(topic);
         }
     }
 
@@ -189,7 +242,7 @@ impl Positions {
         if from < read_from {
             // A live delivery below what was read arrived meanwhile (two publishers racing):
             // read again from there.
-            self.dirty = true;
+            self.touch(topic);
             return;
         }
         p.next = p.next.max(read_to);
@@ -199,7 +252,7 @@ impl Positions {
         } else {
             p.replay_from = Some(read_to.max(from));
         }
-        self.dirty = true;
+        self.touch(topic);
     }
 
     /// (topic, cursor) of every stream, for the session record.
@@ -233,7 +286,7 @@ impl Positions {
         if let Some(p) = self.streams.get_mut(topic) {
             p.complete.insert(offset);
             p.outstanding.remove(&offset);
-            self.dirty = true;
+            self.touch(topic);
         }
     }
 
@@ -269,7 +322,7 @@ mod tests {
 
     #[test]
     fn replaying_follows_every_stream_into_and_out_of_the_log() {
-        let mut p = Positions::restored([("a".to_string(), 3)]);
+        let mut p = Positions::restored([("a".to_string(), 3)], 0);
         assert!(p.replaying(), "restored streams are read from the log");
         p.replayed("a", 3, &[3, 4], 5, 5);
         assert!(!p.replaying(), "read to the end: live again");
@@ -326,7 +379,7 @@ mod tests {
 
     #[test]
     fn restored_sessions_read_from_their_cursor_and_new_streams_from_the_start() {
-        let mut p = Positions::restored([("a".to_string(), 5)]);
+        let mut p = Positions::restored([("a".to_string(), 5)], 0);
         p.replay("b", 0);
         p.replay("a", 0);
         let mut r: Vec<_> = p.streams.iter().map(|(t, s)| (t.clone(), s.replay_from)).collect();
@@ -339,7 +392,7 @@ mod tests {
 
     #[test]
     fn completed_qos2_exchanges_are_never_read_again_until_the_cursor_passes() {
-        let mut p = Positions::restored([("a".to_string(), 3)]);
+        let mut p = Positions::restored([("a".to_string(), 3)], 0);
         p.restore_handed("a", 3);
         p.complete_qos2("a", 4);
         assert!(p.handed("a", 3) && p.handed("a", 4) && !p.handed("a", 5));
@@ -357,8 +410,32 @@ mod tests {
         let mut p = Positions::default();
         p.start_at_end("a", 1);
         p.start_at_end("b", 1);
-        p.dirty = false;
+        p.save_all();
         p.retain(|t| t == "b");
-        assert!(p.dirty && !p.follows("a") && p.follows("b"));
+        assert!(p.dirty() && p.needs_whole_save() && !p.follows("a") && p.follows("b"));
+    }
+
+    #[test]
+    fn a_partial_save_holds_only_the_cursors_that_moved() {
+        let mut p = Positions::default();
+        for t in ["a", "b", "c"] {
+            p.start_at_end(t, 10);
+        }
+        let (all, first) = p.save_all();
+        assert_eq!(all.len(), 3);
+        assert!(!p.dirty());
+        assert_eq!(p.offer("b", 10, true), Offer::Take);
+        assert_eq!(p.offer("b", 11, true), Offer::Take);
+        assert!(!p.dirty(), "handed over: the cursor has not moved");
+        p.done("b", 10);
+        assert!(p.dirty() && !p.needs_whole_save());
+        let (changed, second) = p.save_changed();
+        assert_eq!(changed, vec![("b".into(), 11)]);
+        assert!(second > first, "each save has a newer sequence number");
+        assert!(!p.dirty());
+        p.done("b", 11);
+        p.retain(|t| t != "b");
+        assert!(p.needs_whole_save());
+        assert_eq!(p.save_changed().0, vec![], "a dropped stream has no cursor to save");
     }
 }

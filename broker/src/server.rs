@@ -236,12 +236,13 @@ impl Shared {
     /// if any.
     pub(crate) fn save_session(&self, client: &str, s: &mut Session) -> Option<promptmq_wal::Completion<u64>> {
         if s.persistent() {
-            s.positions.dirty = false;
+            let (positions, seq) = s.positions.save_all();
             let record = SessionRecord {
                 incarnation: s.incarnation,
                 expiry: s.expiry,
                 subs: s.subs.iter().map(|(f, o)| (f.clone(), *o)).collect(),
-                positions: s.positions.cursors(),
+                positions,
+                seq,
                 inbound: Vec::new(),
                 outbound: Vec::new(),
             };
@@ -256,6 +257,37 @@ impl Shared {
             Some(saved)
         } else {
             self.forget_session(client)
+        }
+    }
+
+    /// Saves the cursors of a persistent session that moved since its last save, each under
+    /// its own key (see `session_store::position_key`): a session following many topics
+    /// writes what moved, not all of them. The whole record when streams were dropped.
+    fn save_positions(&self, client: &str, s: &mut Session) {
+        if !s.persistent() || s.positions.needs_whole_save() {
+            drop(self.save_session(client, s));
+            return;
+        }
+        let incarnation = s.incarnation;
+        self.save_cursors(client, incarnation, &mut s.positions);
+    }
+
+    /// The partial save of [`Shared::save_positions`], for a session or (`incarnation` 0) a
+    /// shared subscription group.
+    fn save_cursors(&self, key: &str, incarnation: u64, p: &mut Positions) {
+        let (moved, seq) = p.save_changed();
+        if !moved.is_empty() {
+            let entries = moved
+                .iter()
+                .map(|(topic, cursor)| {
+                    (session_store::position_key(key, topic), session_store::encode_position(incarnation, seq, *cursor))
+                })
+                .collect();
+            drop(self.store.save_session_entries(entries));
+        }
+        // After the records whose cursors passed them (one stream is durable in order).
+        for (topic, offset) in p.take_passed() {
+            drop(self.save_outbound(key, incarnation, &topic, offset, None));
         }
     }
 
@@ -360,8 +392,8 @@ impl Shared {
         for (client, session) in queued {
             let mut s = lock(&session);
             s.save_queued = false;
-            if s.persistent() && s.positions.dirty {
-                drop(self.save_session(&client, &mut s));
+            if s.persistent() && s.positions.dirty() {
+                self.save_positions(&client, &mut s);
             }
         }
     }
@@ -373,8 +405,8 @@ impl Shared {
             lock(&self.sessions).iter().map(|(c, s)| (c.clone(), s.clone())).collect();
         for (client, s) in sessions {
             let mut s = lock(&s);
-            if s.persistent() && s.positions.dirty {
-                drop(self.save_session(&client, &mut s));
+            if s.persistent() && s.positions.dirty() {
+                self.save_positions(&client, &mut s);
             }
         }
     }
@@ -439,8 +471,8 @@ impl Shared {
     }
 
     fn save_group(&self, filter: &str, p: &mut Positions) {
-        p.dirty = false;
-        let record = SessionRecord { expiry: u32::MAX, positions: p.cursors(), ..Default::default() };
+        let (positions, seq) = p.save_all();
+        let record = SessionRecord { expiry: u32::MAX, positions, seq, ..Default::default() };
         let key = group_key(filter);
         drop(self.store.save_session(&key, Some(record.encode())));
         // After the record whose cursors passed them (one stream is durable in order).
@@ -491,8 +523,10 @@ impl Shared {
             lock(&self.groups).iter().map(|(f, g)| (f.clone(), g.clone())).collect();
         for (filter, g) in groups {
             let mut p = lock(&g);
-            if p.dirty {
+            if p.needs_whole_save() {
                 self.save_group(&filter, &mut p);
+            } else if p.dirty() {
+                self.save_cursors(&group_key(&filter), 0, &mut p);
             }
         }
     }
@@ -728,7 +762,7 @@ fn restore_groups(store: &Store, saved: &mut HashMap<String, SessionRecord>) -> 
         let Some(record) = saved.remove(&key) else { continue };
         let filter = key.trim_start_matches("\0share\0").to_string();
         let Some(Ok(parsed)) = topic::parse_shared(&filter) else { continue };
-        let mut p = Positions::restored(record.positions);
+        let mut p = Positions::restored(record.positions, record.seq);
         for (t, _) in crate::store::matching(&topics, parsed.filter) {
             p.replay(t, 0);
         }
@@ -754,7 +788,7 @@ fn restore_sessions(shared: &Arc<Shared>, saved: HashMap<String, SessionRecord>)
         s.client_id = Some(Arc::from(client.as_str()));
         s.incarnation = record.incarnation;
         s.inbound_qos2 = restore_inbound_qos2(shared, &client, record.incarnation, &record.inbound);
-        s.positions = Positions::restored(record.positions);
+        s.positions = Positions::restored(record.positions, record.seq);
         // Streams the record does not name did not exist when it was written: all they hold
         // arrived since, so the session reads them from the start.
         for (f, _) in record.subs.iter().filter(|(f, _)| topic::parse_shared(f).is_none()) {
