@@ -59,9 +59,12 @@ pub(crate) enum Offer {
 #[derive(Debug, Default)]
 pub(crate) struct Positions {
     streams: HashMap<String, StreamPos>,
-    /// How many of `streams` are being read from the log: asked for every live delivery
-    /// (see `Session::offer_early`), so kept rather than counted over every stream.
-    replaying: usize,
+    /// The streams being read from the log: asked for on every live delivery (see
+    /// `Session::offer_early`) and by every log read, so kept rather than found among
+    /// all streams (a session may follow 10 000 topics and read a few of them).
+    replaying: HashSet<String>,
+    /// The streams with completed QoS 2 exchanges above their cursor (see `take_passed`).
+    with_complete: HashSet<String>,
     /// Streams whose cursor may have moved since the last save: a save writes only these
     /// (a session following 10 000 topics would otherwise write them all, about 300 KB, each
     /// time one of them moved).
@@ -73,12 +76,12 @@ pub(crate) struct Positions {
     seq: u64,
 }
 
-/// Sets where `p` is read from the log, keeping `replaying` (the count of streams being
-/// read) in step.
-fn set_replay(p: &mut StreamPos, replaying: &mut usize, to: Option<u64>) {
+/// Sets where `topic`'s stream `p` is read from the log, keeping `replaying` (the streams
+/// being read) in step.
+fn set_replay(topic: &str, p: &mut StreamPos, replaying: &mut HashSet<String>, to: Option<u64>) {
     match (p.replay_from.is_some(), to.is_some()) {
-        (false, true) => *replaying += 1,
-        (true, false) => *replaying -= 1,
+        (false, true) => drop(replaying.insert(topic.to_owned())),
+        (true, false) => drop(replaying.remove(topic)),
         _ => {}
     }
     p.replay_from = to;
@@ -92,7 +95,7 @@ impl Positions {
             .into_iter()
             .map(|(t, c)| (t, StreamPos { live_from: 0, replay_from: Some(c), next: c, ..Default::default() }))
             .collect();
-        Positions { replaying: streams.len(), streams, seq, ..Default::default() }
+        Positions { replaying: streams.keys().cloned().collect(), streams, seq, ..Default::default() }
     }
 
     /// Changed since last saved.
@@ -152,7 +155,7 @@ impl Positions {
                 topic.to_owned(),
                 StreamPos { live_from: 0, replay_from: Some(from), next: from, ..Default::default() },
             );
-            self.replaying += 1;
+            self.replaying.insert(topic.to_owned());
             self.touch(topic);
         }
     }
@@ -160,11 +163,12 @@ impl Positions {
     /// Stops following streams for which `keep` is false (after an unsubscribe).
     pub(crate) fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
         let before = self.streams.len();
-        let replaying = &mut self.replaying;
-        self.streams.retain(|t, p| {
+        let (replaying, with_complete) = (&mut self.replaying, &mut self.with_complete);
+        self.streams.retain(|t, _| {
             let kept = keep(t);
-            if !kept && p.replay_from.is_some() {
-                *replaying -= 1;
+            if !kept {
+                replaying.remove(t);
+                with_complete.remove(t);
             }
             kept
         });
@@ -194,7 +198,7 @@ impl Positions {
             return Offer::Skip;
         }
         if !room {
-            set_replay(p, &mut self.replaying, Some(offset));
+            set_replay(topic, p, &mut self.replaying, Some(offset));
             self.touch(topic);
             return Offer::Skip;
         }
@@ -218,14 +222,18 @@ impl Positions {
         if let Some(p) = self.streams.get_mut(topic) {
             p.outstanding.remove(&offset);
             let from = p.replay_from.map_or(offset, |r| r.min(offset));
-            set_replay(p, &mut self.replaying, Some(from));
+            set_replay(topic, p, &mut self.replaying, Some(from));
             self.touch(topic);
         }
     }
 
     /// Up to `max` streams waiting to be read from the log, and where from.
     pub(crate) fn replays(&self, max: usize) -> Vec<(&str, u64)> {
-        self.streams.iter().filter_map(|(t, p)| p.replay_from.map(|r| (t.as_str(), r))).take(max).collect()
+        let at = |t: &String| {
+            let (t, p) = self.streams.get_key_value(t)?;
+            Some((t.as_str(), p.replay_from?))
+        };
+        self.replaying.iter().filter_map(at).take(max).collect()
     }
 
     /// Records that were read from the log: `offsets` are handed over, and the log read
@@ -247,7 +255,7 @@ impl Positions {
         }
         p.next = p.next.max(read_to);
         if read_to >= end {
-            set_replay(p, &mut self.replaying, None);
+            set_replay(topic, p, &mut self.replaying, None);
             p.live_from = p.live_from.max(read_to);
         } else {
             p.replay_from = Some(read_to.max(from));
@@ -286,6 +294,9 @@ impl Positions {
         if let Some(p) = self.streams.get_mut(topic) {
             p.complete.insert(offset);
             p.outstanding.remove(&offset);
+            if !self.with_complete.contains(topic) {
+                self.with_complete.insert(topic.to_owned());
+            }
             self.touch(topic);
         }
     }
@@ -293,20 +304,24 @@ impl Positions {
     /// Completed QoS 2 exchanges the cursor has passed (their records can go), removed.
     pub(crate) fn take_passed(&mut self) -> Vec<(String, u64)> {
         let mut out = Vec::new();
-        for (t, p) in self.streams.iter_mut() {
+        let streams = &mut self.streams;
+        self.with_complete.retain(|t| {
+            let Some(p) = streams.get_mut(t) else { return false };
             let c = p.cursor();
             while let Some(&o) = p.complete.first().filter(|&&o| o < c) {
                 p.complete.remove(&o);
                 out.push((t.clone(), o));
             }
-        }
+            !p.complete.is_empty()
+        });
+        out.sort();
         out
     }
 
     /// Whether any stream is being read from the log.
     pub(crate) fn replaying(&self) -> bool {
-        debug_assert_eq!(self.replaying, self.streams.values().filter(|p| p.replay_from.is_some()).count());
-        self.replaying > 0
+        debug_assert_eq!(self.replaying.len(), self.streams.values().filter(|p| p.replay_from.is_some()).count());
+        !self.replaying.is_empty()
     }
 
     /// Whether the session follows `topic`.
@@ -413,6 +428,24 @@ mod tests {
         p.save_all();
         p.retain(|t| t == "b");
         assert!(p.dirty() && p.needs_whole_save() && !p.follows("a") && p.follows("b"));
+    }
+
+    #[test]
+    fn the_streams_read_from_the_log_are_found_among_many() {
+        let mut p = Positions::default();
+        for i in 0..1000 {
+            p.start_at_end(&format!("t/{i}"), 5);
+        }
+        assert_eq!(p.offer("t/7", 5, false), Offer::Skip);
+        assert_eq!(p.offer("t/900", 6, false), Offer::Skip);
+        let mut r = p.replays(10);
+        r.sort();
+        assert_eq!(r, vec![("t/7", 5), ("t/900", 6)]);
+        assert_eq!(p.replays(1).len(), 1);
+        p.replayed("t/7", 5, &[5], 6, 6);
+        assert_eq!(p.replays(10), vec![("t/900", 6)]);
+        p.retain(|t| t != "t/900");
+        assert!(p.replays(10).is_empty() && !p.replaying());
     }
 
     #[test]
