@@ -297,6 +297,8 @@ fn persistent_session_receives_what_was_published_while_away() {
     let got: Vec<String> =
         drain_expecting(&mut c, 5, QUIET).into_iter().map(|p| String::from_utf8(p.payload.to_vec()).unwrap()).collect();
     assert_eq!(got, vec!["m0", "m1", "m2", "m3", "m4"], "in order");
+    let from_log = b.broker().stats().messages_from_log.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(from_log, 5, "published while it was away: read from the log");
     // A v5 clean start discards it.
     let (mut c5, ack) =
         Client::connect_with(b.addr, "durable", V5, ConnectOptions { clean: true, ..Default::default() });

@@ -236,6 +236,7 @@ fn metrics_health_and_readiness_endpoints() {
         "promptmq_sessions",
         "promptmq_subscriptions",
         "promptmq_retained_messages",
+        "promptmq_messages_from_log_total",
     ] {
         assert!(after.contains_key(name), "{name} is exported:\n{body}");
     }

@@ -949,6 +949,8 @@ impl Conn {
                 msg: Arc::new(msg),
             });
         }
+        let queued: usize = taken.iter().map(Vec::len).sum();
+        self.shared.stats.messages_from_log.fetch_add(queued as u64, Ordering::Relaxed);
         for (i, (topic, from)) in streams.iter().enumerate() {
             // Taken under the session lock: a message routed after this is offered live.
             let end = self.shared.store.topic_end(topic);
@@ -1040,6 +1042,8 @@ impl Conn {
                     msg: Arc::new(msg),
                 });
             }
+            let queued: usize = taken.iter().map(Vec::len).sum();
+            self.shared.stats.messages_from_log.fetch_add(queued as u64, Ordering::Relaxed);
             for (i, (topic, from)) in streams.iter().enumerate() {
                 let end = self.shared.store.topic_end(topic);
                 g.replayed(topic, *from, &taken[i], reached[i], end);

@@ -88,6 +88,7 @@ impl Monitor {
         }
         counter!("promptmq_bytes_received_total").absolute(get(&s.bytes_received));
         counter!("promptmq_bytes_sent_total").absolute(get(&s.bytes_sent));
+        counter!("promptmq_messages_from_log_total").absolute(get(&s.messages_from_log));
         counter!("promptmq_messages_dropped_total", "reason" => "queue_full").absolute(get(&s.messages_dropped));
         counter!("promptmq_messages_dropped_total", "reason" => "expired").absolute(get(&s.dropped_expired));
         counter!("promptmq_messages_dropped_total", "reason" => "too_large").absolute(get(&s.dropped_too_large));

@@ -67,6 +67,9 @@ pub struct Stats {
     pub dropped_too_large: AtomicU64,
     /// PUBLISHes refused (topics the client may not publish to).
     pub publishes_refused: AtomicU64,
+    /// Messages queued for a session from the log rather than live: it was away, its queue
+    /// was full, or it restarted behind (a steady rise means subscribers fall behind).
+    pub messages_from_log: AtomicU64,
 }
 
 /// A session, shared between the sessions map and its connection.
