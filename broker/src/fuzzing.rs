@@ -61,6 +61,11 @@ mod tests {
             let at = flip % v.len();
             v[at] ^= 0x5a;
             super::decode_stored(&String::from_utf8(inbound_key("c", 3)).unwrap(), &v);
+            let key = String::from_utf8(crate::session_store::position_key("c", &topic)).unwrap();
+            let mut v = crate::session_store::encode_position(9, 3, 11).to_vec();
+            let at = flip % v.len();
+            v[at] ^= 0x5a;
+            super::decode_stored(&key, &v);
             let r = crate::session_store::SessionRecord { expiry: 5, positions: vec![(topic, 7)], ..Default::default() };
             let mut v = r.encode().to_vec();
             let at = flip % v.len();
