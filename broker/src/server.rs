@@ -254,9 +254,8 @@ impl Shared {
             // Only after the record whose cursor passed them: records of one stream become
             // durable in order, so a crash never keeps the clearing without the cursor (which
             // would send completed QoS 2 messages again).
-            for (topic, offset) in s.positions.take_passed() {
-                drop(self.save_outbound(client, s.incarnation, &topic, offset, None));
-            }
+            let incarnation = s.incarnation;
+            self.clear_passed(client, incarnation, &mut s.positions);
             Some(saved)
         } else {
             self.forget_session(client)
@@ -289,6 +288,12 @@ impl Shared {
             drop(self.store.save_session_entries(entries));
         }
         // After the records whose cursors passed them (one stream is durable in order).
+        self.clear_passed(key, incarnation, p);
+    }
+
+    /// Clears the stored QoS 2 exchanges that the cursors just saved have passed (see
+    /// `Positions::take_passed`); call it after the save, never before.
+    fn clear_passed(&self, key: &str, incarnation: u64, p: &mut Positions) {
         for (topic, offset) in p.take_passed() {
             drop(self.save_outbound(key, incarnation, &topic, offset, None));
         }
@@ -479,9 +484,7 @@ impl Shared {
         let key = group_key(filter);
         drop(self.store.save_session(&key, Some(record.encode())));
         // After the record whose cursors passed them (one stream is durable in order).
-        for (topic, offset) in p.take_passed() {
-            drop(self.save_outbound(&key, 0, &topic, offset, None));
-        }
+        self.clear_passed(&key, 0, p);
     }
 
     /// Forgets group `filter` once it has no members left (and its saved positions).
