@@ -875,8 +875,8 @@ fn log_bytes(dir: &std::path::Path) -> u64 {
     total
 }
 
-/// A persistent session following 1 000 topics, acknowledging messages that arrive on one of
-/// them, saves the cursor that moved — not all 1 000 (about 20 KB) each time; and after a
+/// A persistent session following 300 topics, acknowledging messages that arrive on one of
+/// them, saves the cursor that moved — not all 300 (about 5 KB) each time; and after a
 /// restart it resumes from the saved cursors: nothing acknowledged comes again.
 #[test]
 fn a_persistent_session_saves_only_the_cursors_that_moved() {
@@ -884,7 +884,7 @@ fn a_persistent_session_saves_only_the_cursors_that_moved() {
     let fast_saves = |c: &mut promptmq_broker::BrokerConfig| c.positions_save_interval = Duration::from_millis(5);
     let b = TestBroker::start_with(d.path(), fast_saves);
     let mut p = Client::connect(b.addr, "p", V5);
-    for i in 0..1000 {
+    for i in 0..300 {
         p.publish(&format!("many/{i}"), "first", QoS::AtLeastOnce, false);
     }
     let persistent = ConnectOptions { clean: false, ..Default::default() };
@@ -899,8 +899,9 @@ fn a_persistent_session_saves_only_the_cursors_that_moved() {
         std::thread::sleep(Duration::from_millis(15));
     }
     let grown = log_bytes(d.path()) - before;
-    // The 40 messages take about 9 KB; 40 saves of every cursor would add about 800 KB.
-    assert!(grown < 100_000, "the log grew by {grown} bytes for 40 messages");
+    // The 40 messages take about 9 KB; 40 saves of every cursor would add about 200 KB.
+    assert!(grown < 60_000, "the log grew by {grown} bytes for 40 messages");
+    eprintln!("the log grew by {grown} bytes for 40 acknowledged messages");
     s.ping();
     std::thread::sleep(Duration::from_millis(50));
     b.stop();
@@ -911,8 +912,8 @@ fn a_persistent_session_saves_only_the_cursors_that_moved() {
     let again = drain(&mut s, QUIET);
     assert!(again.is_empty(), "acknowledged messages came again: {:?}", again.len());
     let mut p = Client::connect(b.addr, "p", V5);
-    p.publish("many/999", "after", QoS::AtLeastOnce, false);
+    p.publish("many/299", "after", QoS::AtLeastOnce, false);
     p.publish("many/7", "after", QoS::AtLeastOnce, false);
     let got: Vec<String> = drain_expecting(&mut s, 2, QUIET).iter().map(|m| m.topic.to_string()).collect();
-    assert_eq!(got, vec!["many/999", "many/7"]);
+    assert_eq!(got, vec!["many/299", "many/7"]);
 }

@@ -62,7 +62,7 @@ mod tests {
             v[at] ^= 0x5a;
             super::decode_stored(&String::from_utf8(inbound_key("c", 3)).unwrap(), &v);
             let key = String::from_utf8(crate::session_store::position_key("c", &topic)).unwrap();
-            let mut v = crate::session_store::encode_position(9, 3, 11).to_vec();
+            let mut v = crate::session_store::encode_position(9, 11).to_vec();
             let at = flip % v.len();
             v[at] ^= 0x5a;
             super::decode_stored(&key, &v);

@@ -69,11 +69,8 @@ pub(crate) struct Positions {
     /// (a session following 10 000 topics would otherwise write them all, about 300 KB, each
     /// time one of them moved).
     changed: HashSet<String>,
-    /// Streams were dropped since the last save: only a whole record says so.
-    dropped: bool,
-    /// Sequence number of the last save, whole or partial: at a restart, a partial save
-    /// counts only if it is newer than the whole record.
-    seq: u64,
+    /// Streams no longer followed since the last save: a save clears their cursors.
+    dropped: HashSet<String>,
 }
 
 /// Sets where `topic`'s stream `p` is read from the log, keeping `replaying` (the streams
@@ -88,39 +85,29 @@ fn set_replay(topic: &str, p: &mut StreamPos, replaying: &mut HashSet<String>, t
 }
 
 impl Positions {
-    /// Positions restored from a saved record (`seq`: the newest save it holds): every
-    /// stream is read from its cursor.
-    pub(crate) fn restored(saved: impl IntoIterator<Item = (String, u64)>, seq: u64) -> Positions {
+    /// Positions restored from a saved record: every stream is read from its cursor. All
+    /// count as changed, so the first save after a restart writes every cursor again (a
+    /// record of an earlier version kept them in the record itself, which saves no longer
+    /// repeat).
+    pub(crate) fn restored(saved: impl IntoIterator<Item = (String, u64)>) -> Positions {
         let streams: HashMap<_, _> = saved
             .into_iter()
             .map(|(t, c)| (t, StreamPos { live_from: 0, replay_from: Some(c), next: c, ..Default::default() }))
             .collect();
-        Positions { replaying: streams.keys().cloned().collect(), streams, seq, ..Default::default() }
+        let names: HashSet<String> = streams.keys().cloned().collect();
+        Positions { replaying: names.clone(), changed: names, streams, ..Default::default() }
     }
 
     /// Changed since last saved.
     pub(crate) fn dirty(&self) -> bool {
-        self.dropped || !self.changed.is_empty()
+        !self.changed.is_empty() || !self.dropped.is_empty()
     }
 
-    /// Whether a save must write the whole record (streams were dropped), not just the
-    /// changed cursors.
-    pub(crate) fn needs_whole_save(&self) -> bool {
-        self.dropped
-    }
-
-    /// A whole save: every cursor, and its sequence number.
-    pub(crate) fn save_all(&mut self) -> (Vec<(String, u64)>, u64) {
-        self.changed.clear();
-        self.dropped = false;
-        self.seq += 1;
-        (self.cursors(), self.seq)
-    }
-
-    /// A partial save: the cursors that may have moved since the last save, and its
-    /// sequence number.
-    pub(crate) fn save_changed(&mut self) -> (Vec<(String, u64)>, u64) {
-        let mut v: Vec<_> = self
+    /// What a save writes, and from then on no longer changed: the cursors that may have
+    /// moved since the last save, and the streams no longer followed (their cursors are
+    /// cleared).
+    pub(crate) fn take_changes(&mut self) -> (Vec<(String, u64)>, Vec<String>) {
+        let mut moved: Vec<_> = self
             .changed
             .drain()
             .filter_map(|t| {
@@ -128,9 +115,11 @@ impl Positions {
                 Some((t, c))
             })
             .collect();
-        v.sort();
-        self.seq += 1;
-        (v, self.seq)
+        moved.sort();
+        let streams = &self.streams;
+        let mut dropped: Vec<String> = self.dropped.drain().filter(|t| !streams.contains_key(t)).collect();
+        dropped.sort();
+        (moved, dropped)
     }
 
     fn touch(&mut self, topic: &str) {
@@ -162,21 +151,18 @@ impl Positions {
 
     /// Stops following streams for which `keep` is false (after an unsubscribe).
     pub(crate) fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
-        let before = self.streams.len();
         let (replaying, with_complete) = (&mut self.replaying, &mut self.with_complete);
+        let (changed, dropped) = (&mut self.changed, &mut self.dropped);
         self.streams.retain(|t, _| {
             let kept = keep(t);
             if !kept {
                 replaying.remove(t);
                 with_complete.remove(t);
+                changed.remove(t);
+                dropped.insert(t.clone());
             }
             kept
         });
-        if self.streams.len() != before {
-            let streams = &self.streams;
-            self.changed.retain(|t| streams.contains_key(t));
-            self.dropped = true;
-        }
     }
 
     /// A live delivery of `topic`@`offset`. `room` says whether the session can take it now
@@ -263,7 +249,8 @@ impl Positions {
         self.touch(topic);
     }
 
-    /// (topic, cursor) of every stream, for the session record.
+    /// (topic, cursor) of every stream.
+    #[cfg(test)]
     pub(crate) fn cursors(&self) -> Vec<(String, u64)> {
         let mut v: Vec<_> = self.streams.iter().map(|(t, p)| (t.clone(), p.cursor())).collect();
         v.sort();
@@ -337,7 +324,7 @@ mod tests {
 
     #[test]
     fn replaying_follows_every_stream_into_and_out_of_the_log() {
-        let mut p = Positions::restored([("a".to_string(), 3)], 0);
+        let mut p = Positions::restored([("a".to_string(), 3)]);
         assert!(p.replaying(), "restored streams are read from the log");
         p.replayed("a", 3, &[3, 4], 5, 5);
         assert!(!p.replaying(), "read to the end: live again");
@@ -394,7 +381,7 @@ mod tests {
 
     #[test]
     fn restored_sessions_read_from_their_cursor_and_new_streams_from_the_start() {
-        let mut p = Positions::restored([("a".to_string(), 5)], 0);
+        let mut p = Positions::restored([("a".to_string(), 5)]);
         p.replay("b", 0);
         p.replay("a", 0);
         let mut r: Vec<_> = p.streams.iter().map(|(t, s)| (t.clone(), s.replay_from)).collect();
@@ -407,7 +394,7 @@ mod tests {
 
     #[test]
     fn completed_qos2_exchanges_are_never_read_again_until_the_cursor_passes() {
-        let mut p = Positions::restored([("a".to_string(), 3)], 0);
+        let mut p = Positions::restored([("a".to_string(), 3)]);
         p.restore_handed("a", 3);
         p.complete_qos2("a", 4);
         assert!(p.handed("a", 3) && p.handed("a", 4) && !p.handed("a", 5));
@@ -425,9 +412,10 @@ mod tests {
         let mut p = Positions::default();
         p.start_at_end("a", 1);
         p.start_at_end("b", 1);
-        p.save_all();
+        p.take_changes();
         p.retain(|t| t == "b");
-        assert!(p.dirty() && p.needs_whole_save() && !p.follows("a") && p.follows("b"));
+        assert!(p.dirty() && !p.follows("a") && p.follows("b"));
+        assert_eq!(p.take_changes(), (vec![], vec!["a".to_string()]), "a's cursor is cleared");
     }
 
     #[test]
@@ -449,26 +437,31 @@ mod tests {
     }
 
     #[test]
-    fn a_partial_save_holds_only_the_cursors_that_moved() {
+    fn a_save_holds_only_the_cursors_that_moved() {
         let mut p = Positions::default();
         for t in ["a", "b", "c"] {
             p.start_at_end(t, 10);
         }
-        let (all, first) = p.save_all();
-        assert_eq!(all.len(), 3);
+        let (all, dropped) = p.take_changes();
+        assert_eq!((all.len(), dropped.len()), (3, 0), "new streams are saved");
         assert!(!p.dirty());
         assert_eq!(p.offer("b", 10, true), Offer::Take);
         assert_eq!(p.offer("b", 11, true), Offer::Take);
         assert!(!p.dirty(), "handed over: the cursor has not moved");
         p.done("b", 10);
-        assert!(p.dirty() && !p.needs_whole_save());
-        let (changed, second) = p.save_changed();
-        assert_eq!(changed, vec![("b".into(), 11)]);
-        assert!(second > first, "each save has a newer sequence number");
+        assert!(p.dirty());
+        assert_eq!(p.take_changes(), (vec![("b".into(), 11)], vec![]));
         assert!(!p.dirty());
         p.done("b", 11);
         p.retain(|t| t != "b");
-        assert!(p.needs_whole_save());
-        assert_eq!(p.save_changed().0, vec![], "a dropped stream has no cursor to save");
+        p.retain(|t| t != "c");
+        p.start_at_end("c", 20);
+        assert_eq!(
+            p.take_changes(),
+            (vec![("c".into(), 20)], vec!["b".into()]),
+            "b is cleared, not saved; c followed again is saved"
+        );
+        let r = Positions::restored([("x".to_string(), 4)]);
+        assert!(r.dirty(), "restored cursors are written again by the first save");
     }
 }

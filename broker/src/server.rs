@@ -239,18 +239,19 @@ impl Shared {
     /// if any.
     pub(crate) fn save_session(&self, client: &str, s: &mut Session) -> Option<promptmq_wal::Completion<u64>> {
         if s.persistent() {
-            let (positions, seq) = s.positions.save_all();
             let record = SessionRecord {
                 incarnation: s.incarnation,
                 expiry: s.expiry,
                 subs: s.subs.iter().map(|(f, o)| (f.clone(), *o)).collect(),
-                positions,
-                seq,
-                inbound: Vec::new(),
-                outbound: Vec::new(),
+                ..Default::default()
             };
             lock(&self.persisted).insert(client.to_string());
-            let saved = self.store.save_session(client, Some(record.encode()));
+            // The cursors first: a record torn off after them names no subscription that
+            // lacks its streams' starting points (streams a saved subscription matches but
+            // no cursor names are read from their start).
+            let mut entries = cursor_entries(client, s.incarnation, &mut s.positions);
+            entries.push((client.as_bytes().to_vec(), record.encode()));
+            let saved = self.store.save_session_entries(entries);
             // Only after the record whose cursor passed them: records of one stream become
             // durable in order, so a crash never keeps the clearing without the cursor (which
             // would send completed QoS 2 messages again).
@@ -262,11 +263,10 @@ impl Shared {
         }
     }
 
-    /// Saves the cursors of a persistent session that moved since its last save, each under
-    /// its own key (see `session_store::position_key`): a session following many topics
-    /// writes what moved, not all of them. The whole record when streams were dropped.
+    /// Saves the cursors of a persistent session that moved since its last save (see
+    /// `session_store::position_key`), not its record.
     fn save_positions(&self, client: &str, s: &mut Session) {
-        if !s.persistent() || s.positions.needs_whole_save() {
+        if !s.persistent() {
             drop(self.save_session(client, s));
             return;
         }
@@ -274,17 +274,11 @@ impl Shared {
         self.save_cursors(client, incarnation, &mut s.positions);
     }
 
-    /// The partial save of [`Shared::save_positions`], for a session or (`incarnation` 0) a
-    /// shared subscription group.
+    /// [`Shared::save_positions`] for a session or (`incarnation` 0) a shared subscription
+    /// group.
     fn save_cursors(&self, key: &str, incarnation: u64, p: &mut Positions) {
-        let (moved, seq) = p.save_changed();
-        if !moved.is_empty() {
-            let entries = moved
-                .iter()
-                .map(|(topic, cursor)| {
-                    (session_store::position_key(key, topic), session_store::encode_position(incarnation, seq, *cursor))
-                })
-                .collect();
+        let entries = cursor_entries(key, incarnation, p);
+        if !entries.is_empty() {
             drop(self.store.save_session_entries(entries));
         }
         // After the records whose cursors passed them (one stream is durable in order).
@@ -479,10 +473,11 @@ impl Shared {
     }
 
     fn save_group(&self, filter: &str, p: &mut Positions) {
-        let (positions, seq) = p.save_all();
-        let record = SessionRecord { expiry: u32::MAX, positions, seq, ..Default::default() };
+        let record = SessionRecord { expiry: u32::MAX, ..Default::default() };
         let key = group_key(filter);
-        drop(self.store.save_session(&key, Some(record.encode())));
+        let mut entries = cursor_entries(&key, 0, p);
+        entries.push((key.as_bytes().to_vec(), record.encode()));
+        drop(self.store.save_session_entries(entries));
         // After the record whose cursors passed them (one stream is durable in order).
         self.clear_passed(&key, 0, p);
     }
@@ -529,9 +524,7 @@ impl Shared {
             lock(&self.groups).iter().map(|(f, g)| (f.clone(), g.clone())).collect();
         for (filter, g) in groups {
             let mut p = lock(&g);
-            if p.needs_whole_save() {
-                self.save_group(&filter, &mut p);
-            } else if p.dirty() {
+            if p.dirty() {
                 self.save_cursors(&group_key(&filter), 0, &mut p);
             }
         }
@@ -754,6 +747,18 @@ impl Broker {
 
 /// The sessions-stream key of shared subscription group `filter`'s positions. MQTT strings
 /// never contain U+0000, so no client id looks like it.
+/// The sessions-stream entries that save `p`'s changes under `key` (see
+/// `session_store::position_key`): each cursor that moved, and an empty value for each
+/// stream no longer followed.
+fn cursor_entries(key: &str, incarnation: u64, p: &mut Positions) -> Vec<(Vec<u8>, Bytes)> {
+    let (moved, dropped) = p.take_changes();
+    let moved = moved.into_iter().map(|(topic, cursor)| {
+        (session_store::position_key(key, &topic), session_store::encode_position(incarnation, cursor))
+    });
+    let cleared = dropped.into_iter().map(|topic| (session_store::position_key(key, &topic), Bytes::new()));
+    moved.chain(cleared).collect()
+}
+
 fn group_key(filter: &str) -> String {
     format!("\0share\0{filter}")
 }
@@ -768,7 +773,7 @@ fn restore_groups(store: &Store, saved: &mut HashMap<String, SessionRecord>) -> 
         let Some(record) = saved.remove(&key) else { continue };
         let filter = key.trim_start_matches("\0share\0").to_string();
         let Some(Ok(parsed)) = topic::parse_shared(&filter) else { continue };
-        let mut p = Positions::restored(record.positions, record.seq);
+        let mut p = Positions::restored(record.positions);
         for (t, _) in crate::store::matching(&topics, parsed.filter) {
             p.replay(t, 0);
         }
@@ -794,7 +799,7 @@ fn restore_sessions(shared: &Arc<Shared>, saved: HashMap<String, SessionRecord>)
         s.client_id = Some(Arc::from(client.as_str()));
         s.incarnation = record.incarnation;
         s.inbound_qos2 = restore_inbound_qos2(shared, &client, record.incarnation, &record.inbound);
-        s.positions = Positions::restored(record.positions, record.seq);
+        s.positions = Positions::restored(record.positions);
         // Streams the record does not name did not exist when it was written: all they hold
         // arrived since, so the session reads them from the start.
         for (f, _) in record.subs.iter().filter(|(f, _)| topic::parse_shared(f).is_none()) {

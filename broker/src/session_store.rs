@@ -22,56 +22,50 @@ pub(crate) struct SessionRecord {
     pub(crate) expiry: u32,
     /// Topic filter → options.
     pub(crate) subs: Vec<(String, SubOptions)>,
-    /// Topic → first offset not known to be acknowledged.
+    /// Topic → first offset not known to be acknowledged. Written by earlier versions only:
+    /// cursors are now entries of their own ([`position_key`]); after a fold, both.
     pub(crate) positions: Vec<(String, u64)>,
-    /// Sequence number of the save that wrote it (see [`position_key`]); after a fold, of
-    /// the newest save whose positions it holds.
-    pub(crate) seq: u64,
     /// Inbound QoS 2 PUBLISHes not yet released (each stored under its own key).
     pub(crate) inbound: Vec<InboundIntent>,
     /// Outbound QoS 2 exchanges (each stored under its own key).
     pub(crate) outbound: Vec<OutboundQos2>,
 }
 
-/// The first version had no positions, the second no incarnation, the third no sequence
-/// number.
+/// The first version had no positions, the second no incarnation.
 const VERSION_1: u8 = 1;
 const VERSION_2: u8 = 2;
-const VERSION_3: u8 = 3;
-const VERSION: u8 = 4;
+const VERSION: u8 = 3;
 
-/// Marks the key of a cursor saved on its own: `<client>\0pos\0<topic>` (see
-/// [`position_key`]).
+/// Marks the key of a cursor: `<client>\0pos\0<topic>` (see [`position_key`]).
 const POSITION_MARK: &str = "\0pos\0";
 const POSITION_VERSION: u8 = 1;
 
-/// Key of one cursor of a session (or shared subscription group) saved on its own. Between
-/// two saves of the whole record, only the cursors that moved are written, each under its
-/// own key; its value names the session's incarnation and the save's sequence number, and
-/// at start-up it replaces the whole record's cursor for that topic if it is newer. (MQTT
-/// strings never contain U+0000, so the key never clashes with a client id.)
+/// Key of one cursor of a session (or shared subscription group). Each cursor is an entry
+/// of its own, so a save writes the cursors that moved — a session following 10 000 topics
+/// would otherwise write all of them (about 300 KB) each time one moved — and clears those
+/// of streams no longer followed; the value names the session's incarnation. (MQTT strings
+/// never contain U+0000, so the key never clashes with a client id.)
 pub(crate) fn position_key(client: &str, topic: &str) -> Vec<u8> {
     [client, POSITION_MARK, topic].concat().into_bytes()
 }
 
 /// Value of a [`position_key`] entry.
-pub(crate) fn encode_position(incarnation: u64, seq: u64, cursor: u64) -> Bytes {
-    let mut b = BytesMut::with_capacity(25);
+pub(crate) fn encode_position(incarnation: u64, cursor: u64) -> Bytes {
+    let mut b = BytesMut::with_capacity(17);
     b.put_u8(POSITION_VERSION);
     b.put_u64(incarnation);
-    b.put_u64(seq);
     b.put_u64(cursor);
     b.freeze()
 }
 
-/// A [`position_key`] entry: (client, topic, Some((incarnation, seq, cursor)) or `None` for
-/// an empty or unreadable value); `None` if the key is not one.
+/// A [`position_key`] entry: (client, topic, Some((incarnation, cursor)) or `None` for an
+/// empty (cleared) or unreadable value); `None` if the key is not one.
 #[allow(clippy::type_complexity)]
-fn decode_position(key: &str, mut value: &[u8]) -> Option<(String, String, Option<(u64, u64, u64)>)> {
+fn decode_position(key: &str, mut value: &[u8]) -> Option<(String, String, Option<(u64, u64)>)> {
     let (client, topic) = key.split_once(POSITION_MARK)?;
-    let v = (value.len() == 25 && value[0] == POSITION_VERSION).then(|| {
+    let v = (value.len() == 17 && value[0] == POSITION_VERSION).then(|| {
         value.advance(1);
-        (value.get_u64(), value.get_u64(), value.get_u64())
+        (value.get_u64(), value.get_u64())
     });
     Some((client.to_owned(), topic.to_owned(), v))
 }
@@ -96,7 +90,6 @@ impl SessionRecord {
             b.put_u64(*offset);
         }
         b.put_u64(self.incarnation);
-        b.put_u64(self.seq);
         b.freeze()
     }
 
@@ -155,15 +148,15 @@ impl SessionRecord {
                 positions.push((topic, b.get_u64()));
             }
         }
-        let mut tail = |since: u8| -> Option<u64> {
-            if version < since {
-                return Some(0);
+        let incarnation = if version >= VERSION {
+            if b.remaining() < 8 {
+                return None;
             }
-            (b.remaining() >= 8).then(|| b.get_u64())
+            b.get_u64()
+        } else {
+            0
         };
-        let incarnation = tail(VERSION_3)?;
-        let seq = tail(VERSION)?;
-        Some(SessionRecord { incarnation, expiry, subs, positions, seq, inbound: Vec::new(), outbound: Vec::new() })
+        Some(SessionRecord { incarnation, expiry, subs, positions, inbound: Vec::new(), outbound: Vec::new() })
     }
 }
 
@@ -185,7 +178,7 @@ pub(crate) fn fold(records: impl IntoIterator<Item = (String, Bytes)>) -> Folded
     let mut inbound: HashMap<(String, u16), (u64, InboundIntent)> = HashMap::new();
     let mut outbound: HashMap<(String, String, u64), crate::qos2_store::OutboundValue> = HashMap::new();
     let mut qos1: HashMap<(String, u16), qos2_store::Qos1Value> = HashMap::new();
-    let mut cursors: HashMap<(String, String), (u64, u64, u64)> = HashMap::new();
+    let mut cursors: HashMap<(String, String), (u64, u64)> = HashMap::new();
     let mut stale = Vec::new();
     for (key, payload) in records {
         if let Some((client, topic, value)) = decode_position(&key, &payload) {
@@ -247,21 +240,19 @@ pub(crate) fn fold(records: impl IntoIterator<Item = (String, Bytes)>) -> Folded
             None => stale.push(qos2_store::qos1_key(&client, pid)),
         }
     }
-    let mut moved: HashMap<String, Vec<(String, u64, u64)>> = HashMap::new();
-    for ((client, topic), (incarnation, seq, cursor)) in cursors {
-        match out.get(&client).filter(|r| r.incarnation == incarnation && seq > r.seq) {
-            Some(_) => moved.entry(client).or_default().push((topic, seq, cursor)),
-            // Superseded by a whole record saved after it, or of a session that ended.
+    let mut found: HashMap<String, Vec<(String, u64)>> = HashMap::new();
+    for ((client, topic), (incarnation, cursor)) in cursors {
+        match out.get(&client).filter(|r| r.incarnation == incarnation) {
+            Some(_) => found.entry(client).or_default().push((topic, cursor)),
+            // Of a session that ended (or an earlier one with the same client id).
             None => stale.push(position_key(&client, &topic)),
         }
     }
-    for (client, newer) in moved {
+    for (client, entries) in found {
         let Some(r) = out.get_mut(&client) else { continue };
+        // An entry is newer than the cursors a record of an earlier version holds.
         let mut at: HashMap<String, u64> = std::mem::take(&mut r.positions).into_iter().collect();
-        for (topic, seq, cursor) in newer {
-            at.insert(topic, cursor);
-            r.seq = r.seq.max(seq);
-        }
+        at.extend(entries);
         r.positions = at.into_iter().collect();
         r.positions.sort();
     }
@@ -307,7 +298,6 @@ mod tests {
             ],
             positions: vec![("a/x".into(), 7), ("a/y".into(), 0)],
             incarnation: 77,
-            seq: 12,
             inbound: Vec::new(),
             outbound: Vec::new(),
         };
@@ -337,41 +327,51 @@ mod tests {
     }
 
     #[test]
-    fn cursors_saved_on_their_own_count_when_newer_than_the_whole_record() {
+    fn cursor_entries_join_the_incarnation_that_wrote_them() {
         let key = |c: &str, t: &str| String::from_utf8(position_key(c, t)).unwrap();
+        // A record of an earlier version, holding cursors itself.
         let r = SessionRecord {
             incarnation: 2,
             expiry: 1,
-            seq: 5,
             positions: vec![("a".into(), 10), ("b".into(), 20)],
             ..Default::default()
         };
         let Folded { sessions, stale } = fold([
-            (key("c", "a"), encode_position(2, 4, 9)), // older than the record
             ("c".to_string(), r.encode()),
-            (key("c", "b"), encode_position(2, 6, 25)),
-            (key("c", "n"), encode_position(2, 7, 3)), // a stream the record does not name
-            (key("c", "x"), encode_position(1, 9, 3)), // an earlier incarnation's
-            (key("gone", "a"), encode_position(2, 9, 3)),
-            (key("c", "y"), encode_position(2, 8, 1)),
-            (key("c", "y"), Bytes::new()),
+            (key("c", "b"), encode_position(2, 25)),
+            (key("c", "n"), encode_position(2, 3)), // a stream the record does not name
+            (key("c", "x"), encode_position(1, 3)), // an earlier incarnation's
+            (key("gone", "a"), encode_position(2, 9)),
+            (key("c", "y"), encode_position(2, 1)),
+            (key("c", "y"), Bytes::new()), // no longer followed
         ]);
-        let c = &sessions["c"];
-        assert_eq!(c.positions, vec![("a".into(), 10), ("b".into(), 25), ("n".into(), 3)]);
-        assert_eq!(c.seq, 7, "the newest save it holds");
-        let mut want = vec![position_key("c", "a"), position_key("c", "x"), position_key("gone", "a")];
+        assert_eq!(sessions["c"].positions, vec![("a".into(), 10), ("b".into(), 25), ("n".into(), 3)]);
+        let mut want = vec![position_key("c", "x"), position_key("gone", "a")];
         want.sort();
-        assert_eq!(stale, want, "superseded and orphaned cursors are cleared");
+        assert_eq!(stale, want, "cursors no live session owns are cleared");
         assert_eq!(decode_position("c\0pos\0t", &[1, 2, 3]), Some(("c".into(), "t".into(), None)), "damaged");
     }
 
     #[test]
-    fn version_3_records_still_load() {
-        let r = SessionRecord { incarnation: 9, expiry: 5, positions: vec![("a".into(), 1)], ..Default::default() };
-        let v4 = r.encode();
-        let mut v3 = v4[..v4.len() - 8].to_vec();
-        v3[0] = 3;
-        assert_eq!(SessionRecord::decode(&v3), Some(r));
+    fn cursors_held_by_an_earlier_versions_record_survive_the_first_saves_after_an_upgrade() {
+        let legacy = SessionRecord {
+            incarnation: 4,
+            expiry: 9,
+            positions: vec![("a".into(), 10), ("b".into(), 20)],
+            ..Default::default()
+        };
+        let restored = fold([("c".to_string(), legacy.encode())]).sessions.remove("c").unwrap();
+        let mut p = crate::positions::Positions::restored(restored.positions);
+        // What a save after the restart writes: every cursor, then a record without them.
+        let (moved, dropped) = p.take_changes();
+        assert_eq!((moved.clone(), dropped), (vec![("a".into(), 10), ("b".into(), 20)], vec![]));
+        let now = SessionRecord { incarnation: 4, expiry: 9, ..Default::default() };
+        let mut log: Vec<(String, Bytes)> = vec![("c".to_string(), legacy.encode())];
+        for (t, c) in moved {
+            log.push((String::from_utf8(position_key("c", &t)).unwrap(), encode_position(4, c)));
+        }
+        log.push(("c".to_string(), now.encode()));
+        assert_eq!(fold(log).sessions["c"].positions, vec![("a".into(), 10), ("b".into(), 20)]);
     }
 
     #[test]
