@@ -71,6 +71,8 @@ pub(crate) struct Positions {
     changed: HashSet<String>,
     /// Streams no longer followed since the last save: a save clears their cursors.
     dropped: HashSet<String>,
+    /// Every cursor counts as changed (restored: see [`Positions::restored`]).
+    all_changed: bool,
 }
 
 /// Sets where `topic`'s stream `p` is read from the log, keeping `replaying` (the streams
@@ -94,27 +96,30 @@ impl Positions {
             .into_iter()
             .map(|(t, c)| (t, StreamPos { live_from: 0, replay_from: Some(c), next: c, ..Default::default() }))
             .collect();
-        let names: HashSet<String> = streams.keys().cloned().collect();
-        Positions { replaying: names.clone(), changed: names, streams, ..Default::default() }
+        Positions { replaying: streams.keys().cloned().collect(), all_changed: true, streams, ..Default::default() }
     }
 
     /// Changed since last saved.
     pub(crate) fn dirty(&self) -> bool {
-        !self.changed.is_empty() || !self.dropped.is_empty()
+        self.all_changed || !self.changed.is_empty() || !self.dropped.is_empty()
     }
 
     /// What a save writes, and from then on no longer changed: the cursors that may have
     /// moved since the last save, and the streams no longer followed (their cursors are
     /// cleared).
     pub(crate) fn take_changes(&mut self) -> (Vec<(String, u64)>, Vec<String>) {
-        let mut moved: Vec<_> = self
-            .changed
-            .drain()
-            .filter_map(|t| {
-                let c = self.streams.get(&t)?.cursor();
-                Some((t, c))
-            })
-            .collect();
+        let mut moved: Vec<_> = if std::mem::take(&mut self.all_changed) {
+            self.changed.clear();
+            self.streams.iter().map(|(t, p)| (t.clone(), p.cursor())).collect()
+        } else {
+            self.changed
+                .drain()
+                .filter_map(|t| {
+                    let c = self.streams.get(&t)?.cursor();
+                    Some((t, c))
+                })
+                .collect()
+        };
         moved.sort();
         let streams = &self.streams;
         let mut dropped: Vec<String> = self.dropped.drain().filter(|t| !streams.contains_key(t)).collect();
@@ -123,7 +128,7 @@ impl Positions {
     }
 
     fn touch(&mut self, topic: &str) {
-        if !self.changed.contains(topic) {
+        if !self.all_changed && !self.changed.contains(topic) {
             self.changed.insert(topic.to_owned());
         }
     }

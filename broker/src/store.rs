@@ -161,7 +161,7 @@ impl Store {
     }
 
     /// Calls `f(key, record)` for every keyed record of a compacted stream, oldest first.
-    fn for_each_keyed(&self, stream: &str, mut f: impl FnMut(String, promptmq_wal::Record)) -> Result<(), StoreError> {
+    fn for_each_keyed(&self, stream: &str, mut f: impl FnMut(&str, promptmq_wal::Record)) -> Result<(), StoreError> {
         let Some(s) = self.wal.lookup(stream) else { return Ok(()) };
         let mut from = 0;
         loop {
@@ -171,7 +171,10 @@ impl Store {
             let Some(last) = recs.last() else { return Ok(()) };
             from = last.offset + 1;
             for r in recs {
-                if let Some(key) = r.key.as_ref().and_then(|k| std::str::from_utf8(k).ok()).map(str::to_owned) {
+                // The key is a slice of the record's chunk: callers copy it only for a key
+                // they have not seen (most records of a compacted stream update one).
+                let key = r.key.clone();
+                if let Some(key) = key.as_ref().and_then(|k| std::str::from_utf8(k).ok()) {
                     f(key, r);
                 }
             }
@@ -185,11 +188,12 @@ impl Store {
         self.for_each_keyed(RETAINED, |key, r| {
             let age = Duration::from_millis(now_ms.saturating_sub(r.timestamp_ms));
             match Message::from_record(r.payload, age) {
-                Some(m) if !m.payload.is_empty() => {
-                    out.insert(key, Arc::new(m));
-                }
+                Some(m) if !m.payload.is_empty() => match out.get_mut(key) {
+                    Some(v) => *v = Arc::new(m),
+                    None => drop(out.insert(key.to_owned(), Arc::new(m))),
+                },
                 _ => {
-                    out.remove(&key);
+                    out.remove(key);
                 }
             }
         })?;
@@ -288,7 +292,13 @@ impl Store {
     pub fn session_records(&self) -> Result<Vec<(String, Bytes)>, StoreError> {
         let mut latest = HashMap::new();
         // A copy: the payload read is a slice of the chunk it was read with.
-        self.for_each_keyed(SESSIONS, |key, r| drop(latest.insert(key, Bytes::copy_from_slice(&r.payload))))?;
+        self.for_each_keyed(SESSIONS, |key, r| {
+            let value = Bytes::copy_from_slice(&r.payload);
+            match latest.get_mut(key) {
+                Some(v) => *v = value,
+                None => drop(latest.insert(key.to_owned(), value)),
+            }
+        })?;
         let mut out: Vec<(String, Bytes)> = latest.into_iter().collect();
         out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         Ok(out)
