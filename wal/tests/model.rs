@@ -8,18 +8,40 @@ use proptest::prelude::*;
 
 #[derive(Debug, Clone)]
 enum Op {
-    Append { stream: usize, key: Option<u8>, len: usize },
-    Batch { stream: usize, n: usize },
-    Read { stream: usize, from: u64, max: usize },
+    Append {
+        stream: usize,
+        key: Option<u8>,
+        len: usize,
+    },
+    Batch {
+        stream: usize,
+        n: usize,
+    },
+    /// A `Wal::batch` over several streams: (stream, key) per record.
+    Multi {
+        records: Vec<(usize, Option<u8>)>,
+    },
+    Read {
+        stream: usize,
+        from: u64,
+        max: usize,
+    },
     Reopen,
-    Retain { stream: usize, keep: u64 },
-    Compact { compress: bool },
+    Retain {
+        stream: usize,
+        keep: u64,
+    },
+    Compact {
+        compress: bool,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         6 => (0..3usize, proptest::option::of(0..4u8), 0..600usize).prop_map(|(stream, key, len)| Op::Append { stream, key, len }),
         2 => (0..3usize, 1..8usize).prop_map(|(stream, n)| Op::Batch { stream, n }),
+        2 => proptest::collection::vec((0..3usize, proptest::option::of(0..4u8)), 1..10)
+            .prop_map(|records| Op::Multi { records }),
         2 => (0..3usize, 0..80u64, 1..50usize).prop_map(|(stream, from, max)| Op::Read { stream, from, max }),
         1 => Just(Op::Reopen),
         1 => (0..3usize, 0..40u64).prop_map(|(stream, keep)| Op::Retain { stream, keep }),
@@ -44,6 +66,18 @@ fn payload(stream: usize, offset: usize, len: usize) -> Vec<u8> {
     let mut v = format!("{stream}/{offset}/").into_bytes();
     v.resize(v.len() + len, b'a' + (offset % 26) as u8);
     v
+}
+
+fn batch_append(
+    batch: &mut promptmq_wal::Batch,
+    s: &promptmq_wal::Stream,
+    key: &Option<Vec<u8>>,
+    p: &[u8],
+) -> promptmq_wal::Completion<u64> {
+    match key {
+        Some(k) => batch.append_keyed(s, k.clone(), p.to_vec()),
+        None => batch.append(s, p.to_vec()),
+    }
 }
 
 fn open(dir: &std::path::Path) -> Wal {
@@ -130,6 +164,22 @@ proptest! {
                         .unwrap();
                     prop_assert_eq!(got, base as u64);
                     m.records[stream].extend(recs);
+                }
+                Op::Multi { records } => {
+                    let mut batch = wal.batch();
+                    let mut waits = Vec::new();
+                    for (j, (stream, key)) in records.into_iter().enumerate() {
+                        // Records already in this batch count too: offsets are in order.
+                        let off = m.records[stream].len();
+                        let p = payload(stream, off, j * 5);
+                        let k = key.map(|k| vec![b'k', k]);
+                        waits.push((batch_append(&mut batch, &ss[stream], &k, &p), off as u64));
+                        m.records[stream].push((k, p));
+                    }
+                    batch.submit();
+                    for (c, want) in waits {
+                        prop_assert_eq!(c.wait().unwrap(), want);
+                    }
                 }
                 Op::Read { stream, from, max } => check(&wal, &ss[stream], &m, stream, from, max)?,
                 Op::Reopen => {
