@@ -49,6 +49,33 @@ fn main() {
             })
         })
         .collect();
+    // One thread appends through `Wal::batch`, several streams per batch (both shards), so
+    // kills also land between the records of a group commit made of one batch.
+    let batcher = {
+        let (wal, out, cycle) = (wal.clone(), out.clone(), cycle.clone());
+        std::thread::spawn(move || {
+            let names = ["stream-0", "stream-1", "stream-2"];
+            let streams: Vec<_> = names.iter().map(|n| wal.stream(n)).collect::<Result<_, _>>().unwrap_or_else(|e| {
+                eprintln!("stream failed: {e}");
+                std::process::exit(1);
+            });
+            for i in 0u64.. {
+                let mut batch = wal.batch();
+                let appended: Vec<_> = (0..1 + i % 8)
+                    .map(|j| {
+                        let k = ((i + j) % 3) as usize;
+                        let payload = format!("c{cycle}-b-i{i}-j{j}");
+                        let done = batch.append(&streams[k], payload.clone());
+                        (names[k], payload, done)
+                    })
+                    .collect();
+                batch.submit();
+                for (name, payload, done) in appended {
+                    report(&out, name, &payload, done.wait(), "batch append");
+                }
+            }
+        })
+    };
     // One more thread creates streams while the others append, so kills also land in the
     // middle of a creation (its catalogue record, index entry, first record). Bounded, so
     // that the parent's checks stay quick.
@@ -67,6 +94,7 @@ fn main() {
     for t in threads {
         let _ = t.join();
     }
+    let _ = batcher.join();
 }
 
 /// Prints an acknowledged record as `ACK <stream> <offset> <payload>`, or ends the child on
