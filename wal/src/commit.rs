@@ -706,12 +706,12 @@ mod loom_tests {
     /// `bound` is the queue's byte limit (each request weighs 1): 1 makes the second
     /// submitter wait for space, exercising the back-pressure path. With `inline`, the
     /// appenders commit on their own thread whenever the queue lets them.
-    /// With `grouped`, the producer hands its two requests over as one group
-    /// ([`CommitQueue::submit_or_commit_group`]).
     fn model(fail_first: bool, bound: usize, inline: bool) {
         model_with(fail_first, bound, inline, false)
     }
 
+    /// [`model`], and with `grouped` the producer hands its two requests over as one group
+    /// ([`CommitQueue::submit_or_commit_group`]).
     fn model_with(fail_first: bool, bound: usize, inline: bool, grouped: bool) {
         let mut b = loom::model::Builder::new();
         // Bounded preemption keeps the state space tractable; bugs in queues like this one
