@@ -5,11 +5,17 @@ use std::process::Command;
 
 use promptmq_broker::{Broker, BrokerConfig};
 
-#[test]
-fn bench_runs_bounded_and_reports_json() {
+/// A broker on 127.0.0.1 (a free port) with its data directory and runtime.
+fn start_broker() -> (tempfile::TempDir, tokio::runtime::Runtime, Broker) {
     let dir = tempfile::tempdir().unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let broker = rt.block_on(Broker::start(BrokerConfig::new("127.0.0.1:0".parse().unwrap(), dir.path()))).unwrap();
+    (dir, rt, broker)
+}
+
+#[test]
+fn bench_runs_bounded_and_reports_json() {
+    let (dir, rt, broker) = start_broker();
     let port = broker.local_addr().port().to_string();
     let log = dir.path().join("latency.log");
     let started = std::time::Instant::now();
@@ -93,9 +99,7 @@ fn bench_without_a_broker_fails_and_stops() {
 /// 1 000 of a group for `K/+`): a broker that sent fewer would end the run with an error.
 #[test]
 fn bench_times_subscriptions_against_retained_messages() {
-    let dir = tempfile::tempdir().unwrap();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let broker = rt.block_on(Broker::start(BrokerConfig::new("127.0.0.1:0".parse().unwrap(), dir.path()))).unwrap();
+    let (_dir, rt, broker) = start_broker();
     let port = broker.local_addr().port().to_string();
     let out = Command::new(env!("CARGO_BIN_EXE_promptmq-bench"))
         .args(["--port", &port, "--publishers", "0", "--subscribers", "0", "--retained", "2500"])

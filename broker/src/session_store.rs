@@ -58,10 +58,12 @@ pub(crate) fn encode_position(incarnation: u64, cursor: u64) -> Bytes {
     b.freeze()
 }
 
-/// A [`position_key`] entry: (client, topic, Some((incarnation, cursor)) or `None` for an
-/// empty (cleared) or unreadable value); `None` if the key is not one.
-#[allow(clippy::type_complexity)]
-fn decode_position(key: &str, mut value: &[u8]) -> Option<(String, String, Option<(u64, u64)>)> {
+/// A decoded [`position_key`] entry: client, topic, and (incarnation, cursor) — `None` for
+/// an empty (cleared) or unreadable value.
+type PositionEntry = (String, String, Option<(u64, u64)>);
+
+/// A [`position_key`] entry; `None` if the key is not one.
+fn decode_position(key: &str, mut value: &[u8]) -> Option<PositionEntry> {
     let (client, topic) = key.split_once(POSITION_MARK)?;
     let v = (value.len() == 17 && value[0] == POSITION_VERSION).then(|| {
         value.advance(1);
