@@ -160,9 +160,14 @@ pub(crate) struct Index {
     cursors: Keyspace,
     meta: Keyspace,
     sync: SyncMode,
-    /// Serialises the two writers of stored positions: a checkpoint (snapshot of the open
-    /// blocks, commit, dropping them from memory) and compaction's position updates.
+    /// Serialises the writers of stored positions and stream settings: a checkpoint
+    /// (snapshot of the open blocks, commit, dropping them from memory) and compaction's
+    /// position updates and retention's new first offsets. The commit of a checkpoint
+    /// runs on its own thread, after the guard is released: `checkpoints` counts those in
+    /// flight, and maintenance waits for them (see [`Index::positions_guard`]).
     positions: std::sync::Mutex<()>,
+    checkpoints: std::sync::Mutex<usize>,
+    checkpoints_done: std::sync::Condvar,
     /// The highest `next_stream_id` written: streams are created concurrently, and the
     /// stored value must only grow.
     next_stream_id: std::sync::Mutex<u64>,
@@ -290,6 +295,8 @@ impl Index {
             db,
             sync,
             positions: std::sync::Mutex::new(()),
+            checkpoints: std::sync::Mutex::new(0),
+            checkpoints_done: std::sync::Condvar::new(),
             // Ids handed out are at or above the stored value, so writes start from there.
             next_stream_id: std::sync::Mutex::new(0),
         };
@@ -328,9 +335,35 @@ impl Index {
         Ok(())
     }
 
-    /// See `Index::positions`.
+    /// Excludes checkpoint snapshots, and returns once no checkpoint is being committed:
+    /// what compaction and retention hold while they change positions or stream settings
+    /// (see `Index::positions`).
     pub(crate) fn positions_guard(&self) -> std::sync::MutexGuard<'_, ()> {
+        let g = self.positions_guard_now();
+        let mut n = self.checkpoints.lock().unwrap_or_else(|p| p.into_inner());
+        while *n > 0 {
+            n = self.checkpoints_done.wait(n).unwrap_or_else(|p| p.into_inner());
+        }
+        g
+    }
+
+    /// The guard alone, for the writer taking a checkpoint's snapshot (it knows whether
+    /// its own checkpoint is in flight, and no other shard's is its business).
+    pub(crate) fn positions_guard_now(&self) -> std::sync::MutexGuard<'_, ()> {
         self.positions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A checkpoint snapshot was taken under the guard and goes to be committed.
+    pub(crate) fn checkpoint_started(&self) {
+        *self.checkpoints.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+    }
+
+    /// A checkpoint counted by [`Index::checkpoint_started`] is committed (or failed).
+    pub(crate) fn checkpoint_finished(&self) {
+        let mut n = self.checkpoints.lock().unwrap_or_else(|p| p.into_inner());
+        *n = n.saturating_sub(1);
+        drop(n);
+        self.checkpoints_done.notify_all();
     }
 
     /// Makes everything written so far durable per the sync mode: synced, or with `None`

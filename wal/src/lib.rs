@@ -33,6 +33,7 @@
 
 mod background_sync;
 mod block_codec;
+mod checkpointer;
 mod commit;
 mod error;
 pub mod format;

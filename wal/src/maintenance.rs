@@ -130,6 +130,9 @@ impl Wal {
             let old = s.first_offset.load(Ordering::Acquire);
             let new = self.retention_point(s, &r, now)?;
             if new > old {
+                // Not between a checkpoint's snapshot and its commit, which would store
+                // the old first offset over the new one.
+                let _positions = self.index().positions_guard();
                 s.first_offset.store(new, Ordering::Release);
                 self.index().put_stream_settings(&s.meta())?;
                 self.index().delete_blocks_below(s.id, new)?;
@@ -138,9 +141,7 @@ impl Wal {
         }
         for shard in self.shards() {
             let shared = &shard.shared;
-            let segs = shared.segment_list();
-            // The newest segment is being appended to; never touch it.
-            for &seg in segs.iter().take(segs.len().saturating_sub(1)) {
+            for seg in sealed_segments(shared, self.index())? {
                 let Some(summary) = self.index().segment(shared.id, seg)? else { continue };
                 if summary.catalog || !all_dead(&summary, &by_id) {
                     continue;
@@ -178,8 +179,7 @@ impl Wal {
         }
         for shard in self.shards() {
             let shared = &shard.shared;
-            let segs = shared.segment_list();
-            for &seg in segs.iter().take(segs.len().saturating_sub(1)) {
+            for seg in sealed_segments(shared, self.index())? {
                 let Some(summary) = self.index().segment(shared.id, seg)? else { continue };
                 if !summary.catalog && all_dead(&summary, &by_id) {
                     report.bytes_reclaimed += delete_segment(shared, self.index(), seg)?;
@@ -215,6 +215,20 @@ impl Wal {
 
 /// Most bytes of records a maintenance pass reads at a time.
 const READ_BATCH_BYTES: usize = 8 << 20;
+
+/// The segments maintenance may rewrite or delete: not the newest (being appended to),
+/// nor any from the one the shard's last committed checkpoint points into (recovery starts
+/// there; the checkpoint that moves past it may still be in flight).
+fn sealed_segments(shared: &ShardShared, index: &Index) -> Result<Vec<u64>> {
+    let mut segs = shared.segment_list();
+    segs.pop();
+    // A checkpoint being committed moves on soon: read where it went.
+    drop(index.positions_guard());
+    if let Some(cp) = index.checkpoint(shared.id)? {
+        segs.retain(|&s| s < cp.pos.segment);
+    }
+    Ok(segs)
+}
 
 fn all_dead(summary: &SegSummary, by_id: &crate::hash::IdMap<Arc<StreamState>>) -> bool {
     summary.streams.iter().all(|(id, ss)| match by_id.get(id) {

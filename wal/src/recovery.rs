@@ -188,7 +188,7 @@ fn recover_shard_once(
             index.delete_blocks(s.id)?;
             let first = s.first_offset.load(Ordering::Acquire);
             s.next_offset.store(first, Ordering::Release);
-            *s.open.lock().unwrap_or_else(|p| p.into_inner()) = OpenBlock { first, positions: Vec::new() };
+            *s.open.lock().unwrap_or_else(|p| p.into_inner()) = OpenBlock::at(first);
         }
     }
 
@@ -296,7 +296,7 @@ fn recover_shard_once(
                 return bad(format!("stream {:?} jumps from offset {next} to {}", s.state.name, r.meta.offset));
             }
             let id = s.state.id;
-            s.block.push(&s.state.name, r.meta.offset, Pos { segment: first, at, len }, |f, p| {
+            s.block.push(&s.state.name, r.meta.offset, Pos { segment: first, at, len }, false, |f, p| {
                 blocks.push((id, f, p.to_vec()));
                 Ok(())
             });

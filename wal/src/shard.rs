@@ -15,6 +15,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 
 use crate::background_sync::{BackgroundSync, SyncJob, Syncable};
+use crate::checkpointer::{Checkpointer, Job};
 use crate::commit::{run_writer, BatchSink, CommitQueue, Completion, Pending, Weighted};
 use crate::error::{Error, Result};
 use crate::format::{self, RecordMeta, SegmentHeader, FORMAT_VERSION, SEGMENT_HEADER_LEN};
@@ -206,6 +207,7 @@ impl Shard {
             None => (None, start.next_lsn, 0),
         };
         // `indexed_to` is for the checkpoint after recovery only: appends start a new segment.
+        let index_for_checkpoints = index.clone();
         let queue = Arc::new(CommitQueue::new(queue_bytes));
         let writer = ShardWriter {
             shared: shared.clone(),
@@ -231,6 +233,10 @@ impl Shard {
             summary: start.summary,
             spares,
             spare_asked: false,
+            checkpointer: Checkpointer::start(index_for_checkpoints, shared.id)
+                .map_err(|e| Error::io("starting the checkpoint thread of", shared.dir.clone(), e))?,
+            deferred: Default::default(),
+            checkpoint_due: false,
         };
         let sink = Arc::new(crate::sync::Mutex::new(writer));
         let (q, s) = (queue.clone(), sink.clone());
@@ -313,6 +319,12 @@ struct ShardWriter {
     spares: Option<crate::spare::Spares>,
     /// A spare was asked for since the last roll.
     spare_asked: bool,
+    /// Commits checkpoints off this thread (see [`crate::checkpointer`]).
+    checkpointer: Checkpointer,
+    /// Streams holding finished index blocks back while a checkpoint is committed.
+    deferred: crate::hash::IdMap<Arc<StreamState>>,
+    /// A checkpoint was wanted while one was still in flight: take it at the next commit.
+    checkpoint_due: bool,
 }
 
 fn now_ms() -> u64 {
@@ -413,40 +425,76 @@ impl ShardWriter {
         self.synced_len = self.seg_len;
         self.unsynced_since = None;
         self.shared.add_segment(first);
-        // Checkpoint at the start of the new segment, so a checkpoint always points into
-        // the active segment (never at a sealed one that retention may delete).
-        self.checkpoint();
+        // Checkpoint at the start of the new segment, so that a checkpoint points into the
+        // active segment (maintenance leaves the one the last checkpoint points into).
+        self.checkpoint(false);
         Ok(())
     }
 
-    /// Writes the open index blocks and the shard's checkpoint, covering what is durable.
-    fn checkpoint(&mut self) {
+    /// Stores the open index blocks and the shard's checkpoint, covering what is durable:
+    /// committed on the checkpoint thread, or with `wait` here (after the one in flight).
+    /// Without `wait`, a checkpoint still in flight puts this one off to a later commit.
+    fn checkpoint(&mut self, wait: bool) {
         // Stream offsets and the checkpoint must describe the same, durable, prefix.
         if self.file.is_none() || self.synced_len != self.seg_len {
+            return;
+        }
+        let failed = if wait { Some(self.checkpointer.wait_idle()) } else { self.checkpointer.idle() };
+        let Some(failed) = failed else {
+            self.checkpoint_due = true;
+            return;
+        };
+        for s in failed {
+            self.touched.entry(s.id).or_insert(s);
+        }
+        // The checkpoint claims every position before it: blocks held back go first.
+        if !self.write_deferred() {
+            self.checkpoint_due = true;
             return;
         }
         let cp =
             Checkpoint { pos: Pos { segment: self.seg_first, at: self.synced_len, len: 0 }, next_lsn: self.next_lsn };
         // Compaction must not change positions between the snapshot and the commit (the
         // commit would store the old ones) nor after the blocks leave memory.
-        let _positions = self.index.positions_guard();
-        let states: Vec<_> = self.touched.values().map(|s| s.checkpoint_state()).collect();
-        let res = self.index.commit_checkpoint(self.shared.id, Some(&cp), &states);
-        match res {
-            Ok(()) => {
-                // The open blocks are in the index now: memory keeps only what came since,
-                // so it is bounded by the log written between checkpoints, not by the
-                // number of streams times the block length.
-                for (s, state) in self.touched.values().zip(&states) {
-                    s.checkpointed(state);
-                }
-                self.touched.clear();
-                self.bytes_since_checkpoint = 0;
+        let positions = self.index.positions_guard_now();
+        let streams: Vec<_> = self.touched.drain().map(|(_, s)| s).collect();
+        let states = streams.iter().map(|s| s.checkpoint_state()).collect();
+        let job = Job { cp, streams, states };
+        self.bytes_since_checkpoint = 0;
+        self.checkpoint_due = false;
+        if wait {
+            if let Err(streams) = job.commit(&self.index, self.shared.id) {
+                drop(positions);
+                self.retry_checkpoint_of(streams);
             }
-            Err(e) => {
-                tracing::warn!(shard = self.shared.id, error = %e, "index checkpoint failed; recovery will re-index more of the log")
-            }
+        } else {
+            self.index.checkpoint_started();
+            drop(positions);
+            self.checkpointer.submit(job);
         }
+    }
+
+    /// The streams of a checkpoint that failed go into the next one, taken soon.
+    fn retry_checkpoint_of(&mut self, streams: Vec<Arc<StreamState>>) {
+        for s in streams {
+            self.touched.entry(s.id).or_insert(s);
+        }
+        self.checkpoint_due = true;
+    }
+
+    /// Writes the index blocks held back during a checkpoint's commit; false if some could
+    /// not be written (they stay in memory, and are tried again).
+    fn write_deferred(&mut self) -> bool {
+        let mut all = true;
+        self.deferred.retain(|_, s| match s.write_sealed(&self.index) {
+            Ok(()) => false,
+            Err(e) => {
+                tracing::warn!(stream = %s.name, error = %e, "index block write failed; will retry");
+                all = false;
+                true
+            }
+        });
+        all
     }
 
     fn write_batch(&mut self, batch: &[Pending<AppendReq, u64>]) -> Result<Vec<u64>> {
@@ -455,6 +503,12 @@ impl ShardWriter {
         }
         if self.file.is_none() || self.seg_len >= self.segment_bytes {
             self.roll()?;
+        }
+        // Blocks that fill up while a checkpoint is committed wait for it (see
+        // `crate::checkpointer`); once it is done they go to the index.
+        let defer = self.checkpointer.busy();
+        if !defer && !self.deferred.is_empty() {
+            self.write_deferred();
         }
         self.buf.clear();
         self.scratch.clear();
@@ -540,7 +594,9 @@ impl ShardWriter {
         self.summary.catalog |= catalog;
         for &(i, offset, at, len) in &self.scratch {
             if let Some(s) = &batch[i].req.stream {
-                s.push_position(&self.index, offset, Pos { segment: self.seg_first, at, len });
+                if s.push_position(&self.index, offset, Pos { segment: self.seg_first, at, len }, defer) {
+                    self.deferred.entry(s.id).or_insert_with(|| s.clone());
+                }
                 self.summary.add(s.id, offset, ts, len as u64);
             }
         }
@@ -554,8 +610,10 @@ impl ShardWriter {
                 self.touched.entry(s.id).or_insert_with(|| s.clone());
             }
         }
-        if (flush || self.bytes_since_checkpoint >= CHECKPOINT_BYTES) && self.synced_len == self.seg_len {
-            self.checkpoint();
+        if flush {
+            self.checkpoint(true);
+        } else if self.checkpoint_due || self.bytes_since_checkpoint >= CHECKPOINT_BYTES {
+            self.checkpoint(false);
         }
         Ok(outs)
     }
@@ -575,7 +633,7 @@ impl BatchSink<AppendReq> for ShardWriter {
         if self.sync != SyncMode::None && self.synced_len < self.seg_len && self.sync_now().is_err() {
             return;
         }
-        self.checkpoint();
+        self.checkpoint(true);
     }
 
     fn max_batch_bytes(&self) -> usize {
@@ -603,6 +661,8 @@ impl BatchSink<AppendReq> for ShardWriter {
             && self.file.is_some()
             && self.seg_len + w < self.segment_bytes
             && self.bytes_since_checkpoint + w < CHECKPOINT_BYTES
+            && !self.checkpoint_due
+            && self.deferred.is_empty()
     }
 }
 

@@ -13,23 +13,35 @@ use crate::options::Retention;
 pub(crate) struct OpenBlock {
     pub(crate) first: u64,
     pub(crate) positions: Vec<Pos>,
+    /// Finished blocks held back from the index while a checkpoint of this shard is being
+    /// committed (see [`crate::checkpointer`]): that checkpoint stores the block that was
+    /// open when it began under the same key, and must not land after (and over) the full
+    /// one. Oldest first; readers and compaction find positions here too.
+    pub(crate) sealed: Vec<(u64, Vec<Pos>)>,
 }
 
 impl OpenBlock {
+    /// An empty open block whose first position will be `first`'s.
+    pub(crate) fn at(first: u64) -> OpenBlock {
+        OpenBlock { first, ..Default::default() }
+    }
+
     /// Adds the position of `offset`, handing full blocks to `put` (the index, or a batch
-    /// for it). If `put` fails the positions stay in memory and the write is retried with
-    /// the next one. `stream` names the stream in the warning.
+    /// for it) — or, with `defer`, keeping them in [`OpenBlock::sealed`]. If `put` fails the
+    /// positions stay in memory and the write is retried with the next one. `stream` names
+    /// the stream in the warning.
     pub(crate) fn push(
         &mut self,
         stream: &str,
         offset: u64,
         pos: Pos,
+        defer: bool,
         mut put: impl FnMut(u64, &[Pos]) -> crate::Result<()>,
     ) {
         if self.positions.is_empty() || self.first + self.positions.len() as u64 != offset {
             // A gap (a skipped damaged record) starts a new block.
             if !self.positions.is_empty() {
-                if let Err(e) = put(self.first, &self.positions) {
+                if let Err(e) = self.seal(defer, &mut put) {
                     tracing::warn!(stream, error = %e, "index block write failed; keeping it in memory");
                     return;
                 }
@@ -39,15 +51,43 @@ impl OpenBlock {
         }
         self.positions.push(pos);
         if self.positions.len() >= BLOCK_LEN {
-            match put(self.first, &self.positions) {
+            let n = self.positions.len() as u64;
+            match self.seal(defer, &mut put) {
                 Ok(()) => {
-                    self.first += self.positions.len() as u64;
+                    self.first += n;
                     // Not `clear`: an idle stream would keep a full block's capacity.
                     self.positions = Vec::new();
                 }
                 Err(e) => tracing::warn!(stream, error = %e, "index block write failed; will retry"),
             }
         }
+    }
+
+    /// Hands the open positions on as a finished block: to `put`, or with `defer` to
+    /// [`OpenBlock::sealed`] (leaving `positions` empty).
+    fn seal(&mut self, defer: bool, put: &mut impl FnMut(u64, &[Pos]) -> crate::Result<()>) -> crate::Result<()> {
+        if defer {
+            self.sealed.push((self.first, std::mem::take(&mut self.positions)));
+            Ok(())
+        } else {
+            put(self.first, &self.positions)
+        }
+    }
+
+    /// The position of `offset` if memory holds it (open or sealed block).
+    fn get(&self, offset: u64) -> Option<Pos> {
+        if !self.positions.is_empty() && offset >= self.first {
+            return self.positions.get((offset - self.first) as usize).copied();
+        }
+        self.sealed.iter().find_map(|(f, ps)| offset.checked_sub(*f).and_then(|i| ps.get(i as usize)).copied())
+    }
+
+    /// The slot of `offset` if memory holds it (open or sealed block).
+    fn get_mut(&mut self, offset: u64) -> Option<&mut Pos> {
+        if !self.positions.is_empty() && offset >= self.first {
+            return self.positions.get_mut((offset - self.first) as usize);
+        }
+        self.sealed.iter_mut().find_map(|(f, ps)| offset.checked_sub(*f).and_then(|i| ps.get_mut(i as usize)))
     }
 }
 
@@ -144,7 +184,7 @@ impl StreamState {
             visible: AtomicU64::new(m.next_offset),
             first_offset: AtomicU64::new(m.first_offset),
             retention: Mutex::new(m.retention),
-            open: Mutex::new(OpenBlock { first: m.next_offset, positions: Vec::new() }),
+            open: Mutex::new(OpenBlock::at(m.next_offset)),
             notify: Notify::default(),
             dirty: AtomicBool::new(false),
         }
@@ -162,11 +202,25 @@ impl StreamState {
         }
     }
 
-    /// Records where `offset` was written. Full blocks go to the index; if the index
-    /// write fails the positions stay in memory and the write is retried with the next one.
-    pub(crate) fn push_position(&self, index: &Index, offset: u64, pos: Pos) {
+    /// Records where `offset` was written. Full blocks go to the index — with `defer`, only
+    /// later, through [`StreamState::write_sealed`]; if the index write fails the positions
+    /// stay in memory and the write is retried with the next one. Returns whether finished
+    /// blocks wait in memory.
+    pub(crate) fn push_position(&self, index: &Index, offset: u64, pos: Pos, defer: bool) -> bool {
         let mut b = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        b.push(&self.name, offset, pos, |first, positions| index.put_block(self.id, first, positions))
+        b.push(&self.name, offset, pos, defer, |first, positions| index.put_block(self.id, first, positions));
+        !b.sealed.is_empty()
+    }
+
+    /// Writes the finished blocks held back by [`StreamState::push_position`] to the index,
+    /// oldest first; those not written (on an error) stay in memory.
+    pub(crate) fn write_sealed(&self, index: &Index) -> crate::Result<()> {
+        let mut b = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some((first, positions)) = b.sealed.first() {
+            index.put_block(self.id, *first, positions)?;
+            b.sealed.remove(0);
+        }
+        Ok(())
     }
 
     /// `state` (from [`StreamState::checkpoint_state`]) is committed: the open block's
@@ -206,6 +260,9 @@ impl StreamState {
             if !b.positions.is_empty() && offset >= b.first {
                 return Ok(b.positions.get((offset - b.first) as usize).copied().filter(|p| p.at != REMOVED));
             }
+            if let Some(p) = b.get(offset) {
+                return Ok(Some(p).filter(|p| p.at != REMOVED));
+            }
         }
         if let Some((first, ps)) = cache {
             if offset >= *first && offset < *first + ps.len() as u64 {
@@ -228,12 +285,14 @@ impl StreamState {
         let mut block: Option<(u64, Vec<Pos>)> = None;
         let mut open_changed = false;
         for &(offset, pos) in updates {
-            if !b.positions.is_empty() && offset >= b.first {
-                let i = (offset - b.first) as usize;
-                if let Some(slot) = b.positions.get_mut(i) {
-                    *slot = removed(pos);
-                    open_changed = true;
-                }
+            let in_open = !b.positions.is_empty() && offset >= b.first;
+            if let Some(slot) = b.get_mut(offset) {
+                *slot = removed(pos);
+                // A sealed block goes to the index later, with the change.
+                open_changed |= in_open;
+                continue;
+            }
+            if in_open {
                 continue;
             }
             let covered = block.as_ref().is_some_and(|(f, ps)| offset >= *f && offset < *f + ps.len() as u64);
@@ -271,10 +330,10 @@ mod tests {
 
     #[test]
     fn full_blocks_go_out_and_gaps_start_new_ones() {
-        let mut b = OpenBlock { first: 0, positions: Vec::new() };
+        let mut b = OpenBlock::at(0);
         let mut put = Vec::new();
         for o in 0..BLOCK_LEN as u64 + 3 {
-            b.push("s", o, p(o * 10), |f, ps| {
+            b.push("s", o, p(o * 10), false, |f, ps| {
                 put.push((f, ps.len()));
                 Ok(())
             });
@@ -282,16 +341,16 @@ mod tests {
         assert_eq!(put, vec![(0, BLOCK_LEN)]);
         assert_eq!((b.first, b.positions.len()), (BLOCK_LEN as u64, 3));
         // Offset 1000 does not follow: the 3 open positions go out as a block of their own.
-        b.push("s", 1000, p(0), |f, ps| {
+        b.push("s", 1000, p(0), false, |f, ps| {
             put.push((f, ps.len()));
             Ok(())
         });
         assert_eq!(put.last(), Some(&(BLOCK_LEN as u64, 3)));
         assert_eq!((b.first, b.positions.len()), (1000, 1));
         // A failing index keeps the positions in memory, to be written with the next one.
-        let mut b = OpenBlock { first: 0, positions: Vec::new() };
+        let mut b = OpenBlock::at(0);
         for o in 0..BLOCK_LEN as u64 + 1 {
-            b.push("s", o, p(o), |_, _| Err(crate::Error::Closed));
+            b.push("s", o, p(o), false, |_, _| Err(crate::Error::Closed));
         }
         assert_eq!((b.first, b.positions.len()), (0, BLOCK_LEN + 1));
     }
@@ -309,7 +368,7 @@ mod tests {
         };
         let s = StreamState::from_meta(&meta);
         let push = |o: u64| {
-            s.open.lock().unwrap().push("s", o, p(o), |_, _| Ok(()));
+            s.open.lock().unwrap().push("s", o, p(o), false, |_, _| Ok(()));
         };
         (10..15).for_each(push);
         let state = s.checkpoint_state();
@@ -322,5 +381,58 @@ mod tests {
         // A stale checkpoint (the block moved on meanwhile) changes nothing.
         s.checkpointed(&state);
         assert_eq!(s.open.lock().unwrap().first, 15);
+    }
+
+    fn stream_at(first: u64) -> StreamState {
+        StreamState::from_meta(&StreamMeta {
+            id: 7,
+            name: "s".into(),
+            shard: 0,
+            first_offset: first,
+            next_offset: first,
+            retention: Retention::default(),
+            compacted: false,
+        })
+    }
+
+    /// The order `crate::checkpointer` relies on: a block that fills up while a checkpoint
+    /// holding its first positions is being committed reaches the index after that
+    /// checkpoint (not under it), and readers and compaction find it in memory meanwhile.
+    #[test]
+    fn a_block_filled_during_a_checkpoint_waits_for_it_and_is_read_from_memory_meanwhile() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(dir.path(), crate::SyncMode::None).unwrap();
+        let s = stream_at(0);
+        for o in 0..10 {
+            assert!(!s.push_position(&index, o, p(o), false));
+        }
+        let snapshot = s.checkpoint_state();
+        // The checkpoint is in flight: the block fills and is held back.
+        let mut held = false;
+        for o in 10..BLOCK_LEN as u64 + 2 {
+            held = s.push_position(&index, o, p(o), true);
+        }
+        assert!(held, "the full block waits in memory");
+        assert_eq!(index.find_block(7, 5).unwrap(), None, "nothing reached the index yet");
+        let read = |o: u64| s.position(&index, o, o, &mut None).unwrap();
+        assert_eq!(read(5), Some(p(5)));
+        assert_eq!(read(BLOCK_LEN as u64 - 1), Some(p(BLOCK_LEN as u64 - 1)));
+        assert_eq!(read(BLOCK_LEN as u64 + 1), Some(p(BLOCK_LEN as u64 + 1)));
+        // Compaction marks a record of the held-back block as removed.
+        s.set_positions(&index, &[(3, None)]).unwrap();
+        assert_eq!(read(3), None);
+
+        // The checkpoint commits its 10 positions; then the full block goes out over them.
+        index.commit_checkpoint(0, None, std::slice::from_ref(&snapshot)).unwrap();
+        s.checkpointed(&snapshot);
+        assert_eq!(index.find_block(7, 5).unwrap().map(|(f, ps)| (f, ps.len())), Some((0, 10)));
+        s.write_sealed(&index).unwrap();
+        assert!(s.open.lock().unwrap().sealed.is_empty());
+        let (first, stored) = index.find_block(7, 5).unwrap().unwrap();
+        assert_eq!((first, stored.len()), (0, BLOCK_LEN));
+        assert_eq!(stored[3].at, REMOVED, "compaction's change went out with the block");
+        assert_eq!(read(3), None);
+        assert_eq!(read(1000), Some(p(1000)));
+        assert_eq!(read(BLOCK_LEN as u64 + 1), Some(p(BLOCK_LEN as u64 + 1)));
     }
 }

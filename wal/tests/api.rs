@@ -453,3 +453,66 @@ fn a_batch_reaches_each_shard_as_one_commit_in_order() {
         assert_eq!(got, vec!["1/0", "1/1", "1/2", "late"]);
     }
 }
+
+/// Checkpoints are committed on a thread of their own while appends go on (see the
+/// `checkpointer` module): every round's commit rolls to a new segment and checkpoints the
+/// cold streams and the hot one, and in that same commit the hot stream fills an index
+/// block (1 024 positions) — while the checkpoint holding that block's first positions is
+/// in flight. Every record stays readable meanwhile, and after a reopen — which trusts the
+/// index up to the last checkpoint.
+#[test]
+fn records_stay_indexed_while_checkpoints_commit_beside_the_appends() {
+    let dir = tempfile::tempdir().unwrap();
+    // Segments smaller than a round: each round's commit starts a new one and checkpoints.
+    let opts = || Options::default().shards(1).segment_bytes(8 << 10);
+    let wal = Wal::open(dir.path(), opts()).unwrap();
+    // Stream 0 is hot: more records a round than an index block holds, against one for
+    // each of the others — enough of them that a checkpoint takes a while to commit.
+    let streams: Vec<_> = (0..3_001).map(|i| wal.stream(&format!("s{i}")).unwrap()).collect();
+    let (rounds, hot) = (20u64, 1_100u64);
+    let expected = |i: usize| if i == 0 { rounds * hot } else { rounds };
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (wal, streams, done) = (wal.clone(), streams.clone(), done.clone());
+        std::thread::spawn(move || {
+            let mut reads = 0u64;
+            while !done.load(std::sync::atomic::Ordering::Acquire) || reads == 0 {
+                let i = (reads % 4) as usize;
+                let visible = streams[i].next_offset();
+                let recs = wal.read(&streams[i], 0, usize::MAX).unwrap();
+                assert!(recs.len() as u64 >= visible, "stream {i}: {} of {visible} records readable", recs.len());
+                for (o, r) in recs.iter().enumerate() {
+                    assert_eq!(r.payload.to_vec(), common::payload(i, o as u64), "stream {i} offset {o}");
+                }
+                reads += 1;
+            }
+            reads
+        })
+    };
+    for round in 0..rounds {
+        let mut batch = wal.batch();
+        let mut pending: Vec<_> =
+            (0..hot).map(|k| batch.append(&streams[0], common::payload(0, round * hot + k))).collect();
+        pending.extend(streams.iter().enumerate().skip(1).map(|(i, s)| batch.append(s, common::payload(i, round))));
+        batch.submit();
+        for c in pending {
+            c.wait().unwrap();
+        }
+    }
+    done.store(true, std::sync::atomic::Ordering::Release);
+    assert!(reader.join().unwrap() > 0);
+    wal.close().unwrap();
+    assert!(common::segments(dir.path()).len() > 20, "segments must have rolled");
+
+    let wal = Wal::open(dir.path(), opts()).unwrap();
+    assert!(wal.recovery_report().is_clean());
+    for (i, s) in streams.iter().enumerate() {
+        let s = wal.lookup(s.name()).unwrap();
+        let recs = wal.read(&s, 0, usize::MAX).unwrap();
+        assert_eq!(recs.len() as u64, expected(i), "stream {i}");
+        assert!(recs
+            .iter()
+            .enumerate()
+            .all(|(o, r)| r.offset == o as u64 && r.payload.to_vec() == common::payload(i, o as u64)));
+    }
+}

@@ -85,16 +85,21 @@ fn run_pipelined(dir: &std::path::Path, sync: SyncMode, size: usize, inflight: u
         lats.push(t.elapsed());
     }
     let elapsed = start.elapsed();
+    report_batches(&wal, &format!("pipelined {size} B x{inflight}"));
+    wal.close().expect("close");
+    Outcome { records: lats.len() as u64, elapsed, p50: percentile(&mut lats, 50.0), p99: percentile(&mut lats, 99.0) }
+}
+
+/// Prints (to stderr) how many records the log's group commits gathered and what a sync took.
+fn report_batches(wal: &Wal, what: &str) {
     let st = wal.stats();
     eprintln!(
-        "  pipelined {size} B x{inflight}: {} records in {} batches (avg {:.1}), avg fdatasync {:.0} µs",
+        "  {what}: {} records in {} batches (avg {:.1}), avg fdatasync {:.0} µs",
         st.records,
         st.batches,
         st.records as f64 / st.batches.max(1) as f64,
         st.sync_time.as_secs_f64() * 1e6 / st.syncs.max(1) as f64
     );
-    wal.close().expect("close");
-    Outcome { records: lats.len() as u64, elapsed, p50: percentile(&mut lats, 50.0), p99: percentile(&mut lats, 99.0) }
 }
 
 /// Whether the `pipelined` and `tasks` logs preallocate (`WAL_BENCH_PREALLOCATE=0`: no); the
@@ -176,6 +181,7 @@ fn run_tasks(dir: &std::path::Path, sync: SyncMode, size: usize, tasks: usize, s
     });
     let elapsed = start.elapsed();
     drop(rt);
+    report_batches(&wal, &format!("tasks {size} B x{tasks}"));
     wal.close().expect("close");
     Outcome { records: lats.len() as u64, elapsed, p50: percentile(&mut lats, 50.0), p99: percentile(&mut lats, 99.0) }
 }
@@ -255,7 +261,9 @@ fn main() {
             "--only" => only = args.next(),
             "--secs" => secs = args.next().and_then(|s| s.parse().ok()).expect("--secs N"),
             _ => {
-                eprintln!("usage: wal-bench [--dir DIR] [--secs N] [--only append|pipelined|tasks|recovery]");
+                eprintln!(
+                    "usage: wal-bench [--dir DIR] [--secs N] [--only append|pipelined|tasks|recovery|checkpoint]"
+                );
                 std::process::exit(2);
             }
         }
@@ -273,6 +281,9 @@ fn main() {
     }
     if only.as_deref().is_none_or(|o| o == "recovery") {
         recovery(&log_dir);
+    }
+    if only.as_deref().is_none_or(|o| o == "checkpoint") {
+        checkpoints(&log_dir);
     }
     if std::env::var_os("WAL_BENCH_REUSE").is_none() {
         let _ = std::fs::remove_dir_all(&dir);
@@ -381,6 +392,73 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
 }
 
 /// Recovery scan: write a log, then time an open that scans and re-indexes all of it.
+/// What an index checkpoint with many streams touched costs the appends around it: each
+/// touched stream's catalogue entry and open index block go into the index. A thread
+/// appends to a stream of its own, one append at a time, while rounds of one record for
+/// each of `WAL_BENCH_STREAMS` streams (default 10 000, 100 per batch) fill 4 MiB segments: the writer
+/// checkpoints at every new segment. Then `Wal::flush`, which checkpoints and waits for it.
+fn checkpoints(log_dir: &std::path::Path) {
+    let n: usize = std::env::var("WAL_BENCH_STREAMS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
+    let _ = std::fs::remove_dir_all(log_dir);
+    let wal = Wal::open(log_dir, Options::default().shards(1).segment_bytes(4 << 20)).expect("open");
+    let streams: Vec<_> = (0..n).map(|i| wal.stream(&format!("topic/{i}")).expect("stream")).collect();
+    let other = wal.stream("other").expect("stream");
+    let payload = bytes::Bytes::from(vec![0x42u8; 150]);
+    wal.flush().expect("flush");
+    let stop = Arc::new(AtomicBool::new(false));
+    let prober = {
+        let (wal, other, payload, stop) = (wal.clone(), other.clone(), payload.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut lats = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                wal.append(&other, payload.clone()).wait().expect("append");
+                lats.push(t.elapsed());
+            }
+            lats
+        })
+    };
+    let rounds = 16;
+    let start = Instant::now();
+    for _ in 0..rounds {
+        // In batches of 100, as many publishers would append.
+        for chunk in streams.chunks(100) {
+            let mut batch = wal.batch();
+            let waits: Vec<_> = chunk.iter().map(|s| batch.append(s, payload.clone())).collect();
+            batch.submit();
+            for w in waits {
+                w.wait().expect("append");
+            }
+        }
+    }
+    let filled = start.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let mut lats = prober.join().expect("prober");
+    let segments = std::fs::read_dir(log_dir.join("shards").join("0000")).map_or(0, |d| d.count());
+    let flush = {
+        let mut batch = wal.batch();
+        for s in &streams {
+            batch.append(s, payload.clone());
+        }
+        batch.submit();
+        let t = Instant::now();
+        wal.flush().expect("flush");
+        t.elapsed()
+    };
+    println!("\n| streams | rounds | segment files | rounds took ms | appends beside them | p50 µs | p99 µs | max µs | Wal::flush ms |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    println!(
+        "| {n} | {rounds} | {segments} | {:.0} | {} | {:.0} | {:.0} | {:.0} | {:.1} |",
+        filled.as_secs_f64() * 1e3,
+        lats.len(),
+        us(percentile(&mut lats, 50.0)),
+        us(percentile(&mut lats, 99.0)),
+        us(percentile(&mut lats, 100.0)),
+        flush.as_secs_f64() * 1e3
+    );
+    wal.close().expect("close");
+}
+
 fn recovery(log_dir: &std::path::Path) {
     let n: u64 = 2_000_000;
     // WAL_BENCH_REUSE=1 keeps a copy of the log as written (`log.pristine`) and opens a

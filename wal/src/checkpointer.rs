@@ -1,0 +1,147 @@
+//! Index checkpoints committed off the shard's writer thread.
+//!
+//! A checkpoint stores, in one fjall batch, every stream appended to since the last one
+//! (its catalogue entry and open index block) and the log position they describe. With
+//! many streams that is most of the cost: 10 000 touched streams took the writer 25–100 ms
+//! (fjall's memory-table inserts and journal write), during which no append of the shard
+//! could commit (BENCHMARKS.md, session 11). So the writer only takes the snapshot — it must,
+//! as the stream offsets have to match the checkpoint's position — and this thread commits it.
+//!
+//! While a checkpoint is being committed three things must not happen, each guarded where
+//! it would:
+//! - a block that fills up must not reach the index before the checkpoint's copy of it
+//!   (same key, fewer positions) does: the writer holds finished blocks back in memory
+//!   ([`crate::stream::OpenBlock::sealed`]) while [`Checkpointer::busy`];
+//! - compaction and retention must not change positions or stream settings between the
+//!   snapshot and the commit: [`crate::index::Index::positions_guard`] waits for commits
+//!   in flight;
+//! - no segment the last committed checkpoint points into may be rewritten or deleted
+//!   (the checkpoint that moves it on may still be in flight): maintenance leaves them.
+
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+use crate::index::{Checkpoint, Index, StreamCheckpoint};
+use crate::stream::StreamState;
+
+/// A snapshot taken by the writer, to be committed.
+pub(crate) struct Job {
+    pub(crate) cp: Checkpoint,
+    pub(crate) streams: Vec<Arc<StreamState>>,
+    pub(crate) states: Vec<StreamCheckpoint>,
+}
+
+impl Job {
+    /// Commits the snapshot; on success the checkpointed positions leave memory. On failure
+    /// returns the streams, which the next checkpoint must store again.
+    pub(crate) fn commit(self, index: &Index, shard: u32) -> Result<(), Vec<Arc<StreamState>>> {
+        match index.commit_checkpoint(shard, Some(&self.cp), &self.states) {
+            Ok(()) => {
+                // The open blocks are in the index now: memory keeps only what came since,
+                // so it is bounded by the log written between checkpoints, not by the
+                // number of streams times the block length.
+                for (s, state) in self.streams.iter().zip(&self.states) {
+                    s.checkpointed(state);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(shard, error = %e, "index checkpoint failed; recovery will re-index more of the log");
+                Err(self.streams)
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct State {
+    job: Option<Job>,
+    /// A job was handed over and is not committed yet.
+    busy: bool,
+    /// Streams of a job that failed, for the writer to take back.
+    failed: Vec<Arc<StreamState>>,
+    stop: bool,
+}
+
+/// One shard's checkpoint thread.
+pub(crate) struct Checkpointer {
+    shared: Arc<(Mutex<State>, Condvar)>,
+    thread: Option<JoinHandle<()>>,
+}
+
+fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Checkpointer {
+    pub(crate) fn start(index: Arc<Index>, shard: u32) -> std::io::Result<Checkpointer> {
+        let shared = Arc::new((Mutex::new(State::default()), Condvar::new()));
+        let sh = shared.clone();
+        let thread = std::thread::Builder::new().name(format!("wal-ckpt-{shard}")).spawn(move || loop {
+            let job = {
+                let mut st = lock(&sh.0);
+                loop {
+                    if let Some(j) = st.job.take() {
+                        break j;
+                    }
+                    if st.stop {
+                        return;
+                    }
+                    st = sh.1.wait(st).unwrap_or_else(|p| p.into_inner());
+                }
+            };
+            let result = job.commit(&index, shard);
+            index.checkpoint_finished();
+            let mut st = lock(&sh.0);
+            if let Err(streams) = result {
+                st.failed.extend(streams);
+            }
+            st.busy = false;
+            drop(st);
+            sh.1.notify_all();
+        })?;
+        Ok(Checkpointer { shared, thread: Some(thread) })
+    }
+
+    /// A checkpoint is being committed.
+    pub(crate) fn busy(&self) -> bool {
+        lock(&self.shared.0).busy
+    }
+
+    /// Hands a snapshot over. The caller made sure the thread is not [`Checkpointer::busy`]
+    /// and counted the commit in with [`Index::checkpoint_started`] while it held the
+    /// positions guard.
+    pub(crate) fn submit(&self, job: Job) {
+        let mut st = lock(&self.shared.0);
+        debug_assert!(!st.busy, "a checkpoint was submitted while another was in flight");
+        st.busy = true;
+        st.job = Some(job);
+        drop(st);
+        self.shared.1.notify_all();
+    }
+
+    /// Waits for the checkpoint in flight, if any; returns the streams of failed ones.
+    pub(crate) fn wait_idle(&self) -> Vec<Arc<StreamState>> {
+        let mut st = lock(&self.shared.0);
+        while st.busy {
+            st = self.shared.1.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+        std::mem::take(&mut st.failed)
+    }
+
+    /// Like [`Checkpointer::wait_idle`], without waiting: `None` while one is in flight.
+    pub(crate) fn idle(&self) -> Option<Vec<Arc<StreamState>>> {
+        let mut st = lock(&self.shared.0);
+        (!st.busy).then(|| std::mem::take(&mut st.failed))
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        lock(&self.shared.0).stop = true;
+        self.shared.1.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
