@@ -219,6 +219,32 @@ fn inspect_reports_every_shard_in_order() {
 /// Index blocks fill and are stored while a reader reads from the start again and again:
 /// every visible record must be readable at every moment (a position is in memory or in
 /// the index, never in neither), and all of them after a reopen.
+/// A thread that reads `streams` (stream `i` holding `common::payload(i, offset)`) again and
+/// again until `done`, checking each time that every record already visible is readable and
+/// intact; returns how many passes it made.
+fn checking_reader(
+    wal: &Wal,
+    streams: Vec<promptmq_wal::Stream>,
+    done: Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<u64> {
+    let wal = wal.clone();
+    std::thread::spawn(move || {
+        let mut passes = 0u64;
+        while !done.load(std::sync::atomic::Ordering::Acquire) || passes == 0 {
+            for (i, s) in streams.iter().enumerate() {
+                let visible = s.next_offset();
+                let recs = wal.read(s, 0, usize::MAX).unwrap();
+                assert!(recs.len() as u64 >= visible, "stream {i}: {} of {visible} records readable", recs.len());
+                for (o, r) in recs.iter().enumerate() {
+                    assert_eq!(r.payload.to_vec(), common::payload(i, o as u64), "stream {i} offset {o}");
+                }
+            }
+            passes += 1;
+        }
+        passes
+    })
+}
+
 #[test]
 fn readers_see_every_record_while_index_blocks_are_stored() {
     let dir = tempfile::tempdir().unwrap();
@@ -227,24 +253,7 @@ fn readers_see_every_record_while_index_blocks_are_stored() {
     let streams: Vec<_> = (0..3).map(|i| wal.stream(&format!("s{i}")).unwrap()).collect();
     let n = 2_000u64; // several index blocks per stream
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let reader = {
-        let (wal, streams, done) = (wal.clone(), streams.clone(), done.clone());
-        std::thread::spawn(move || {
-            let mut reads = 0u64;
-            while !done.load(std::sync::atomic::Ordering::Acquire) || reads == 0 {
-                for (i, s) in streams.iter().enumerate() {
-                    let visible = s.next_offset();
-                    let recs = wal.read(s, 0, usize::MAX).unwrap();
-                    assert!(recs.len() as u64 >= visible, "stream {i}: {} of {visible} records readable", recs.len());
-                    for (o, r) in recs.iter().enumerate() {
-                        assert_eq!(r.payload.to_vec(), common::payload(i, o as u64), "stream {i} offset {o}");
-                    }
-                }
-                reads += 1;
-            }
-            reads
-        })
-    };
+    let reader = checking_reader(&wal, streams.clone(), done.clone());
     for o in 0..n {
         let pending: Vec<_> = streams.iter().enumerate().map(|(i, s)| wal.append(s, common::payload(i, o))).collect();
         for c in pending {
@@ -472,23 +481,8 @@ fn records_stay_indexed_while_checkpoints_commit_beside_the_appends() {
     let (rounds, hot) = (20u64, 1_100u64);
     let expected = |i: usize| if i == 0 { rounds * hot } else { rounds };
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let reader = {
-        let (wal, streams, done) = (wal.clone(), streams.clone(), done.clone());
-        std::thread::spawn(move || {
-            let mut reads = 0u64;
-            while !done.load(std::sync::atomic::Ordering::Acquire) || reads == 0 {
-                let i = (reads % 4) as usize;
-                let visible = streams[i].next_offset();
-                let recs = wal.read(&streams[i], 0, usize::MAX).unwrap();
-                assert!(recs.len() as u64 >= visible, "stream {i}: {} of {visible} records readable", recs.len());
-                for (o, r) in recs.iter().enumerate() {
-                    assert_eq!(r.payload.to_vec(), common::payload(i, o as u64), "stream {i} offset {o}");
-                }
-                reads += 1;
-            }
-            reads
-        })
-    };
+    // The hot stream and three cold ones.
+    let reader = checking_reader(&wal, streams[..4].to_vec(), done.clone());
     for round in 0..rounds {
         let mut batch = wal.batch();
         let mut pending: Vec<_> =
