@@ -444,9 +444,7 @@ impl ShardWriter {
             self.checkpoint_due = true;
             return;
         };
-        for s in failed {
-            self.touched.entry(s.id).or_insert(s);
-        }
+        self.retry_checkpoint_of(failed);
         // The checkpoint claims every position before it: blocks held back go first.
         if !self.write_deferred() {
             self.checkpoint_due = true;
