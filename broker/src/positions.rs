@@ -13,7 +13,7 @@
 //! swap two neighbours. Reading from the log then may hand an offset over twice (a QoS 1
 //! duplicate, which QoS 1 allows); nothing is ever skipped.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 /// Where one session stands in one topic stream.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -58,7 +58,10 @@ pub(crate) enum Offer {
 /// All streams of one session, keyed by topic name.
 #[derive(Debug, Default)]
 pub(crate) struct Positions {
-    streams: HashMap<String, StreamPos>,
+    /// Ordered, not hashed: a hash table doubles all at once, and every session following
+    /// the same new topics doubles at the same delivery — 10 sessions at 7 168 topics stopped
+    /// deliveries for 4–12 ms; a B-tree grows a node at a time.
+    streams: BTreeMap<String, StreamPos>,
     /// The streams being read from the log: asked for on every live delivery (see
     /// `Session::offer_early`) and by every log read, so kept rather than found among
     /// all streams (a session may follow 10 000 topics and read a few of them).
@@ -92,7 +95,7 @@ impl Positions {
     /// record of an earlier version kept them in the record itself, which saves no longer
     /// repeat).
     pub(crate) fn restored(saved: impl IntoIterator<Item = (String, u64)>) -> Positions {
-        let streams: HashMap<_, _> = saved
+        let streams: BTreeMap<_, _> = saved
             .into_iter()
             .map(|(t, c)| (t, StreamPos { live_from: 0, replay_from: Some(c), next: c, ..Default::default() }))
             .collect();
