@@ -21,7 +21,7 @@
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
-use crate::index::{Checkpoint, Index, StreamCheckpoint};
+use crate::index::{Checkpoint, Index, SegSummary, StreamCheckpoint};
 use crate::stream::StreamState;
 
 /// A snapshot taken by the writer, to be committed.
@@ -29,12 +29,22 @@ pub(crate) struct Job {
     pub(crate) cp: Checkpoint,
     pub(crate) streams: Vec<Arc<StreamState>>,
     pub(crate) states: Vec<StreamCheckpoint>,
+    /// Summaries of the segments sealed since the last checkpoint (first LSN, summary).
+    pub(crate) summaries: Vec<(u64, SegSummary)>,
 }
 
 impl Job {
     /// Commits the snapshot; on success the checkpointed positions leave memory. On failure
     /// returns the streams, which the next checkpoint must store again.
     pub(crate) fn commit(self, index: &Index, shard: u32) -> Result<(), Vec<Arc<StreamState>>> {
+        // Before the checkpoint that moves past their segments: recovery from an older one
+        // scans those segments and stores their summaries itself.
+        for (segment, summary) in &self.summaries {
+            if let Err(e) = index.put_segment(shard, *segment, summary) {
+                // Without a summary retention keeps the segment; nothing is lost.
+                tracing::warn!(shard, segment, error = %e, "could not store a sealed segment's summary");
+            }
+        }
         match index.commit_checkpoint(shard, Some(&self.cp), &self.states) {
             Ok(()) => {
                 // The open blocks are in the index now: memory keeps only what came since,

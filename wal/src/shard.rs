@@ -237,6 +237,7 @@ impl Shard {
                 .map_err(|e| Error::io("starting the checkpoint thread of", shared.dir.clone(), e))?,
             deferred: Default::default(),
             checkpoint_due: false,
+            sealed_summaries: Vec::new(),
         };
         let sink = Arc::new(crate::sync::Mutex::new(writer));
         let (q, s) = (queue.clone(), sink.clone());
@@ -325,6 +326,8 @@ struct ShardWriter {
     deferred: crate::hash::IdMap<Arc<StreamState>>,
     /// A checkpoint was wanted while one was still in flight: take it at the next commit.
     checkpoint_due: bool,
+    /// What the segments sealed since the last checkpoint hold, stored with the next one.
+    sealed_summaries: Vec<(u64, SegSummary)>,
 }
 
 fn now_ms() -> u64 {
@@ -402,11 +405,10 @@ impl ShardWriter {
             return Err(Error::io("creating", &path, e));
         }
         if self.file.is_some() {
-            let summary = std::mem::take(&mut self.summary);
-            if let Err(e) = self.index.put_segment(self.shared.id, self.seg_first, &summary) {
-                // Without a summary retention keeps the segment; nothing is lost.
-                tracing::warn!(shard = self.shared.id, error = %e, "could not store a sealed segment's summary");
-            }
+            // Stored with the next checkpoint, off this thread (one entry per stream: a
+            // millisecond with 10 000). Until then maintenance leaves the segment anyway:
+            // it is not before the last committed checkpoint's.
+            self.sealed_summaries.push((self.seg_first, std::mem::take(&mut self.summary)));
         }
         if let Some(old) = self.file.as_mut() {
             // A segment made from a spare ends in zeros: cut it to its records. Recovery
@@ -457,7 +459,7 @@ impl ShardWriter {
         let positions = self.index.positions_guard_now();
         let streams: Vec<_> = self.touched.drain().map(|(_, s)| s).collect();
         let states = streams.iter().map(|s| s.checkpoint_state()).collect();
-        let job = Job { cp, streams, states };
+        let job = Job { cp, streams, states, summaries: std::mem::take(&mut self.sealed_summaries) };
         self.bytes_since_checkpoint = 0;
         self.checkpoint_due = false;
         if wait {
@@ -570,8 +572,12 @@ impl ShardWriter {
         match self.sync {
             _ if force_sync && self.synced_len < self.seg_len => self.sync_now()?,
             SyncMode::Always => self.sync_now()?,
-            // A checkpoint is due below, and it may only cover what is durable.
-            SyncMode::Interval(_) if self.bytes_since_checkpoint + self.buf.len() as u64 >= CHECKPOINT_BYTES => {
+            // A checkpoint is due below, and it may only cover what is durable (while the
+            // one before is still being committed, the next can wait: no sync for it yet).
+            SyncMode::Interval(_)
+                if (self.checkpoint_due || self.bytes_since_checkpoint + self.buf.len() as u64 >= CHECKPOINT_BYTES)
+                    && !self.checkpointer.busy() =>
+            {
                 self.sync_now()?
             }
             // The background sync thread syncs within the interval.

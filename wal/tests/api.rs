@@ -471,9 +471,20 @@ fn a_batch_reaches_each_shard_as_one_commit_in_order() {
 /// index up to the last checkpoint.
 #[test]
 fn records_stay_indexed_while_checkpoints_commit_beside_the_appends() {
+    records_stay_indexed_beside_checkpoints(SyncMode::Always);
+}
+
+/// The same with `Interval`, whose commits are not synced one by one: a checkpoint put off
+/// while another is in flight waits for a sync of its own.
+#[test]
+fn records_stay_indexed_while_checkpoints_commit_beside_interval_appends() {
+    records_stay_indexed_beside_checkpoints(SyncMode::Interval(Duration::from_millis(2)));
+}
+
+fn records_stay_indexed_beside_checkpoints(sync: SyncMode) {
     let dir = tempfile::tempdir().unwrap();
     // Segments smaller than a round: each round's commit starts a new one and checkpoints.
-    let opts = || Options::default().shards(1).segment_bytes(8 << 10);
+    let opts = || Options::default().shards(1).segment_bytes(8 << 10).sync(sync);
     let wal = Wal::open(dir.path(), opts()).unwrap();
     // Stream 0 is hot: more records a round than an index block holds, against one for
     // each of the others — enough of them that a checkpoint takes a while to commit.
