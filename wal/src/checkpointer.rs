@@ -155,3 +155,61 @@ impl Drop for Checkpointer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::{Pos, StreamMeta};
+    use crate::options::Retention;
+
+    fn stream(id: u64) -> Arc<StreamState> {
+        Arc::new(StreamState::from_meta(&StreamMeta {
+            id,
+            name: format!("s{id}"),
+            shard: 0,
+            first_offset: 0,
+            next_offset: 0,
+            retention: Retention::default(),
+            compacted: false,
+        }))
+    }
+
+    fn pos(at: u64) -> Pos {
+        Pos { segment: 1, at, len: 10 }
+    }
+
+    /// A job handed over is committed on the thread: the checkpoint, the streams' open
+    /// blocks and the sealed segments' summaries are in the index afterwards, the
+    /// committed positions have left memory, and the commit is counted out of the index's
+    /// in-flight checkpoints (which maintenance waits for).
+    #[test]
+    fn a_submitted_checkpoint_is_committed_and_counted_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Arc::new(Index::open(dir.path(), crate::SyncMode::Always).unwrap());
+        let c = Checkpointer::start(index.clone(), 3).unwrap();
+        assert_eq!(c.idle().map(|f| f.len()), Some(0), "idle before any job");
+        let s = stream(9);
+        for o in 0..5 {
+            s.push_position(&index, o, pos(o * 10), false);
+        }
+        s.next_offset.store(5, std::sync::atomic::Ordering::Release);
+        let cp = Checkpoint { pos: Pos { segment: 2, at: 100, len: 0 }, next_lsn: 42 };
+        let mut summary = SegSummary::default();
+        summary.add(9, 0, 1, 50);
+        let states = vec![s.checkpoint_state()];
+        index.checkpoint_started();
+        c.submit(Job { cp, streams: vec![s.clone()], states, summaries: vec![(1, summary)] });
+        assert!(c.wait_idle().is_empty(), "the commit did not fail");
+        assert!(!c.busy());
+        assert_eq!(index.checkpoint(3).unwrap(), Some(cp));
+        let (first, stored) = index.find_block(9, 2).unwrap().unwrap();
+        assert_eq!((first, stored), (0, (0..5).map(|o| pos(o * 10)).collect::<Vec<_>>()));
+        assert!(index.segment(3, 1).unwrap().is_some_and(|sum| sum.streams.contains_key(&9)));
+        let open = s.open.lock().unwrap();
+        assert_eq!((open.first, open.positions.len()), (5, 0), "committed positions left memory");
+        drop(open);
+        // Counted out: this would wait forever otherwise.
+        drop(index.positions_guard());
+        drop(c);
+    }
+}
