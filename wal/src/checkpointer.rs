@@ -165,7 +165,7 @@ mod tests {
     fn stream(id: u64) -> Arc<StreamState> {
         Arc::new(StreamState::from_meta(&StreamMeta {
             id,
-            name: format!("s{id}"),
+            name: format!("s{id}").into(),
             shard: 0,
             first_offset: 0,
             next_offset: 0,

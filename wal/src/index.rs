@@ -130,7 +130,7 @@ impl SegSummary {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct StreamMeta {
     pub(crate) id: u64,
-    pub(crate) name: String,
+    pub(crate) name: std::sync::Arc<str>,
     pub(crate) shard: u32,
     /// First offset still stored (records below were removed by retention).
     pub(crate) first_offset: u64,
@@ -223,7 +223,7 @@ impl StreamMeta {
                 max_records: from_opt(read_u64(b, 48)?),
             },
             compacted: read_u64(b, 56)? != 0,
-            name: String::from_utf8(name.to_vec()).map_err(|_| Error::Index("stream name is not UTF-8".into()))?,
+            name: std::str::from_utf8(name).map_err(|_| Error::Index("stream name is not UTF-8".into()))?.into(),
         })
     }
 }

@@ -21,7 +21,7 @@ impl StreamNames {
 
     /// Adds `state` under its name, replacing the stream held under it, if any.
     pub(crate) fn insert(&mut self, state: Arc<StreamState>) {
-        let name: Arc<str> = Arc::from(state.name.as_str());
+        let name: Arc<str> = state.name.clone();
         self.ordered.insert(name.clone());
         self.by_name.insert(name, state);
     }
@@ -75,7 +75,7 @@ mod tests {
         }
         n.insert_highest(state(9, "t/a"));
         n.insert_highest(state(7, "t/a"));
-        let listed = |p: &str| n.with_prefix(p).map(|s| (s.name.clone(), s.id)).collect::<Vec<_>>();
+        let listed = |p: &str| n.with_prefix(p).map(|s| (s.name.to_string(), s.id)).collect::<Vec<_>>();
         let pairs = |v: &[(&str, u64)]| v.iter().map(|(s, i)| (s.to_string(), *i)).collect::<Vec<_>>();
         assert_eq!(listed("t/"), pairs(&[("t/a", 9), ("t/ab", 5), ("t/b", 1)]));
         assert_eq!(listed("t"), pairs(&[("t", 4), ("t/a", 9), ("t/ab", 5), ("t/b", 1)]));

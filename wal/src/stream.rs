@@ -157,7 +157,7 @@ impl Notify {
 #[derive(Debug)]
 pub(crate) struct StreamState {
     pub(crate) id: u64,
-    pub(crate) name: String,
+    pub(crate) name: std::sync::Arc<str>,
     pub(crate) shard: u32,
     pub(crate) compacted: bool,
     /// Next offset to assign. Written only by the shard's writer (and recovery).

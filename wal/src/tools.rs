@@ -275,7 +275,7 @@ fn summarise(streams: &mut BTreeMap<u64, StreamSummary>, shard: u32, r: &RecordV
     if r.meta.stream == CATALOG_STREAM {
         if let Ok(m) = StreamMeta::decode(r.payload) {
             let e = streams.entry(m.id).or_default();
-            e.name = Some(m.name);
+            e.name = Some(m.name.to_string());
             e.id = m.id;
             e.shard = shard;
         }
@@ -345,7 +345,7 @@ pub fn dump(dir: &Path, stream: &str, from: u64, limit: u64, each: &mut dyn FnMu
     scan_all(dir, &mut |_| {}, |_, r| {
         if r.meta.stream == CATALOG_STREAM {
             if let Ok(m) = StreamMeta::decode(r.payload) {
-                if m.name == stream {
+                if &*m.name == stream {
                     id = Some(m.id);
                     found = true;
                 }

@@ -657,7 +657,7 @@ impl Wal {
     fn create_stream(&self, id: u64, name: &str, opts: StreamOptions) -> Result<Stream> {
         let meta = StreamMeta {
             id,
-            name: name.to_string(),
+            name: name.into(),
             shard: (fnv1a(name) % self.inner.shards.len() as u64) as u32,
             first_offset: 0,
             next_offset: 0,
@@ -738,7 +738,7 @@ impl Wal {
             .map(|s| {
                 let m = s.meta();
                 StreamInfo {
-                    name: m.name,
+                    name: m.name.to_string(),
                     id: m.id,
                     shard: m.shard,
                     first_offset: m.first_offset,
