@@ -74,11 +74,8 @@ impl OpenBlock {
         }
     }
 
-    /// The position of `offset` if memory holds it (open or sealed block).
-    fn get(&self, offset: u64) -> Option<Pos> {
-        if !self.positions.is_empty() && offset >= self.first {
-            return self.positions.get((offset - self.first) as usize).copied();
-        }
+    /// The position of `offset` if a block held back in [`OpenBlock::sealed`] has it.
+    fn sealed_get(&self, offset: u64) -> Option<Pos> {
         self.sealed.iter().find_map(|(f, ps)| offset.checked_sub(*f).and_then(|i| ps.get(i as usize)).copied())
     }
 
@@ -260,7 +257,7 @@ impl StreamState {
             if !b.positions.is_empty() && offset >= b.first {
                 return Ok(b.positions.get((offset - b.first) as usize).copied().filter(|p| p.at != REMOVED));
             }
-            if let Some(p) = b.get(offset) {
+            if let Some(p) = b.sealed_get(offset) {
                 return Ok(Some(p).filter(|p| p.at != REMOVED));
             }
         }
