@@ -131,9 +131,10 @@ impl Options {
     /// 42 k msg/s with 64 MiB segments, p99 2.5–6.2 ms with it vs 1.4–4.6 ms without. A sync then
     /// carries the appended data alone instead of also the file's new size: on ext4, 1.3–2.6×
     /// more syncs per second in a plain write-and-sync loop, 1.2–1.5× more appends per second
-    /// through the log for small records, none at ~90 MB/s of log (BENCHMARKS.md). Costs one
-    /// spare segment of disk per shard (made once the active one is half full), and every
-    /// segment is written twice (zeros first, paced; see `spare`).
+    /// through the log for small records (BENCHMARKS.md). Costs one spare segment of disk
+    /// per shard (made while the active one fills, kept a quarter of a segment ahead of it),
+    /// and every segment is written twice (zeros first; see `spare`).
+    /// [`crate::WalStats::segments_unprepared`] counts the segments that found no spare ready.
     pub fn preallocate(mut self, on: bool) -> Self {
         self.preallocate = on;
         self

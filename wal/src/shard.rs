@@ -151,6 +151,8 @@ pub(crate) struct ShardStats {
     pub(crate) syncs: std::sync::atomic::AtomicU64,
     pub(crate) bytes: std::sync::atomic::AtomicU64,
     pub(crate) sync_nanos: std::sync::atomic::AtomicU64,
+    pub(crate) segments: std::sync::atomic::AtomicU64,
+    pub(crate) segments_unprepared: std::sync::atomic::AtomicU64,
 }
 
 /// Where recovery left the shard: the segment to continue appending to.
@@ -206,6 +208,11 @@ impl Shard {
             }
             None => (None, start.next_lsn, 0),
         };
+        if let (Some(s), Some(_)) = (&spares, &file) {
+            // A reopened log continues its active segment: the next one is made beside it.
+            s.progress(seg_len);
+            s.want();
+        }
         // `indexed_to` is for the checkpoint after recovery only: appends start a new segment.
         let index_for_checkpoints = index.clone();
         let queue = Arc::new(CommitQueue::new(queue_bytes));
@@ -232,7 +239,6 @@ impl Shard {
             local: Default::default(),
             summary: start.summary,
             spares,
-            spare_asked: false,
             checkpointer: Checkpointer::start(index_for_checkpoints, shared.id)
                 .map_err(|e| Error::io("starting the checkpoint thread of", shared.dir.clone(), e))?,
             deferred: Default::default(),
@@ -318,8 +324,6 @@ struct ShardWriter {
     summary: SegSummary,
     /// Prepares the next segment (see [`crate::spare`]); `None` without preallocation.
     spares: Option<crate::spare::Spares>,
-    /// A spare was asked for since the last roll.
-    spare_asked: bool,
     /// Commits checkpoints off this thread (see [`crate::checkpointer`]).
     checkpointer: Checkpointer,
     /// Streams holding finished index blocks back while a checkpoint is committed.
@@ -378,7 +382,12 @@ impl ShardWriter {
         }
         let first = self.next_lsn;
         let path = segment_path(&self.shared.dir, first);
-        let mut f = match self.spares.as_ref().and_then(|s| s.take()) {
+        let spare = self.spares.as_ref().map(|s| s.take());
+        self.shared.stats.segments.fetch_add(1, Ordering::Relaxed);
+        if matches!(spare, Some(None)) {
+            self.shared.stats.segments_unprepared.fetch_add(1, Ordering::Relaxed);
+        }
+        let mut f = match spare.flatten() {
             Some(spare) => match std::fs::rename(&spare, &path).and_then(|_| self.backend.open(&path)) {
                 Ok(f) => f,
                 Err(e) => {
@@ -423,7 +432,11 @@ impl ShardWriter {
         self.file = Some(f);
         self.seg_first = first;
         self.seg_len = SEGMENT_HEADER_LEN as u64;
-        self.spare_asked = false;
+        if let Some(s) = &self.spares {
+            // The next one is made while this one fills, paced by it.
+            s.progress(self.seg_len);
+            s.want();
+        }
         self.synced_len = self.seg_len;
         self.unsynced_since = None;
         self.shared.add_segment(first);
@@ -561,12 +574,8 @@ impl ShardWriter {
         }
         self.seg_len += self.buf.len() as u64;
         self.next_lsn = lsn;
-        if !self.spare_asked && self.seg_len.saturating_mul(2) >= self.segment_bytes {
-            // Half way: time enough to write the next one before it is needed.
-            if let Some(s) = &self.spares {
-                s.want();
-            }
-            self.spare_asked = true;
+        if let Some(s) = &self.spares {
+            s.progress(self.seg_len);
         }
         self.unsynced_since.get_or_insert_with(Instant::now);
         match self.sync {

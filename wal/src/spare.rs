@@ -7,14 +7,20 @@
 //! appends per second through the log (BENCHMARKS.md, session 7).
 //!
 //! So each shard keeps one spare segment file ready: a thread writes it full of zeros and
-//! syncs it, off the commit path, once the active segment is half full; the writer renames it
-//! into place when it rolls. Recovery reads the zeros after a segment's last record as its
-//! end (see `segment::zero_tail_start`), and a sealed segment is cut to its length.
+//! syncs it, off the commit path, while the active segment fills; the writer renames it into
+//! place when it rolls. Recovery reads the zeros after a segment's last record as its end
+//! (see `segment::zero_tail_start`), and a sealed segment is cut to its length.
+//!
+//! The zeros are paced by the active segment: the spare is kept a quarter of a segment
+//! ahead of it, so a slow log gets its zeros in small steps and a fast one (hundreds of
+//! MB/s) at the disk's speed. A fixed pace fell behind fast logs, whose next segment then
+//! grew as it was written (BENCHMARKS.md, session 12).
 
 use std::fs::OpenOptions;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
@@ -28,6 +34,8 @@ pub(crate) const SPARE_NAME: &str = "next.seg.spare";
 /// the broker's p99 at 20 k msg/s 11–17 ms against 9 ms without spares).
 const ZERO_CHUNK: usize = 256 << 10;
 const PAUSE: std::time::Duration = std::time::Duration::from_millis(2);
+/// Longest wait between two looks at the active segment while the spare is ahead of it.
+const MAX_PAUSE: std::time::Duration = std::time::Duration::from_millis(64);
 
 #[derive(Default)]
 struct State {
@@ -40,6 +48,8 @@ struct State {
 /// One shard's spare-maker thread.
 pub(crate) struct Spares {
     shared: Arc<(Mutex<State>, Condvar)>,
+    /// Bytes written to the active segment (set by the writer, read by the pacing).
+    active: Arc<AtomicU64>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -51,7 +61,8 @@ impl Spares {
     /// Starts the thread for the shard in `dir`, making spares of `bytes` bytes.
     pub(crate) fn start(dir: &Path, bytes: u64, name: String) -> io::Result<Spares> {
         let shared = Arc::new((Mutex::new(State::default()), Condvar::new()));
-        let (sh, path) = (shared.clone(), dir.join(SPARE_NAME));
+        let active = Arc::new(AtomicU64::new(0));
+        let (sh, path, fill) = (shared.clone(), dir.join(SPARE_NAME), active.clone());
         let thread = std::thread::Builder::new().name(name).spawn(move || loop {
             {
                 let mut st = lock(&sh.0);
@@ -62,7 +73,7 @@ impl Spares {
                     return;
                 }
             }
-            let made = make(&path, bytes, &|| lock(&sh.0).stop);
+            let made = make(&path, bytes, &|| lock(&sh.0).stop, &|| fill.load(Ordering::Relaxed));
             let mut st = lock(&sh.0);
             st.wanted = false;
             match made {
@@ -77,7 +88,12 @@ impl Spares {
                 }
             }
         })?;
-        Ok(Spares { shared, thread: Some(thread) })
+        Ok(Spares { shared, active, thread: Some(thread) })
+    }
+
+    /// The active segment now holds `len` bytes (paces the spare being made).
+    pub(crate) fn progress(&self, len: u64) {
+        self.active.store(len, Ordering::Relaxed);
     }
 
     /// Asks for a spare, unless one is ready or being made.
@@ -115,23 +131,36 @@ impl Drop for Spares {
 }
 
 /// Writes `bytes` zeros to a new file at `path` and syncs them; `Ok(false)` if `stopped`
-/// said to give up first.
-fn make(path: &Path, bytes: u64, stopped: &dyn Fn() -> bool) -> io::Result<bool> {
+/// said to give up first. Paced by `active` (the active segment's length): see [`ahead`].
+fn make(path: &Path, bytes: u64, stopped: &dyn Fn() -> bool, active: &dyn Fn() -> u64) -> io::Result<bool> {
     let f = OpenOptions::new().create(true).truncate(true).write(true).open(path)?;
     let zeros = vec![0u8; ZERO_CHUNK];
     let mut at = 0u64;
     while at < bytes {
-        if stopped() {
-            return Ok(false);
+        let mut pause = PAUSE;
+        loop {
+            if stopped() {
+                return Ok(false);
+            }
+            if !ahead(at, active(), bytes) {
+                break;
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(MAX_PAUSE);
         }
         let n = (bytes - at).min(ZERO_CHUNK as u64) as usize;
         f.write_all_at(&zeros[..n], at)?;
         write_back(&f, at, n as u64);
         at += n as u64;
-        std::thread::sleep(PAUSE);
     }
     f.sync_all()?;
     Ok(true)
+}
+
+/// Whether a spare with `made` of its `bytes` written is far enough ahead of an active
+/// segment holding `active` bytes to wait: more than a quarter of a segment.
+fn ahead(made: u64, active: u64, bytes: u64) -> bool {
+    made > active.saturating_add(bytes / 4)
 }
 
 /// Writes `len` bytes at `at` back to the disk and waits for them (data only, no journal
@@ -154,6 +183,11 @@ mod tests {
         let mut s = Spares::start(dir.path(), 3 << 20, "spare-test".into()).unwrap();
         assert!(s.take().is_none(), "nothing made before it is wanted");
         s.want();
+        // Kept a quarter ahead of the active segment: the spare is finished once that is
+        // three quarters full.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(s.take().is_none(), "not finished while the active segment is empty");
+        s.progress(3 << 20);
         let t = std::time::Instant::now();
         let path = loop {
             if let Some(p) = s.take() {
@@ -167,5 +201,15 @@ mod tests {
         assert!(data.iter().all(|&b| b == 0));
         assert!(s.take().is_none(), "taken once");
         s.stop();
+    }
+
+    #[test]
+    fn the_spare_keeps_a_quarter_segment_ahead() {
+        let seg = 16 << 20;
+        assert!(!ahead(0, 0, seg), "starts at once");
+        assert!(!ahead(4 << 20, 0, seg), "a quarter ahead is not yet too far");
+        assert!(ahead((4 << 20) + 1, 0, seg));
+        assert!(!ahead(8 << 20, 6 << 20, seg), "follows the active segment");
+        assert!(!ahead(seg - 1, u64::MAX, seg), "a full active segment finishes the spare");
     }
 }

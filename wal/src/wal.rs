@@ -173,6 +173,12 @@ pub struct WalStats {
     pub bytes: u64,
     /// Time spent in `fdatasync`.
     pub sync_time: std::time::Duration,
+    /// Segments started (rolls).
+    pub segments: u64,
+    /// Segments started without a prepared spare ([`Options::preallocate`] on, but the
+    /// spare was not ready in time): their syncs also carry the file's growth. Many of them
+    /// mean the log fills segments faster than spares are made: use larger segments.
+    pub segments_unprepared: u64,
 }
 
 /// A summary of one stream, for tools and metrics.
@@ -522,6 +528,8 @@ impl Wal {
             out.syncs += st.syncs.load(Ordering::Relaxed);
             out.bytes += st.bytes.load(Ordering::Relaxed);
             out.sync_time += std::time::Duration::from_nanos(st.sync_nanos.load(Ordering::Relaxed));
+            out.segments += st.segments.load(Ordering::Relaxed);
+            out.segments_unprepared += st.segments_unprepared.load(Ordering::Relaxed);
         }
         out
     }

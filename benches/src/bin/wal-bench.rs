@@ -94,11 +94,13 @@ fn run_pipelined(dir: &std::path::Path, sync: SyncMode, size: usize, inflight: u
 fn report_batches(wal: &Wal, what: &str) {
     let st = wal.stats();
     eprintln!(
-        "  {what}: {} records in {} batches (avg {:.1}), avg fdatasync {:.0} µs",
+        "  {what}: {} records in {} batches (avg {:.1}), avg fdatasync {:.0} µs, {} segments ({} without a spare)",
         st.records,
         st.batches,
         st.records as f64 / st.batches.max(1) as f64,
-        st.sync_time.as_secs_f64() * 1e6 / st.syncs.max(1) as f64
+        st.sync_time.as_secs_f64() * 1e6 / st.syncs.max(1) as f64,
+        st.segments,
+        st.segments_unprepared
     );
 }
 
@@ -130,16 +132,17 @@ fn open_steady(dir: &std::path::Path, sync: SyncMode) -> (Wal, promptmq_wal::Str
     let spare = dir.join("shards").join("0000").join("next.seg.spare");
     let mut written = 0u64;
     while written <= seg {
-        wal.append(&fill, big.clone()).wait().expect("prefill");
-        written += 1 << 20;
-        if prealloc && sync != SyncMode::None && written > seg / 2 && written <= seg / 2 + (1 << 20) {
+        if prealloc && sync != SyncMode::None && written + (2 << 20) > seg && written + (1 << 20) <= seg {
+            // The spare is finished as the first segment nears its end (it is kept a quarter
+            // of a segment ahead): wait until it is complete and let go of before the roll.
             let t = Instant::now();
             while std::fs::metadata(&spare).map_or(true, |m| m.len() < seg) && t.elapsed() < Duration::from_secs(10) {
                 std::thread::sleep(Duration::from_millis(5));
             }
-            // Made and synced once its length is complete and the thread has let go of it.
             std::thread::sleep(Duration::from_millis(50));
         }
+        wal.append(&fill, big.clone()).wait().expect("prefill");
+        written += 1 << 20;
     }
     (wal, stream)
 }
