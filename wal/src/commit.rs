@@ -6,6 +6,11 @@
 //! waiter in submission order, each exactly once. So throughput grows with the number of
 //! concurrent appenders while latency stays near one `fdatasync`.
 //!
+//! A waiter that blocks a thread ([`Completion::wait`]) does not always hand the work to
+//! the writer: when no commit is under way and the batch is ready, it commits the queue
+//! itself ([`Lead`]), as the writer would, and so saves two thread wake-ups per commit (the
+//! writer's and its own). Futures never do that; they leave the I/O to the writer.
+//!
 //! The queue is bounded in bytes: a submitter blocks while the queue is over its limit,
 //! which is the back-pressure the broker relies on (promise 4). This module uses no tokio
 //! so that it can be model-checked with loom (`wal/README.md` says how to run it).
@@ -38,6 +43,33 @@ struct SlotState<T> {
 /// (tokio-friendly, never blocks the executor) and from a plain thread with [`Completion::wait`].
 pub struct Completion<T> {
     slot: Arc<Slot<T>>,
+    /// What a blocked [`Completion::wait`] may commit itself (see [`Lead`]).
+    lead: Option<std::sync::Arc<dyn Lead>>,
+}
+
+/// Lets a thread blocked on its append commit the queued batch itself instead of waking
+/// the writer and sleeping until the writer wakes it ([`CommitQueue::lead`]).
+pub(crate) trait Lead: Send + Sync {
+    /// Commits the batch queued now on the calling thread if no commit is under way and the
+    /// batch is ready to go; whether it did.
+    fn lead(&self) -> bool;
+}
+
+/// A shard's queue and sink, as a [`Lead`] for its completions.
+pub(crate) struct Committer<R, S: BatchSink<R>> {
+    pub(crate) queue: std::sync::Arc<CommitQueue<R, S::Out>>,
+    pub(crate) sink: std::sync::Arc<Mutex<S>>,
+}
+
+impl<R, S> Lead for Committer<R, S>
+where
+    R: Weighted + Send + 'static,
+    S: BatchSink<R> + Send + 'static,
+    S::Out: Send + 'static,
+{
+    fn lead(&self) -> bool {
+        self.queue.lead(&self.sink)
+    }
 }
 
 /// The writer's side. Consumed by [`Completer::complete`], so a waiter is completed at most
@@ -51,7 +83,7 @@ pub(crate) fn completion_pair<T>() -> (Completer<T>, Completion<T>) {
         state: Mutex::new(SlotState { value: None, waker: None, taken: false, blocked: false }),
         cond: Condvar::new(),
     });
-    (Completer { slot: Some(slot.clone()) }, Completion { slot })
+    (Completer { slot: Some(slot.clone()) }, Completion { slot, lead: None })
 }
 
 impl<T> Completer<T> {
@@ -98,6 +130,12 @@ impl<T> Completion<T> {
         Self::ready(Err(e))
     }
 
+    /// Lets [`Completion::wait`] commit on the waiting thread through `lead`.
+    pub(crate) fn led_by(mut self, lead: &std::sync::Arc<dyn Lead>) -> Self {
+        self.lead = Some(lead.clone());
+        self
+    }
+
     /// A completion that is already resolved (used for appends refused up front).
     pub(crate) fn ready(value: Result<T>) -> Completion<T> {
         let (done, c) = completion_pair();
@@ -119,6 +157,17 @@ impl<T> Completion<T> {
     /// # Ok::<(), promptmq_wal::Error>(())
     /// ```
     pub fn wait(self) -> Result<T> {
+        if let Some(l) = &self.lead {
+            loop {
+                if let Some(v) = lock(&self.slot.state).value.take() {
+                    return v;
+                }
+                // Our request may be behind the batch just committed: try the next one too.
+                if !l.lead() {
+                    break;
+                }
+            }
+        }
         let mut st = lock(&self.slot.state);
         loop {
             if let Some(v) = st.value.take() {
@@ -171,10 +220,23 @@ struct QueueState<R, T> {
     writer_wants: usize,
     /// Submitters blocked on `space`.
     blocked_submitters: usize,
-    /// The writer took a batch and has not committed it yet: a request committed inline
-    /// now could overtake it (see [`CommitQueue::submit_or_commit`]).
+    /// A batch was taken (by the writer or a leading waiter) and is not committed yet: a
+    /// request committed now could overtake it (see [`CommitQueue::submit_or_commit`]).
     in_flight: bool,
+    /// How the next batch should gather, set by the last commit (see [`Gather`]).
+    #[cfg_attr(loom, allow(dead_code))]
+    gather: Option<Gather>,
+    /// The last batch was committed by a waiting thread ([`CommitQueue::lead`]): one will
+    /// likely commit the next too, so submissions do not wake the writer, which looks at
+    /// the queue only every [`LEAD_PATIENCE`] (taking what no leader took by then).
+    led: bool,
 }
+
+#[cfg_attr(loom, allow(dead_code))]
+/// How long the writer leaves queued requests to a leading waiter (see `QueueState::led`):
+/// longer than a waiting thread takes to queue its next batch, short enough that an
+/// async appender after a blocking one waits for it once, briefly.
+const LEAD_PATIENCE: std::time::Duration = std::time::Duration::from_micros(250);
 
 /// The multi-producer, single-consumer group-commit queue.
 pub(crate) struct CommitQueue<R, T> {
@@ -196,6 +258,7 @@ pub(crate) struct CommitQueue<R, T> {
 /// completed, keeps the batches whole; in an open loop the queue refills during the sync and
 /// nothing waits.
 #[derive(Debug, Clone, Copy)]
+#[cfg_attr(loom, allow(dead_code))]
 pub(crate) struct Gather {
     /// Requests to wait for (the size of the previous batch).
     pub(crate) target: usize,
@@ -222,6 +285,8 @@ impl<R: Weighted, T> CommitQueue<R, T> {
                 writer_wants: 0,
                 blocked_submitters: 0,
                 in_flight: false,
+                gather: None,
+                led: false,
             }),
             work: Condvar::new(),
             space: Condvar::new(),
@@ -264,7 +329,8 @@ impl<R: Weighted, T> CommitQueue<R, T> {
         st.bytes += w;
         st.pending.extend(group);
         // A blocked submitter means the queue is full: the writer gathers no longer.
-        let wake = st.writer_wants > 0 && (st.pending.len() >= st.writer_wants || st.blocked_submitters > 0);
+        let wake = st.writer_wants > 0
+            && ((st.pending.len() >= st.writer_wants && !Self::leader_expected(&st)) || st.blocked_submitters > 0);
         if wake {
             // One notification per wait: until the writer runs, later submitters would each
             // make another futex call (the most frequent system call of the broker under load).
@@ -278,45 +344,140 @@ impl<R: Weighted, T> CommitQueue<R, T> {
     }
 
     /// Moves every pending request into `batch` (at most `max_bytes` of them, but at least
-    /// one), waiting for one to arrive. With `gather`, first waits a little for the batch
-    /// to fill (see [`Gather`]).
+    /// one), waiting for one to arrive and for a batch a leading waiter took to be
+    /// committed. Gathers first (see [`Gather`]): as `gather` says, or else as the last
+    /// commit said.
     pub(crate) fn take_batch(&self, batch: &mut Vec<Pending<R, T>>, max_bytes: usize, gather: Option<Gather>) -> Taken {
         let mut st = lock(&self.state);
         loop {
-            if !st.pending.is_empty() {
+            if !st.pending.is_empty() && !st.in_flight {
                 #[cfg(not(loom))]
-                if let Some(g) = gather {
+                if let Some(g) = gather.or(st.gather) {
                     st = self.gather(st, g, max_bytes);
                 }
                 #[cfg(loom)]
                 let _ = gather;
-                let mut taken = 0usize;
-                while let Some(p) = st.pending.front() {
-                    let w = p.req.weight();
-                    if !batch.is_empty() && taken + w > max_bytes {
-                        break;
+                // A leading waiter may have taken them meanwhile.
+                if !st.pending.is_empty() && !st.in_flight {
+                    let blocked = Self::take_into(&mut st, batch, max_bytes);
+                    st.led = false;
+                    drop(st);
+                    if blocked {
+                        self.space.notify_all();
                     }
-                    taken += w;
-                    if let Some(p) = st.pending.pop_front() {
-                        batch.push(p);
-                    }
+                    return Taken::Work;
                 }
-                st.bytes -= taken;
-                st.in_flight = true;
-                let blocked = st.blocked_submitters > 0;
-                drop(st);
-                if blocked {
-                    self.space.notify_all();
-                }
-                return Taken::Work;
             }
-            if st.closed {
+            if st.closed && st.pending.is_empty() {
                 return Taken::Closed;
             }
             st.writer_wants = 1;
+            #[cfg(not(loom))]
+            if st.led {
+                let (next, timeout) = self.work.wait_timeout(st, LEAD_PATIENCE).unwrap_or_else(|p| p.into_inner());
+                st = next;
+                if timeout.timed_out() && st.pending.is_empty() && !st.in_flight {
+                    // No leader in sight: back to being woken by submissions.
+                    st.led = false;
+                }
+                st.writer_wants = 0;
+                continue;
+            }
             st = self.work.wait(st).unwrap_or_else(|p| p.into_inner());
             st.writer_wants = 0;
         }
+    }
+
+    /// Moves the pending requests into `batch`, up to `max_bytes` (at least one), and marks
+    /// the batch in flight. Whether submitters are blocked on `space` (to be told).
+    fn take_into(st: &mut QueueState<R, T>, batch: &mut Vec<Pending<R, T>>, max_bytes: usize) -> bool {
+        let mut taken = 0usize;
+        while let Some(p) = st.pending.front() {
+            let w = p.req.weight();
+            if !batch.is_empty() && taken + w > max_bytes {
+                break;
+            }
+            taken += w;
+            if let Some(p) = st.pending.pop_front() {
+                batch.push(p);
+            }
+        }
+        st.bytes -= taken;
+        st.in_flight = true;
+        st.blocked_submitters > 0
+    }
+
+    /// Whether submissions leave the writer asleep for a leading waiter (see
+    /// `QueueState::led`). Never under loom, which does not model the writer's timeout.
+    fn leader_expected(st: &QueueState<R, T>) -> bool {
+        #[cfg(loom)]
+        let _ = st;
+        #[cfg(loom)]
+        return false;
+        #[cfg(not(loom))]
+        st.led
+    }
+
+    /// Whether the writer would take the pending requests now rather than wait for more
+    /// (the same rule as [`CommitQueue::gather`]).
+    fn batch_ready(st: &QueueState<R, T>, max_bytes: usize) -> bool {
+        #[cfg(loom)]
+        let _ = (st, max_bytes);
+        #[cfg(not(loom))]
+        if let Some(g) = st.gather {
+            return st.pending.len() >= g.target
+                || st.bytes >= max_bytes
+                || st.blocked_submitters > 0
+                || st.closed
+                || std::time::Instant::now() >= g.until;
+        }
+        true
+    }
+
+    /// Commits the batch queued now on the calling thread, as the writer would, if the sink
+    /// is free, no batch is in flight and the batch is ready (see [`Lead`]).
+    pub(crate) fn lead<S: BatchSink<R, Out = T>>(&self, sink: &Mutex<S>) -> bool {
+        let Ok(mut s) = sink.try_lock() else { return false };
+        let max_bytes = s.max_batch_bytes();
+        let mut batch = Vec::new();
+        {
+            let mut st = lock(&self.state);
+            if st.pending.is_empty() || st.in_flight || !Self::batch_ready(&st, max_bytes) {
+                return false;
+            }
+            if Self::take_into(&mut st, &mut batch, max_bytes) {
+                self.space.notify_all();
+            }
+            st.led = true;
+        }
+        let result = s.commit(&batch);
+        let window = s.gather_window();
+        drop(s);
+        self.finish(&mut batch, result, window);
+        true
+    }
+
+    /// After a commit: lets the next batch be taken, completes the waiters, and sets how
+    /// the next batch gathers. Its deadline is measured from the end — the acknowledged
+    /// appenders only start coming back now — but the target is set before the first
+    /// waiter is woken, so that no batch is taken by the rule of an older one meanwhile.
+    fn finish(&self, batch: &mut Vec<Pending<R, T>>, result: Result<Vec<T>>, window: Option<std::time::Duration>) {
+        let target = batch.len();
+        #[cfg(not(loom))]
+        let gather = |w| Gather { target, until: std::time::Instant::now() + w };
+        #[cfg(not(loom))]
+        {
+            lock(&self.state).gather = window.filter(|_| target > 1).map(gather);
+        }
+        self.batch_committed();
+        complete_batch(batch, result);
+        #[cfg(not(loom))]
+        if let Some(w) = window.filter(|_| target > 1) {
+            lock(&self.state).gather = Some(gather(w));
+        }
+        #[cfg(loom)]
+        let _ = (window, target);
+        batch.clear();
     }
 
     /// Waits until `g.target` requests are pending, `g.until` passes, the batch would be
@@ -340,9 +501,19 @@ impl<R: Weighted, T> CommitQueue<R, T> {
         st
     }
 
-    /// The batch taken last is committed: requests may be committed inline again.
+    /// The batch taken last is committed: requests may be committed inline again, and a
+    /// writer that waited for a leading waiter's batch may take the next.
     pub(crate) fn batch_committed(&self) {
-        lock(&self.state).in_flight = false;
+        let mut st = lock(&self.state);
+        st.in_flight = false;
+        let wake = st.writer_wants > 0 && !st.pending.is_empty() && !Self::leader_expected(&st);
+        if wake {
+            st.writer_wants = 0;
+        }
+        drop(st);
+        if wake {
+            self.work.notify_one();
+        }
     }
 
     /// Commits `req` on the calling thread when that cannot reorder it: the sink is free,
@@ -448,22 +619,16 @@ fn complete_batch<R, T>(batch: &mut [Pending<R, T>], result: Result<Vec<T>>) {
 /// shared with appenders that commit inline; it is locked for each call only.
 pub(crate) fn run_writer<R: Weighted, S: BatchSink<R>>(queue: &CommitQueue<R, S::Out>, sink: &Mutex<S>) {
     let mut batch: Vec<Pending<R, S::Out>> = Vec::new();
-    let mut gather = None;
     loop {
         let max_bytes = lock(sink).max_batch_bytes();
-        match queue.take_batch(&mut batch, max_bytes, gather.take()) {
+        match queue.take_batch(&mut batch, max_bytes, None) {
             Taken::Closed => break,
             Taken::Work => {
                 let (result, window) = {
                     let mut s = lock(sink);
                     (s.commit(&batch), s.gather_window())
                 };
-                queue.batch_committed();
-                let target = batch.len();
-                complete_batch(&mut batch, result);
-                // Measured from now: the acknowledged appenders only start coming back now.
-                gather = window.filter(|_| target > 1).map(|w| Gather { target, until: std::time::Instant::now() + w });
-                batch.clear();
+                queue.finish(&mut batch, result, window);
             }
         }
     }
@@ -569,6 +734,7 @@ mod tests {
         assert_eq!(batch.len(), 1, "nobody else came before the deadline");
         assert!(t.elapsed() < std::time::Duration::from_secs(10));
         batch.clear();
+        q.batch_committed();
 
         // Two requests fill the queue's byte limit, so a third submitter blocks: waiting for
         // more would wait for ever, so the writer takes what is there.
@@ -652,6 +818,30 @@ mod tests {
         assert!(matches!(q.submit_or_commit(Req(1, 1), &sink).wait(), Err(Error::Closed)));
     }
 
+    #[test]
+    fn a_blocked_waiter_commits_the_queue_itself_unless_a_batch_is_in_flight() {
+        let q = std::sync::Arc::new(CommitQueue::<Req, u64>::new(1 << 20));
+        let sink = std::sync::Arc::new(Mutex::new(CountingSink { next: 0, batches: 0, fail: vec![], sizes: vec![] }));
+        let lead: std::sync::Arc<dyn Lead> = std::sync::Arc::new(Committer { queue: q.clone(), sink: sink.clone() });
+        // No writer thread runs: only a waiter that leads can complete these.
+        let a = q.submit_or_commit(Req(1, 1), &sink).led_by(&lead);
+        let b = q.submit_or_commit(Req(1, 1), &sink).led_by(&lead);
+        assert_eq!(b.wait().unwrap(), 1);
+        assert_eq!(a.wait().unwrap(), 0);
+        assert_eq!(lock(&sink).sizes, vec![2], "both in one batch, committed by the waiter");
+
+        // A batch taken by the writer and not yet committed: the next may not overtake it.
+        let c = q.submit(Req(1, 1));
+        let mut batch = Vec::new();
+        assert_eq!(q.take_batch(&mut batch, usize::MAX, None), Taken::Work);
+        let d = q.submit(Req(1, 1)).led_by(&lead);
+        assert!(!lead.lead(), "a batch is in flight");
+        let result = lock(&sink).commit(&batch);
+        q.finish(&mut batch, result, None);
+        assert_eq!(c.wait().unwrap(), 2);
+        assert_eq!(d.wait().unwrap(), 3, "led once the batch before was committed");
+    }
+
     #[tokio::test]
     async fn completion_is_a_future() {
         let q = std::sync::Arc::new(CommitQueue::<Req, u64>::new(1 << 20));
@@ -707,19 +897,23 @@ mod loom_tests {
     /// submitter wait for space, exercising the back-pressure path. With `inline`, the
     /// appenders commit on their own thread whenever the queue lets them.
     fn model(fail_first: bool, bound: usize, inline: bool) {
-        model_with(fail_first, bound, inline, false)
+        model_with(fail_first, bound, inline, false, false)
     }
 
     /// [`model`], and with `grouped` the producer hands its two requests over as one group
-    /// ([`CommitQueue::submit_or_commit_group`]).
-    fn model_with(fail_first: bool, bound: usize, inline: bool, grouped: bool) {
+    /// ([`CommitQueue::submit_or_commit_group`]); with `lead`, blocked waiters may commit the
+    /// queue themselves ([`Lead`]) beside the writer.
+    fn model_with(fail_first: bool, bound: usize, inline: bool, grouped: bool, lead: bool) {
         let mut b = loom::model::Builder::new();
         // Bounded preemption keeps the state space tractable; bugs in queues like this one
         // show up within two or three preemptions.
         b.preemption_bound = Some(3);
         b.check(move || {
-            let q = Arc::new(CommitQueue::<Req, u64>::new(bound));
-            let sink = Arc::new(Mutex::new(Sink { next: 0, batches: 0, fail_first, inline }));
+            let q = std::sync::Arc::new(CommitQueue::<Req, u64>::new(bound));
+            let sink = std::sync::Arc::new(Mutex::new(Sink { next: 0, batches: 0, fail_first, inline }));
+            let leader: std::sync::Arc<dyn Lead> =
+                std::sync::Arc::new(Committer { queue: q.clone(), sink: sink.clone() });
+            let led = move |c: Completion<u64>| if lead { c.led_by(&leader) } else { c };
             let writer = {
                 let (q, sink) = (q.clone(), sink.clone());
                 loom::thread::spawn(move || {
@@ -728,7 +922,7 @@ mod loom_tests {
                 })
             };
             let producer = {
-                let (q, sink) = (q.clone(), sink.clone());
+                let (q, sink, led) = (q.clone(), sink.clone(), led.clone());
                 loom::thread::spawn(move || {
                     // Issued back to back, then awaited: the second must not overtake the first.
                     if grouped {
@@ -737,14 +931,14 @@ mod loom_tests {
                             vec![Pending { req: Req, done: da }, Pending { req: Req, done: db }],
                             &sink,
                         );
-                        return (a.wait(), b.wait());
+                        return (led(a).wait(), led(b).wait());
                     }
-                    let a = q.submit_or_commit(Req, &sink);
-                    let b = q.submit_or_commit(Req, &sink);
+                    let a = led(q.submit_or_commit(Req, &sink));
+                    let b = led(q.submit_or_commit(Req, &sink));
                     (a.wait(), b.wait())
                 })
             };
-            let c = q.submit_or_commit(Req, &sink).wait();
+            let c = led(q.submit_or_commit(Req, &sink)).wait();
             let (a, b) = producer.join().unwrap();
             // A later append of the same producer never gets an earlier offset.
             if let (Ok(x), Ok(y)) = (&a, &b) {
@@ -790,7 +984,19 @@ mod loom_tests {
 
     #[test]
     fn loom_groups_keep_order_and_complete_once() {
-        model_with(false, 1, false, true);
-        model_with(true, 8, true, true);
+        model_with(false, 1, false, true, false);
+        model_with(true, 8, true, true, false);
+    }
+
+    #[test]
+    fn loom_leading_waiters_keep_order_and_complete_once() {
+        model_with(false, 8, false, false, true);
+        model_with(false, 1, false, false, true);
+    }
+
+    #[test]
+    fn loom_leading_waiters_with_a_failing_sink_and_inline_commits() {
+        model_with(true, 8, false, false, true);
+        model_with(false, 8, true, true, true);
     }
 }

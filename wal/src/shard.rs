@@ -178,6 +178,8 @@ pub(crate) struct Shard {
     writer: Mutex<Option<JoinHandle<()>>>,
     /// `Interval` mode's sync thread.
     background: Mutex<Option<BackgroundSync>>,
+    /// Lets a thread blocked on its append commit the queue itself (see [`crate::commit`]).
+    lead: std::sync::Arc<dyn crate::commit::Lead>,
 }
 
 impl Shard {
@@ -251,7 +253,9 @@ impl Shard {
             .name(format!("wal-shard-{}", shared.id))
             .spawn(move || run_writer(&q, &s))
             .map_err(|e| Error::io("starting the writer thread of", shared.dir.clone(), e))?;
-        let shard = Shard { shared, queue, sink, writer: Mutex::new(Some(handle)), background: Mutex::new(None) };
+        let lead: std::sync::Arc<dyn crate::commit::Lead> =
+            std::sync::Arc::new(crate::commit::Committer { queue: queue.clone(), sink: sink.clone() });
+        let shard = Shard { shared, queue, sink, writer: Mutex::new(Some(handle)), background: Mutex::new(None), lead };
         if let SyncMode::Interval(every) = sync {
             let name = format!("wal-sync-{}", shard.shared.id);
             let bg = BackgroundSync::start(name, shard.sink.clone(), every)
@@ -262,7 +266,7 @@ impl Shard {
     }
 
     pub(crate) fn submit(&self, req: AppendReq) -> Completion<u64> {
-        self.queue.submit_or_commit(req, &self.sink)
+        self.queue.submit_or_commit(req, &self.sink).led_by(&self.lead)
     }
 
     /// Appends made together ([`crate::Batch`]): committed or queued as one group, in order.
