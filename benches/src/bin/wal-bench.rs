@@ -5,7 +5,8 @@
 //! [--only append|pipelined|tasks|recovery]`
 //! Each scenario runs for `--secs` (default 3) or 2 000 000 appends, whichever comes first.
 //! `pipelined` and `tasks` run each `sync = always` row `WAL_BENCH_ROUNDS` times (default 3),
-//! each round followed by the raw probe, and report the median round.
+//! each round followed by the raw probe, and report the median round. `WAL_BENCH_SIZES` and
+//! `WAL_BENCH_CONCURRENCY` (comma-separated) pick rows.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -215,6 +216,23 @@ fn alternate(
     (o, raw, ratios)
 }
 
+/// Record sizes of the append scenarios (`WAL_BENCH_SIZES=128,1024`, the default), so that
+/// one row can be run alone (e.g. under `perf`).
+fn sizes() -> Vec<usize> {
+    list_env("WAL_BENCH_SIZES", &[128, 1024])
+}
+
+/// Appenders / appends in flight of the append scenarios (`WAL_BENCH_CONCURRENCY=1,8,64`).
+fn concurrency() -> Vec<usize> {
+    list_env("WAL_BENCH_CONCURRENCY", &[1, 8, 64])
+}
+
+fn list_env(name: &str, default: &[usize]) -> Vec<usize> {
+    let parsed: Option<Vec<usize>> =
+        std::env::var(name).ok().map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect());
+    parsed.filter(|v| !v.is_empty()).unwrap_or_else(|| default.to_vec())
+}
+
 /// Rounds per `always` row of `pipelined` and `tasks` (`WAL_BENCH_ROUNDS`, default 3).
 fn rounds() -> usize {
     std::env::var("WAL_BENCH_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(3)
@@ -239,8 +257,8 @@ fn tasks(dir: &std::path::Path, log_dir: &std::path::Path, secs: f64) {
     println!("\n{rounds} rounds per row, each: the WAL for --secs, then the raw probe; the median round by ratio, and every round's ratio");
     println!("| sync | record | tasks | appends/s | p50 µs | p99 µs | raw disk appends/s (same batch) | WAL / raw | ratios of all rounds |");
     println!("|---|---|---|---|---|---|---|---|---|");
-    for size in [128usize, 1024] {
-        for n in [1usize, 8, 64] {
+    for size in sizes() {
+        for n in concurrency() {
             let (o, raw, ratios) = alternate(dir, rounds, (size + 48) * n, n, secs, || {
                 run_tasks(log_dir, SyncMode::Always, size, n, secs)
             });
@@ -301,8 +319,8 @@ fn appends(dir: &std::path::Path, log_dir: &std::path::Path, secs: f64) {
         ("interval(5ms)", SyncMode::Interval(Duration::from_millis(5))),
         ("none", SyncMode::None),
     ] {
-        for size in [128usize, 1024] {
-            for writers in [1usize, 8, 64] {
+        for size in sizes() {
+            for writers in concurrency() {
                 let o = run_appends(log_dir, sync, size, writers, secs);
                 let rate = o.records as f64 / o.elapsed.as_secs_f64();
                 // The raw figure: the same bytes per fdatasync that group commit can at best
@@ -336,8 +354,8 @@ fn pipelined(dir: &std::path::Path, log_dir: &std::path::Path, secs: f64) {
     println!("| sync | record | appends in flight (one thread) | appends/s | p50 µs | p99 µs | raw disk appends/s (same batch) | WAL / raw | ratios of all rounds |");
     println!("|---|---|---|---|---|---|---|---|---|");
     for (name, sync) in [("always", SyncMode::Always), ("none", SyncMode::None)] {
-        for size in [128usize, 1024] {
-            for inflight in [1usize, 8, 64] {
+        for size in sizes() {
+            for inflight in concurrency() {
                 let run = || run_pipelined(log_dir, sync, size, inflight, secs);
                 if sync != SyncMode::Always {
                     let o = run();
