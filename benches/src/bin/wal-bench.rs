@@ -57,6 +57,7 @@ fn run_appends(dir: &std::path::Path, sync: SyncMode, size: usize, writers: usiz
         t.join().unwrap();
     }
     let elapsed = start.elapsed();
+    report_batches(&wal, &format!("threads {size} B x{writers}"));
     wal.close().expect("close");
     let mut lats = std::mem::take(&mut *lats.lock().unwrap());
     Outcome { records: lats.len() as u64, elapsed, p50: percentile(&mut lats, 50.0), p99: percentile(&mut lats, 99.0) }
