@@ -269,6 +269,11 @@ impl Shard {
         self.queue.submit_or_commit(req, &self.sink).led_by(&self.lead)
     }
 
+    /// What a thread blocked on an append of this shard may commit itself.
+    pub(crate) fn lead(&self) -> &std::sync::Arc<dyn crate::commit::Lead> {
+        &self.lead
+    }
+
     /// Appends made together ([`crate::Batch`]): committed or queued as one group, in order.
     pub(crate) fn submit_group(&self, group: Vec<Pending<AppendReq, u64>>) {
         self.queue.submit_or_commit_group(group, &self.sink)

@@ -92,8 +92,13 @@ impl Batch {
             Ok(r) => r,
             Err(e) => return Completion::ready(Err(e)),
         };
-        let (done, completion) = completion_pair();
         let shard = stream.state.shard;
+        let (done, completion) = completion_pair();
+        // Waited on from a thread, it may commit its shard's queue itself (see `commit`).
+        let completion = match self.wal.inner.shards.get(shard as usize) {
+            Some(s) => completion.led_by(s.lead()),
+            None => completion,
+        };
         let req = AppendReq::new(stream, recs);
         match self.shards.iter_mut().find(|(s, _)| *s == shard) {
             Some((_, group)) => group.push(Pending { req, done }),
