@@ -91,3 +91,27 @@ fn spare_segments_end_in_zeros_until_sealed_and_reopen_clean() {
         }
     }
 }
+
+#[test]
+fn the_next_spare_is_made_as_a_segment_starts_and_segments_without_one_are_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options::default().shards(1).segment_bytes(SEGMENT).preallocate(true);
+    let wal = Wal::open(dir.path(), opts).unwrap();
+    let first = wal.stream("first").unwrap();
+    wal.append(&first, vec![1u8; 200]).wait().unwrap();
+    // The first segment of a new log is an ordinary file: counted as started without a spare.
+    let st = wal.stats();
+    assert_eq!((st.segments, st.segments_unprepared), (1, 1));
+    // Its successor is made now, with the active segment almost empty, not half way.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !shard_files(dir.path()).iter().any(|(f, len)| f == "next.seg.spare" && *len == SEGMENT) {
+        assert!(Instant::now() < deadline, "no spare made: {:?}", shard_files(dir.path()));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Once a segment made from a spare is active, the count tells the two kinds apart.
+    fill(&wal, dir.path(), 3);
+    let st = wal.stats();
+    assert!(st.segments >= 3, "{st:?}");
+    assert!(st.segments_unprepared < st.segments, "the active segment came from a spare: {st:?}");
+    wal.close().unwrap();
+}
