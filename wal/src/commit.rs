@@ -419,19 +419,14 @@ impl<R: Weighted, T> CommitQueue<R, T> {
     }
 
     /// Whether the writer would take the pending requests now rather than wait for more
-    /// (the same rule as [`CommitQueue::gather`]).
+    /// (see [`CommitQueue::gathered`]).
     fn batch_ready(st: &QueueState<R, T>, max_bytes: usize) -> bool {
         #[cfg(loom)]
         let _ = (st, max_bytes);
+        #[cfg(loom)]
+        return true;
         #[cfg(not(loom))]
-        if let Some(g) = st.gather {
-            return st.pending.len() >= g.target
-                || st.bytes >= max_bytes
-                || st.blocked_submitters > 0
-                || st.closed
-                || std::time::Instant::now() >= g.until;
-        }
-        true
+        st.gather.is_none_or(|g| Self::gathered(st, g, max_bytes))
     }
 
     /// Commits the batch queued now on the calling thread, as the writer would, if the sink
@@ -480,8 +475,7 @@ impl<R: Weighted, T> CommitQueue<R, T> {
         batch.clear();
     }
 
-    /// Waits until `g.target` requests are pending, `g.until` passes, the batch would be
-    /// over `max_bytes`, or a submitter is blocked on a full queue — whichever comes first.
+    /// Waits until the batch is gathered (see [`CommitQueue::gathered`]).
     #[cfg(not(loom))]
     fn gather<'a>(
         &self,
@@ -489,16 +483,25 @@ impl<R: Weighted, T> CommitQueue<R, T> {
         g: Gather,
         max_bytes: usize,
     ) -> crate::sync::MutexGuard<'a, QueueState<R, T>> {
-        while st.pending.len() < g.target && st.bytes < max_bytes && st.blocked_submitters == 0 && !st.closed {
-            let now = std::time::Instant::now();
-            if now >= g.until {
-                break;
-            }
+        while !Self::gathered(&st, g, max_bytes) {
+            let left = g.until.saturating_duration_since(std::time::Instant::now());
             st.writer_wants = g.target;
-            st = self.work.wait_timeout(st, g.until - now).unwrap_or_else(|p| p.into_inner()).0;
+            st = self.work.wait_timeout(st, left).unwrap_or_else(|p| p.into_inner()).0;
             st.writer_wants = 0;
         }
         st
+    }
+
+    /// Whether a batch gathering by `g` may go: `g.target` requests are pending, `g.until`
+    /// passed, the batch would be over `max_bytes`, a submitter is blocked on a full queue,
+    /// or the queue is closed — whichever comes first.
+    #[cfg(not(loom))]
+    fn gathered(st: &QueueState<R, T>, g: Gather, max_bytes: usize) -> bool {
+        st.pending.len() >= g.target
+            || st.bytes >= max_bytes
+            || st.blocked_submitters > 0
+            || st.closed
+            || std::time::Instant::now() >= g.until
     }
 
     /// The batch taken last is committed: requests may be committed inline again, and a

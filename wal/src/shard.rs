@@ -211,9 +211,8 @@ impl Shard {
             None => (None, start.next_lsn, 0),
         };
         if let (Some(s), Some(_)) = (&spares, &file) {
-            // A reopened log continues its active segment: the next one is made beside it.
-            s.progress(seg_len);
-            s.want();
+            // A reopened log continues its active segment.
+            s.segment_started(seg_len);
         }
         // `indexed_to` is for the checkpoint after recovery only: appends start a new segment.
         let index_for_checkpoints = index.clone();
@@ -442,9 +441,7 @@ impl ShardWriter {
         self.seg_first = first;
         self.seg_len = SEGMENT_HEADER_LEN as u64;
         if let Some(s) = &self.spares {
-            // The next one is made while this one fills, paced by it.
-            s.progress(self.seg_len);
-            s.want();
+            s.segment_started(self.seg_len);
         }
         self.synced_len = self.seg_len;
         self.unsynced_since = None;

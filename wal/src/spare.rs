@@ -96,6 +96,13 @@ impl Spares {
         self.active.store(len, Ordering::Relaxed);
     }
 
+    /// A segment holding `len` bytes became active (a roll, or a reopened log): the next
+    /// spare is made beside it, paced by it.
+    pub(crate) fn segment_started(&self, len: u64) {
+        self.progress(len);
+        self.want();
+    }
+
     /// Asks for a spare, unless one is ready or being made.
     pub(crate) fn want(&self) {
         let mut st = lock(&self.shared.0);
