@@ -53,12 +53,19 @@ pub(crate) trait Lead: Send + Sync {
     /// Commits the batch queued now on the calling thread if no commit is under way and the
     /// batch is ready to go; whether it did.
     fn lead(&self) -> bool;
+    /// Leaves what is queued to the writer (see [`CommitQueue::hand_over`]).
+    fn hand_over(&self);
+    /// Like [`Lead::lead`], for a thread that will not wait for the batch: when another
+    /// commit is under way, it hands what is queued over to the writer instead.
+    fn lead_or_hand_over(&self) -> bool;
 }
 
 /// A shard's queue and sink, as a [`Lead`] for its completions.
 pub(crate) struct Committer<R, S: BatchSink<R>> {
     pub(crate) queue: std::sync::Arc<CommitQueue<R, S::Out>>,
     pub(crate) sink: std::sync::Arc<Mutex<S>>,
+    /// Batches committed through [`Lead::lead`] (not by the writer), for statistics.
+    pub(crate) led: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl<R, S> Lead for Committer<R, S>
@@ -68,7 +75,29 @@ where
     S::Out: Send + 'static,
 {
     fn lead(&self) -> bool {
-        self.queue.lead(&self.sink)
+        let led = self.queue.lead(&self.sink);
+        if led {
+            self.led.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        led
+    }
+
+    fn hand_over(&self) {
+        self.queue.hand_over()
+    }
+
+    fn lead_or_hand_over(&self) -> bool {
+        match self.queue.try_lead(&self.sink) {
+            Led::Committed => {
+                self.led.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                true
+            }
+            Led::Busy => {
+                self.queue.hand_over();
+                false
+            }
+            Led::Empty | Led::Gathering => false,
+        }
     }
 }
 
@@ -266,6 +295,19 @@ pub(crate) struct Gather {
     pub(crate) until: std::time::Instant,
 }
 
+/// What [`CommitQueue::try_lead`] did.
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+pub(crate) enum Led {
+    /// Committed the queued batch.
+    Committed,
+    /// Nothing was queued.
+    Empty,
+    /// A commit is under way (by the writer or another leader).
+    Busy,
+    /// The batch is still gathering (see [`Gather`]): more requests are expected soon.
+    Gathering,
+}
+
 /// What [`CommitQueue::take_batch`] found.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Taken {
@@ -432,13 +474,24 @@ impl<R: Weighted, T> CommitQueue<R, T> {
     /// Commits the batch queued now on the calling thread, as the writer would, if the sink
     /// is free, no batch is in flight and the batch is ready (see [`Lead`]).
     pub(crate) fn lead<S: BatchSink<R, Out = T>>(&self, sink: &Mutex<S>) -> bool {
-        let Ok(mut s) = sink.try_lock() else { return false };
+        self.try_lead(sink) == Led::Committed
+    }
+
+    /// [`CommitQueue::lead`], telling why it did not commit.
+    pub(crate) fn try_lead<S: BatchSink<R, Out = T>>(&self, sink: &Mutex<S>) -> Led {
+        let Ok(mut s) = sink.try_lock() else { return Led::Busy };
         let max_bytes = s.max_batch_bytes();
         let mut batch = Vec::new();
         {
             let mut st = lock(&self.state);
-            if st.pending.is_empty() || st.in_flight || !Self::batch_ready(&st, max_bytes) {
-                return false;
+            if st.pending.is_empty() {
+                return Led::Empty;
+            }
+            if st.in_flight {
+                return Led::Busy;
+            }
+            if !Self::batch_ready(&st, max_bytes) {
+                return Led::Gathering;
             }
             if Self::take_into(&mut st, &mut batch, max_bytes) {
                 self.space.notify_all();
@@ -449,7 +502,29 @@ impl<R: Weighted, T> CommitQueue<R, T> {
         let window = s.gather_window();
         drop(s);
         self.finish(&mut batch, result, window);
-        true
+        Led::Committed
+    }
+
+    /// Leaves the queued requests to the writer: after a leader's commit the writer waits
+    /// for the next leader instead of being woken by submissions (see `QueueState::led`).
+    /// A would-be leader that could not commit what is queued calls this, so that the
+    /// writer takes it now (or when the batch in flight is committed) rather than on its
+    /// next look.
+    pub(crate) fn hand_over(&self) {
+        let mut st = lock(&self.state);
+        if !st.led || st.pending.is_empty() {
+            return;
+        }
+        st.led = false;
+        // With a batch in flight, its `batch_committed` wakes the writer.
+        let wake = st.writer_wants > 0 && !st.in_flight;
+        if wake {
+            st.writer_wants = 0;
+        }
+        drop(st);
+        if wake {
+            self.work.notify_one();
+        }
     }
 
     /// After a commit: lets the next batch be taken, completes the waiters, and sets how
@@ -825,7 +900,8 @@ mod tests {
     fn a_blocked_waiter_commits_the_queue_itself_unless_a_batch_is_in_flight() {
         let q = std::sync::Arc::new(CommitQueue::<Req, u64>::new(1 << 20));
         let sink = std::sync::Arc::new(Mutex::new(CountingSink { next: 0, batches: 0, fail: vec![], sizes: vec![] }));
-        let lead: std::sync::Arc<dyn Lead> = std::sync::Arc::new(Committer { queue: q.clone(), sink: sink.clone() });
+        let lead: std::sync::Arc<dyn Lead> =
+            std::sync::Arc::new(Committer { queue: q.clone(), sink: sink.clone(), led: Default::default() });
         // No writer thread runs: only a waiter that leads can complete these.
         let a = q.submit_or_commit(Req(1, 1), &sink).led_by(&lead);
         let b = q.submit_or_commit(Req(1, 1), &sink).led_by(&lead);
@@ -843,6 +919,36 @@ mod tests {
         q.finish(&mut batch, result, None);
         assert_eq!(c.wait().unwrap(), 2);
         assert_eq!(d.wait().unwrap(), 3, "led once the batch before was committed");
+    }
+
+    #[test]
+    fn an_idle_thread_commits_what_is_ready_and_hands_the_rest_to_the_writer() {
+        let q = std::sync::Arc::new(CommitQueue::<Req, u64>::new(1 << 20));
+        let sink = std::sync::Arc::new(Mutex::new(CountingSink { next: 0, batches: 0, fail: vec![], sizes: vec![] }));
+        let idle = Committer { queue: q.clone(), sink: sink.clone(), led: Default::default() };
+        // No writer thread runs: the idle thread commits what its tasks queued.
+        let a = q.submit(Req(1, 1));
+        assert!(idle.lead_or_hand_over());
+        assert_eq!(a.wait().unwrap(), 0);
+        assert!(lock(&q.state).led, "after a led commit the writer waits for the next leader");
+        assert!(!idle.lead_or_hand_over(), "nothing queued");
+        assert!(lock(&q.state).led, "an empty queue is not handed over");
+
+        // A commit is under way: what was queued behind it goes back to the writer, which
+        // is woken by submissions again.
+        let b = q.submit(Req(1, 1));
+        let mut batch = Vec::new();
+        assert_eq!(q.take_batch(&mut batch, usize::MAX, None), Taken::Work);
+        lock(&q.state).led = true;
+        let c = q.submit(Req(1, 1));
+        assert!(!idle.lead_or_hand_over(), "a batch is in flight");
+        assert!(!lock(&q.state).led, "handed over to the writer");
+        let result = lock(&sink).commit(&batch);
+        q.finish(&mut batch, result, None);
+        assert_eq!(b.wait().unwrap(), 1);
+        assert!(idle.lead_or_hand_over());
+        assert_eq!(c.wait().unwrap(), 2);
+        assert_eq!(idle.led.load(std::sync::atomic::Ordering::Relaxed), 2, "commits counted");
     }
 
     #[tokio::test]
@@ -900,13 +1006,15 @@ mod loom_tests {
     /// submitter wait for space, exercising the back-pressure path. With `inline`, the
     /// appenders commit on their own thread whenever the queue lets them.
     fn model(fail_first: bool, bound: usize, inline: bool) {
-        model_with(fail_first, bound, inline, false, false)
+        model_with(fail_first, bound, inline, false, false, false)
     }
 
     /// [`model`], and with `grouped` the producer hands its two requests over as one group
     /// ([`CommitQueue::submit_or_commit_group`]); with `lead`, blocked waiters may commit the
-    /// queue themselves ([`Lead`]) beside the writer.
-    fn model_with(fail_first: bool, bound: usize, inline: bool, grouped: bool, lead: bool) {
+    /// queue themselves ([`Lead`]) beside the writer; with `idle`, the main thread commits
+    /// what is ready before it waits, as an idle runtime worker does
+    /// ([`Lead::lead_or_hand_over`], `Wal::commit_ready`).
+    fn model_with(fail_first: bool, bound: usize, inline: bool, grouped: bool, lead: bool, idle: bool) {
         let mut b = loom::model::Builder::new();
         // Bounded preemption keeps the state space tractable; bugs in queues like this one
         // show up within two or three preemptions.
@@ -915,7 +1023,8 @@ mod loom_tests {
             let q = std::sync::Arc::new(CommitQueue::<Req, u64>::new(bound));
             let sink = std::sync::Arc::new(Mutex::new(Sink { next: 0, batches: 0, fail_first, inline }));
             let leader: std::sync::Arc<dyn Lead> =
-                std::sync::Arc::new(Committer { queue: q.clone(), sink: sink.clone() });
+                std::sync::Arc::new(Committer { queue: q.clone(), sink: sink.clone(), led: Default::default() });
+            let idle_worker = leader.clone();
             let led = move |c: Completion<u64>| if lead { c.led_by(&leader) } else { c };
             let writer = {
                 let (q, sink) = (q.clone(), sink.clone());
@@ -941,7 +1050,11 @@ mod loom_tests {
                     (a.wait(), b.wait())
                 })
             };
-            let c = led(q.submit_or_commit(Req, &sink)).wait();
+            let c = led(q.submit_or_commit(Req, &sink));
+            if idle {
+                idle_worker.lead_or_hand_over();
+            }
+            let c = c.wait();
             let (a, b) = producer.join().unwrap();
             // A later append of the same producer never gets an earlier offset.
             if let (Ok(x), Ok(y)) = (&a, &b) {
@@ -987,19 +1100,26 @@ mod loom_tests {
 
     #[test]
     fn loom_groups_keep_order_and_complete_once() {
-        model_with(false, 1, false, true, false);
-        model_with(true, 8, true, true, false);
+        model_with(false, 1, false, true, false, false);
+        model_with(true, 8, true, true, false, false);
     }
 
     #[test]
     fn loom_leading_waiters_keep_order_and_complete_once() {
-        model_with(false, 8, false, false, true);
-        model_with(false, 1, false, false, true);
+        model_with(false, 8, false, false, true, false);
+        model_with(false, 1, false, false, true, false);
+    }
+
+    #[test]
+    fn loom_idle_commits_keep_order_and_complete_once() {
+        model_with(false, 8, false, false, false, true);
+        model_with(true, 1, false, false, false, true);
+        model_with(false, 8, true, true, true, true);
     }
 
     #[test]
     fn loom_leading_waiters_with_a_failing_sink_and_inline_commits() {
-        model_with(true, 8, false, false, true);
-        model_with(false, 8, true, true, true);
+        model_with(true, 8, false, false, true, false);
+        model_with(false, 8, true, true, true, false);
     }
 }

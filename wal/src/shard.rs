@@ -153,6 +153,8 @@ pub(crate) struct ShardStats {
     pub(crate) sync_nanos: std::sync::atomic::AtomicU64,
     pub(crate) segments: std::sync::atomic::AtomicU64,
     pub(crate) segments_unprepared: std::sync::atomic::AtomicU64,
+    /// Batches committed by a thread other than the writer (see [`crate::commit::Lead`]).
+    pub(crate) batches_led: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Where recovery left the shard: the segment to continue appending to.
@@ -252,8 +254,11 @@ impl Shard {
             .name(format!("wal-shard-{}", shared.id))
             .spawn(move || run_writer(&q, &s))
             .map_err(|e| Error::io("starting the writer thread of", shared.dir.clone(), e))?;
-        let lead: std::sync::Arc<dyn crate::commit::Lead> =
-            std::sync::Arc::new(crate::commit::Committer { queue: queue.clone(), sink: sink.clone() });
+        let lead: std::sync::Arc<dyn crate::commit::Lead> = std::sync::Arc::new(crate::commit::Committer {
+            queue: queue.clone(),
+            sink: sink.clone(),
+            led: shared.stats.batches_led.clone(),
+        });
         let shard = Shard { shared, queue, sink, writer: Mutex::new(Some(handle)), background: Mutex::new(None), lead };
         if let SyncMode::Interval(every) = sync {
             let name = format!("wal-sync-{}", shard.shared.id);

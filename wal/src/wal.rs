@@ -184,6 +184,9 @@ pub struct WalStats {
     /// spare was not ready in time): their syncs also carry the file's growth. Many of them
     /// mean the log fills segments faster than spares are made: use larger segments.
     pub segments_unprepared: u64,
+    /// Batches committed on an appender's thread instead of the shard's writer thread: by
+    /// a thread blocked in [`Completion::wait`], or through [`Wal::commit_ready`].
+    pub batches_led: u64,
 }
 
 /// A summary of one stream, for tools and metrics.
@@ -236,6 +239,8 @@ struct Inner {
     created: std::sync::Condvar,
     report: RecoveryReport,
     closed: AtomicBool,
+    /// A thread is committing through [`Wal::commit_ready`] (one at a time).
+    idle_commit: AtomicBool,
     _lock: File,
 }
 
@@ -506,6 +511,7 @@ impl Wal {
                 created: std::sync::Condvar::new(),
                 report,
                 closed: AtomicBool::new(false),
+                idle_commit: AtomicBool::new(false),
                 _lock: lock,
             }),
         })
@@ -535,8 +541,68 @@ impl Wal {
             out.sync_time += std::time::Duration::from_nanos(st.sync_nanos.load(Ordering::Relaxed));
             out.segments += st.segments.load(Ordering::Relaxed);
             out.segments_unprepared += st.segments_unprepared.load(Ordering::Relaxed);
+            out.batches_led += st.batches_led.load(Ordering::Relaxed);
         }
         out
+    }
+
+    /// Commits on the calling thread each shard's queued batch that is ready to go and that
+    /// no other thread is committing; returns how many batches it committed.
+    ///
+    /// For async servers. An appender that `.await`s its [`Completion`] leaves the commit to
+    /// the shard's writer thread, so every commit costs two thread wake-ups: the writer's,
+    /// then the runtime worker's that polls the appenders again. A runtime worker that has
+    /// run out of tasks (tokio: `Builder::on_thread_park`) can call this to commit what its
+    /// tasks just queued at once, without waking the writer. Where a thread wake-up costs a
+    /// fair part of an `fdatasync` (virtual machines), tasks that append and wait in a loop
+    /// gain the most: on a 2-vCPU VM, 8 such tasks made 14–26 % more appends per second
+    /// with it (`BENCHMARKS.md`, `wal-bench --only tasks`).
+    ///
+    /// It blocks the calling thread for the commit: a write and, under
+    /// [`SyncMode::Always`](crate::SyncMode::Always), an `fdatasync` (now and then also a
+    /// segment roll or an index checkpoint). At most one thread at a time commits through
+    /// it; the others return 0 at once. So use it only on a runtime with more than one
+    /// worker: the others keep running tasks while the disk is slow.
+    ///
+    /// After a commit made this way, the writer stops waking for each append: it expects
+    /// the next idle worker to commit, looks at the queue every 250 µs, and takes what no
+    /// thread took. A thread that finds a commit under way hands what is queued back to the
+    /// writer at once; a batch still gathering (more appends expected, see the shard's
+    /// group commit) is left for the next idle worker. So an append may wait up to 250 µs,
+    /// once, when its workers become busy before the batch is ready.
+    ///
+    /// ```
+    /// # use promptmq_wal::{Wal, Options};
+    /// # let dir = tempfile::tempdir()?;
+    /// let wal = Wal::open(dir.path(), Options::default())?;
+    /// let idle = wal.clone();
+    /// let rt = tokio::runtime::Builder::new_multi_thread()
+    ///     .worker_threads(2)
+    ///     .on_thread_park(move || {
+    ///         idle.commit_ready();
+    ///     })
+    ///     .build()?;
+    /// let s = wal.stream("s")?;
+    /// let offset = rt.block_on(async { wal.append(&s, "a").await })?;
+    /// assert_eq!(offset, 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn commit_ready(&self) -> usize {
+        struct Turn<'a>(&'a AtomicBool);
+        impl Drop for Turn<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::Release);
+            }
+        }
+        if self.inner.idle_commit.swap(true, Ordering::Acquire) {
+            // What this thread's tasks queued must not wait for the writer's next look.
+            self.inner.shards.iter().for_each(|s| s.lead().hand_over());
+            return 0;
+        }
+        let _turn = Turn(&self.inner.idle_commit);
+        // One commit per shard: a worker that kept committing while others queue more would
+        // never get back to its own tasks.
+        self.inner.shards.iter().filter(|s| s.lead().lead_or_hand_over()).count()
     }
 
     /// `Ok` while the log accepts appends; otherwise why not: closed, or a shard failed (a

@@ -92,6 +92,65 @@ fn concurrent_appenders_get_dense_ordered_offsets() {
     }
 }
 
+/// Tasks on a runtime whose idle workers commit (`Wal::commit_ready` on park) get the same
+/// guarantees as with the writer alone: dense offsets, each task's records in its order,
+/// all of them there after a reopen — and some batches were committed by the workers.
+#[test]
+fn tasks_on_a_runtime_whose_idle_workers_commit_get_dense_ordered_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Wal::open(dir.path(), Options::default().shards(2)).unwrap();
+    let idle = wal.clone();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_time()
+        .on_thread_park(move || {
+            idle.commit_ready();
+        })
+        .build()
+        .unwrap();
+    let streams: Vec<_> = (0..4).map(|i| wal.stream(&format!("s{i}")).unwrap()).collect();
+    const TASKS: usize = 16;
+    const EACH: u64 = 200;
+    rt.block_on(async {
+        let tasks: Vec<_> = (0..TASKS)
+            .map(|t| {
+                let (wal, s) = (wal.clone(), streams[t % streams.len()].clone());
+                tokio::spawn(async move {
+                    let mut last = None;
+                    for i in 0..EACH {
+                        let off = wal.append(&s, format!("{t}:{i}")).await.unwrap();
+                        assert!(last.is_none_or(|l| off > l), "a task's later append got an earlier offset");
+                        last = Some(off);
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            tokio::time::timeout(Duration::from_secs(60), t).await.expect("appends finish").unwrap();
+        }
+    });
+    drop(rt);
+    assert!(wal.stats().batches_led > 0, "no batch was committed by an idle worker: {:?}", wal.stats());
+    wal.close().unwrap();
+    let wal = Wal::open(dir.path(), Options::default().shards(2)).unwrap();
+    for (i, s) in streams.iter().enumerate() {
+        let s = wal.lookup(s.name()).unwrap();
+        let recs = wal.read(&s, 0, 100_000).unwrap();
+        assert_eq!(recs.len() as u64, EACH * (TASKS / streams.len()) as u64);
+        assert!(recs.iter().enumerate().all(|(i, r)| r.offset == i as u64));
+        for t in (i..TASKS).step_by(streams.len()) {
+            let mine: Vec<u64> = recs
+                .iter()
+                .filter_map(|r| {
+                    let (a, b) = std::str::from_utf8(&r.payload).unwrap().split_once(':').unwrap();
+                    (a == t.to_string()).then(|| b.parse().unwrap())
+                })
+                .collect();
+            assert_eq!(mine, (0..EACH).collect::<Vec<_>>(), "task {t}");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn async_appends_and_tail() {
     let dir = tempfile::tempdir().unwrap();

@@ -6,7 +6,8 @@
 //! Each scenario runs for `--secs` (default 3) or 2 000 000 appends, whichever comes first.
 //! `pipelined` and `tasks` run each `sync = always` row `WAL_BENCH_ROUNDS` times (default 3),
 //! each round followed by the raw probe, and report the median round. `WAL_BENCH_SIZES` and
-//! `WAL_BENCH_CONCURRENCY` (comma-separated) pick rows.
+//! `WAL_BENCH_CONCURRENCY` (comma-separated) pick rows. `tasks` runs each row twice: on a
+//! plain runtime, and with workers that commit when idle (`WAL_BENCH_IDLE_COMMIT=0`: plain only).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -96,10 +97,11 @@ fn run_pipelined(dir: &std::path::Path, sync: SyncMode, size: usize, inflight: u
 fn report_batches(wal: &Wal, what: &str) {
     let st = wal.stats();
     eprintln!(
-        "  {what}: {} records in {} batches (avg {:.1}), avg fdatasync {:.0} µs, {} segments ({} without a spare)",
+        "  {what}: {} records in {} batches (avg {:.1}, {} not by the writer), avg fdatasync {:.0} µs, {} segments ({} without a spare)",
         st.records,
         st.batches,
         st.records as f64 / st.batches.max(1) as f64,
+        st.batches_led,
         st.sync_time.as_secs_f64() * 1e6 / st.syncs.max(1) as f64,
         st.segments,
         st.segments_unprepared
@@ -150,11 +152,27 @@ fn open_steady(dir: &std::path::Path, sync: SyncMode) -> (Wal, promptmq_wal::Str
 }
 
 /// `tasks` tokio tasks on a multi-threaded runtime (one worker per core), each appending
-/// and awaiting its append in a loop: how an async server uses the log.
-fn run_tasks(dir: &std::path::Path, sync: SyncMode, size: usize, tasks: usize, secs: f64) -> Outcome {
+/// and awaiting its append in a loop: how an async server uses the log. With `idle_commit`,
+/// a worker about to park commits what is ready ([`Wal::commit_ready`]).
+fn run_tasks(
+    dir: &std::path::Path,
+    sync: SyncMode,
+    size: usize,
+    tasks: usize,
+    secs: f64,
+    idle_commit: bool,
+) -> Outcome {
     let (wal, stream) = open_steady(dir, sync);
     let payload = bytes::Bytes::from(vec![0xabu8; size]);
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if idle_commit {
+        let idle = wal.clone();
+        builder.on_thread_park(move || {
+            idle.commit_ready();
+        });
+    }
+    let rt = builder.build().expect("runtime");
     let stop = Arc::new(AtomicBool::new(false));
     let count = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
@@ -186,7 +204,7 @@ fn run_tasks(dir: &std::path::Path, sync: SyncMode, size: usize, tasks: usize, s
     });
     let elapsed = start.elapsed();
     drop(rt);
-    report_batches(&wal, &format!("tasks {size} B x{tasks}"));
+    report_batches(&wal, &format!("tasks {size} B x{tasks}{}", if idle_commit { ", idle commit" } else { "" }));
     wal.close().expect("close");
     Outcome { records: lats.len() as u64, elapsed, p50: percentile(&mut lats, 50.0), p99: percentile(&mut lats, 99.0) }
 }
@@ -240,7 +258,14 @@ fn rounds() -> usize {
 }
 
 /// One table row of a scenario measured in rounds against the raw probe (see [`alternate`]).
-fn print_ratio_row(sync: &str, size: usize, concurrency: usize, o: &Outcome, raw: f64, ratios: &[f64]) {
+fn print_ratio_row(
+    sync: &str,
+    size: usize,
+    concurrency: impl std::fmt::Display,
+    o: &Outcome,
+    raw: f64,
+    ratios: &[f64],
+) {
     let rate = o.records as f64 / o.elapsed.as_secs_f64();
     let all: Vec<_> = ratios.iter().map(|r| format!("{:.0} %", r * 100.0)).collect();
     println!(
@@ -252,18 +277,27 @@ fn print_ratio_row(sync: &str, size: usize, concurrency: usize, o: &Outcome, raw
     );
 }
 
-/// Concurrent async appenders (tokio tasks), `sync = always`, in rounds against the raw probe.
+/// Concurrent async appenders (tokio tasks), `sync = always`, in rounds against the raw probe:
+/// each row as the plain runtime runs it, then with workers that commit when idle
+/// ([`Wal::commit_ready`] on park; `WAL_BENCH_IDLE_COMMIT=0` leaves those rows out).
 fn tasks(dir: &std::path::Path, log_dir: &std::path::Path, secs: f64) {
     let rounds = rounds();
+    let variants: &[bool] = match std::env::var("WAL_BENCH_IDLE_COMMIT").as_deref() {
+        Ok("0") => &[false],
+        _ => &[false, true],
+    };
     println!("\n{rounds} rounds per row, each: the WAL for --secs, then the raw probe; the median round by ratio, and every round's ratio");
     println!("| sync | record | tasks | appends/s | p50 µs | p99 µs | raw disk appends/s (same batch) | WAL / raw | ratios of all rounds |");
     println!("|---|---|---|---|---|---|---|---|---|");
     for size in sizes() {
         for n in concurrency() {
-            let (o, raw, ratios) = alternate(dir, rounds, (size + 48) * n, n, secs, || {
-                run_tasks(log_dir, SyncMode::Always, size, n, secs)
-            });
-            print_ratio_row("always", size, n, &o, raw, &ratios);
+            for &idle_commit in variants {
+                let (o, raw, ratios) = alternate(dir, rounds, (size + 48) * n, n, secs, || {
+                    run_tasks(log_dir, SyncMode::Always, size, n, secs, idle_commit)
+                });
+                let label = if idle_commit { format!("{n}, idle workers commit") } else { n.to_string() };
+                print_ratio_row("always", size, label, &o, raw, &ratios);
+            }
         }
     }
 }
