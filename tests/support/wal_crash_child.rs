@@ -1,6 +1,7 @@
-//! Child process of the WAL crash test: appends from several threads and prints one line
-//! per acknowledged record, `ACK <stream> <offset> <payload>`, until it is killed; one
-//! thread creates new streams meanwhile.
+//! Child process of the WAL crash test: appends from several threads and from tokio tasks
+//! (on a runtime whose idle workers commit, `Wal::commit_ready`) and prints one line per
+//! acknowledged record, `ACK <stream> <offset> <payload>`, until it is killed; one thread
+//! creates new streams meanwhile.
 //! Usage: `wal-crash-child DIR CYCLE [always|interval|none]` (default `always`).
 
 use std::io::Write;
@@ -76,6 +77,51 @@ fn main() {
             }
         })
     };
+    // Tasks that `.await` their appends, on a runtime whose workers commit when idle: the
+    // commits they make must be as durable as the writer's.
+    let tasks = {
+        let (wal, out, cycle) = (wal.clone(), out.clone(), cycle.clone());
+        std::thread::spawn(move || {
+            let idle = wal.clone();
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .on_thread_park(move || {
+                    idle.commit_ready();
+                })
+                .build()
+                .unwrap_or_else(|e| {
+                    eprintln!("runtime failed: {e}");
+                    std::process::exit(1);
+                });
+            rt.block_on(async {
+                let running: Vec<_> = (0..4u64)
+                    .map(|t| {
+                        let (wal, out, cycle) = (wal.clone(), out.clone(), cycle.clone());
+                        tokio::spawn(async move {
+                            let name = format!("stream-{}", t % 3);
+                            let stream = wal.stream(&name).unwrap_or_else(|e| {
+                                eprintln!("stream failed: {e}");
+                                std::process::exit(1);
+                            });
+                            for i in 0u64.. {
+                                let payload = format!("c{cycle}-a{t}-i{i}");
+                                report(
+                                    &out,
+                                    &name,
+                                    &payload,
+                                    wal.append(&stream, payload.clone()).await,
+                                    "task append",
+                                );
+                            }
+                        })
+                    })
+                    .collect();
+                for r in running {
+                    let _ = r.await;
+                }
+            });
+        })
+    };
     // One more thread creates streams while the others append, so kills also land in the
     // middle of a creation (its catalogue record, index entry, first record). Bounded, so
     // that the parent's checks stay quick.
@@ -95,6 +141,7 @@ fn main() {
         let _ = t.join();
     }
     let _ = batcher.join();
+    let _ = tasks.join();
 }
 
 /// Prints an acknowledged record as `ACK <stream> <offset> <payload>`, or ends the child on
