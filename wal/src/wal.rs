@@ -555,7 +555,7 @@ impl Wal {
     /// run out of tasks (tokio: `Builder::on_thread_park`) can call this to commit what its
     /// tasks just queued at once, without waking the writer. Where a thread wake-up costs a
     /// fair part of an `fdatasync` (virtual machines), tasks that append and wait in a loop
-    /// gain the most: on a 2-vCPU VM, 8 such tasks made 14–26 % more appends per second
+    /// gain the most: on a 2-vCPU VM, 8 such tasks made 13–26 % more appends per second
     /// with it (`BENCHMARKS.md`, `wal-bench --only tasks`).
     ///
     /// It blocks the calling thread for the commit: a write and, under
