@@ -1,5 +1,7 @@
 //! Shared pieces of PromptMQ's benchmarks: the raw-disk probe that WAL figures are compared
-//! against, and latency percentiles.
+//! against, the hand-off probe (the same with appenders that wait), and latency percentiles.
+
+pub mod handoff;
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;

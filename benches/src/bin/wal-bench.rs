@@ -8,11 +8,15 @@
 //! each round followed by the raw probe, and report the median round. `WAL_BENCH_SIZES` and
 //! `WAL_BENCH_CONCURRENCY` (comma-separated) pick rows. `tasks` runs each row twice: on a
 //! plain runtime, and with workers that commit when idle (`WAL_BENCH_IDLE_COMMIT=0`: plain only).
+//! `tasks` and `append` (`always`) also run the hand-off probe ([`promptmq_benches::handoff`]):
+//! the same appenders through a committer that only waits for all of them, writes and syncs,
+//! i.e. what the hand-off between appenders and a committer thread alone costs here.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use promptmq_benches::handoff::Appenders;
 use promptmq_benches::{percentile, process_cpu, raw_disk_probe, raw_disk_probe_in};
 use promptmq_wal::{Options, SyncMode, Wal};
 
@@ -211,7 +215,8 @@ fn run_tasks(
 
 /// Rounds of a WAL scenario each followed by the raw probe of the same batch, so that both
 /// sides of every ratio see the same phase of a shared disk (this one's `fdatasync` swings
-/// by ±30 % from one second to the next). Returns the median round by ratio and every ratio.
+/// by ±30 % from one second to the next), and then by `handoff` if given (see
+/// [`handoff_rate`]). Returns the median round by WAL / raw ratio and every such ratio.
 fn alternate(
     dir: &std::path::Path,
     rounds: usize,
@@ -219,7 +224,8 @@ fn alternate(
     batch_records: usize,
     secs: f64,
     mut wal_run: impl FnMut() -> Outcome,
-) -> (Outcome, f64, Vec<f64>) {
+    handoff: Option<(Appenders, usize)>,
+) -> Round {
     let mut done = Vec::with_capacity(rounds);
     for _ in 0..rounds.max(1) {
         let o = wal_run();
@@ -227,12 +233,30 @@ fn alternate(
         let batches = ((secs * 2000.0) as usize).clamp(200, 20_000);
         let (el, _) = raw_disk_probe_in(dir, batch_bytes, batches, true, preallocating()).expect("probe");
         let raw = (batches * batch_records) as f64 / el.as_secs_f64();
-        done.push((rate / raw, raw, o));
+        let handoff = handoff.map(|(how, size)| handoff_rate(dir, how, batch_records, size, secs));
+        done.push((rate / raw, raw, handoff, o));
     }
     done.sort_by(|a, b| a.0.total_cmp(&b.0));
     let ratios = done.iter().map(|d| d.0).collect();
-    let (_, raw, o) = done.swap_remove(done.len() / 2);
-    (o, raw, ratios)
+    let (_, raw, handoff, o) = done.swap_remove(done.len() / 2);
+    Round { o, raw, ratios, handoff }
+}
+
+/// The median round of [`alternate`].
+struct Round {
+    o: Outcome,
+    /// Raw probe, appends/s.
+    raw: f64,
+    /// WAL / raw of every round.
+    ratios: Vec<f64>,
+    /// Hand-off probe, appends/s.
+    handoff: Option<f64>,
+}
+
+/// The hand-off probe ([`promptmq_benches::handoff`]): the same appenders as the WAL's run,
+/// through a committer that does nothing but wait for all of them, write and sync.
+fn handoff_rate(dir: &std::path::Path, how: Appenders, appenders: usize, size: usize, secs: f64) -> f64 {
+    promptmq_benches::handoff::handoff_probe(dir, how, appenders, size, 48, secs).expect("hand-off probe")
 }
 
 /// Record sizes of the append scenarios (`WAL_BENCH_SIZES=128,1024`, the default), so that
@@ -258,18 +282,16 @@ fn rounds() -> usize {
 }
 
 /// One table row of a scenario measured in rounds against the raw probe (see [`alternate`]).
-fn print_ratio_row(
-    sync: &str,
-    size: usize,
-    concurrency: impl std::fmt::Display,
-    o: &Outcome,
-    raw: f64,
-    ratios: &[f64],
-) {
+fn print_ratio_row(sync: &str, size: usize, concurrency: impl std::fmt::Display, r: &Round) {
+    let (o, raw) = (&r.o, r.raw);
     let rate = o.records as f64 / o.elapsed.as_secs_f64();
-    let all: Vec<_> = ratios.iter().map(|r| format!("{:.0} %", r * 100.0)).collect();
+    let all: Vec<_> = r.ratios.iter().map(|r| format!("{:.0} %", r * 100.0)).collect();
+    let handoff = match r.handoff {
+        Some(h) => format!(" {h:.0} | {:.0} % |", 100.0 * rate / h),
+        None => String::new(),
+    };
     println!(
-        "| {sync} | {size} B | {concurrency} | {rate:.0} | {:.0} | {:.0} | {raw:.0} | {:.0} % | {} |",
+        "| {sync} | {size} B | {concurrency} | {rate:.0} | {:.0} | {:.0} | {raw:.0} | {:.0} % | {} |{handoff}",
         us(o.p50),
         us(o.p99),
         100.0 * rate / raw,
@@ -286,17 +308,23 @@ fn tasks(dir: &std::path::Path, log_dir: &std::path::Path, secs: f64) {
         Ok("0") => &[false],
         _ => &[false, true],
     };
-    println!("\n{rounds} rounds per row, each: the WAL for --secs, then the raw probe; the median round by ratio, and every round's ratio");
-    println!("| sync | record | tasks | appends/s | p50 µs | p99 µs | raw disk appends/s (same batch) | WAL / raw | ratios of all rounds |");
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("\n{rounds} rounds per row, each: the WAL for --secs, the raw probe, then the hand-off probe for --secs; the median round by WAL / raw, and every round's WAL / raw");
+    println!("| sync | record | tasks | appends/s | p50 µs | p99 µs | raw disk appends/s (same batch) | WAL / raw | ratios of all rounds | hand-off probe appends/s | WAL / hand-off |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for size in sizes() {
         for n in concurrency() {
             for &idle_commit in variants {
-                let (o, raw, ratios) = alternate(dir, rounds, (size + 48) * n, n, secs, || {
-                    run_tasks(log_dir, SyncMode::Always, size, n, secs, idle_commit)
-                });
+                let round = alternate(
+                    dir,
+                    rounds,
+                    (size + 48) * n,
+                    n,
+                    secs,
+                    || run_tasks(log_dir, SyncMode::Always, size, n, secs, idle_commit),
+                    Some((Appenders::Tasks, size)),
+                );
                 let label = if idle_commit { format!("{n}, idle workers commit") } else { n.to_string() };
-                print_ratio_row("always", size, label, &o, raw, &ratios);
+                print_ratio_row("always", size, label, &round);
             }
         }
     }
@@ -347,8 +375,8 @@ fn main() {
 }
 
 fn appends(dir: &std::path::Path, log_dir: &std::path::Path, secs: f64) {
-    println!("| sync | record | writers | appends/s | MB/s | p50 µs | p99 µs | raw disk appends/s (same batch) | WAL / raw |");
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("| sync | record | writers | appends/s | MB/s | p50 µs | p99 µs | raw disk appends/s (same batch) | WAL / raw | hand-off probe appends/s | WAL / hand-off |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for (name, sync) in [
         ("always", SyncMode::Always),
         ("interval(5ms)", SyncMode::Interval(Duration::from_millis(5))),
@@ -361,20 +389,25 @@ fn appends(dir: &std::path::Path, log_dir: &std::path::Path, secs: f64) {
                 // The raw figure: the same bytes per fdatasync that group commit can at best
                 // gather (one record per waiting writer), written by a plain loop.
                 let record_bytes = size + 48;
-                let raw = if sync == SyncMode::Always {
+                let (raw, handoff) = if sync == SyncMode::Always {
                     let batches = ((secs * 2000.0) as usize).clamp(200, 20_000);
                     let (el, _) = raw_disk_probe(dir, record_bytes * writers, batches, true).expect("probe");
-                    Some((batches * writers) as f64 / el.as_secs_f64())
+                    let handoff = handoff_rate(dir, Appenders::Threads, writers, size, secs);
+                    (Some((batches * writers) as f64 / el.as_secs_f64()), Some(handoff))
                 } else {
-                    None
+                    (None, None)
                 };
+                let figure = |f: Option<f64>| f.map_or("-".into(), |r| format!("{r:.0}"));
+                let ratio = |f: Option<f64>| f.map_or("-".into(), |r| format!("{:.0} %", 100.0 * rate / r));
                 println!(
-                    "| {name} | {size} B | {writers} | {rate:.0} | {:.1} | {:.0} | {:.0} | {} | {} |",
+                    "| {name} | {size} B | {writers} | {rate:.0} | {:.1} | {:.0} | {:.0} | {} | {} | {} | {} |",
                     rate * record_bytes as f64 / 1e6,
                     us(o.p50),
                     us(o.p99),
-                    raw.map_or("-".into(), |r| format!("{r:.0}")),
-                    raw.map_or("-".into(), |r| format!("{:.0} %", 100.0 * rate / r)),
+                    figure(raw),
+                    ratio(raw),
+                    figure(handoff),
+                    ratio(handoff),
                 );
             }
         }
@@ -402,8 +435,8 @@ fn pipelined(dir: &std::path::Path, log_dir: &std::path::Path, secs: f64) {
                     );
                     continue;
                 }
-                let (o, raw, ratios) = alternate(dir, rounds, (size + 48) * inflight, inflight, secs, run);
-                print_ratio_row(name, size, inflight, &o, raw, &ratios);
+                let round = alternate(dir, rounds, (size + 48) * inflight, inflight, secs, run, None);
+                print_ratio_row(name, size, inflight, &round);
             }
         }
     }

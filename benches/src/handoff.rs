@@ -1,0 +1,194 @@
+//! The hand-off probe: the best a group commit can do for appenders that each wait for
+//! their own append, measured on this machine in the same run as the log.
+//!
+//! The raw probe ([`crate::raw_disk_probe_in`]) writes and syncs whole batches from one
+//! thread: it never hands a record from an appender to a committer and back. Appenders that
+//! wait for their append do, once per commit each way, and on a virtual machine a thread
+//! wake-up costs a fair part of an `fdatasync`. This probe keeps the hand-off and drops
+//! everything else a log does: `appenders` tasks or threads append a record each and wait,
+//! in a loop; one committer thread waits until *all* of them have appended (the best batch
+//! a closed loop can make, which no log can know in advance), writes their bytes with one
+//! `pwrite` and syncs them with one `fdatasync`, then wakes them all. No framing, checksum,
+//! index or queue limit.
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+/// How the appenders of [`handoff_probe`] wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appenders {
+    /// Tokio tasks on a multi-threaded runtime (one worker per core), `.await`ing.
+    Tasks,
+    /// OS threads, blocked until woken.
+    Threads,
+}
+
+/// The file region the probe overwrites in turn: written full of zeros and synced first,
+/// like the log's preallocated segments, so that a sync carries data and not a file size.
+const REGION: u64 = 64 << 20;
+
+struct Round {
+    waiting: Vec<oneshot::Sender<()>>,
+    stop: bool,
+}
+
+struct Shared {
+    round: Mutex<Round>,
+    full: Condvar,
+    appenders: usize,
+}
+
+impl Shared {
+    /// Queues one append; the committer is told when every appender has one queued. Once
+    /// the probe stops, the append fails at once (the committer may be gone).
+    fn append(&self) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        let mut r = self.round.lock().unwrap_or_else(|p| p.into_inner());
+        if r.stop {
+            return rx;
+        }
+        r.waiting.push(tx);
+        if r.waiting.len() >= self.appenders {
+            self.full.notify_one();
+        }
+        rx
+    }
+}
+
+/// Runs `appenders` appenders of `record_bytes` each (as wide as a log record of that
+/// payload: `frame_bytes` more) for `secs` seconds through one committer thread that
+/// syncs every commit, in a file in `dir`. Returns appends per second.
+pub fn handoff_probe(
+    dir: &Path,
+    how: Appenders,
+    appenders: usize,
+    record_bytes: usize,
+    frame_bytes: usize,
+    secs: f64,
+) -> std::io::Result<f64> {
+    let appenders = appenders.max(1);
+    let path = dir.join("handoff-probe.bin");
+    let file = OpenOptions::new().create(true).truncate(true).read(true).write(true).open(&path)?;
+    let zeros = vec![0u8; 1 << 20];
+    for at in (0..REGION).step_by(zeros.len()) {
+        file.write_all_at(&zeros, at)?;
+    }
+    file.sync_all()?;
+    let shared = Arc::new(Shared {
+        round: Mutex::new(Round { waiting: Vec::with_capacity(appenders), stop: false }),
+        full: Condvar::new(),
+        appenders,
+    });
+    let committer = {
+        let shared = shared.clone();
+        let batch = vec![0x5au8; (record_bytes + frame_bytes) * appenders];
+        std::thread::spawn(move || -> std::io::Result<()> {
+            let mut pos = 0u64;
+            loop {
+                let waiting = {
+                    let mut r = shared.round.lock().unwrap_or_else(|p| p.into_inner());
+                    while r.waiting.len() < shared.appenders && !r.stop {
+                        r = shared.full.wait(r).unwrap_or_else(|p| p.into_inner());
+                    }
+                    if r.stop && r.waiting.is_empty() {
+                        return Ok(());
+                    }
+                    std::mem::take(&mut r.waiting)
+                };
+                let bytes = &batch[..(record_bytes + frame_bytes) * waiting.len()];
+                if pos + bytes.len() as u64 > REGION {
+                    pos = 0;
+                }
+                file.write_all_at(bytes, pos)?;
+                file.sync_data()?;
+                pos += bytes.len() as u64;
+                for w in waiting {
+                    let _ = w.send(());
+                }
+            }
+        })
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    match how {
+        Appenders::Tasks => {
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            rt.block_on(async {
+                let running: Vec<_> = (0..appenders)
+                    .map(|_| {
+                        let (shared, stop, count) = (shared.clone(), stop.clone(), count.clone());
+                        tokio::spawn(async move {
+                            while !stop.load(Ordering::Relaxed) {
+                                if shared.append().await.is_err() {
+                                    break;
+                                }
+                                count.fetch_add(1, Ordering::Relaxed);
+                            }
+                        })
+                    })
+                    .collect();
+                tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+                stop.store(true, Ordering::Relaxed);
+                finish(&shared);
+                for r in running {
+                    let _ = r.await;
+                }
+            });
+        }
+        Appenders::Threads => {
+            let running: Vec<_> = (0..appenders)
+                .map(|_| {
+                    let (shared, stop, count) = (shared.clone(), stop.clone(), count.clone());
+                    std::thread::spawn(move || {
+                        while !stop.load(Ordering::Relaxed) {
+                            if shared.append().blocking_recv().is_err() {
+                                break;
+                            }
+                            count.fetch_add(1, Ordering::Relaxed);
+                        }
+                    })
+                })
+                .collect();
+            std::thread::sleep(Duration::from_secs_f64(secs));
+            stop.store(true, Ordering::Relaxed);
+            finish(&shared);
+            for r in running {
+                let _ = r.join();
+            }
+        }
+    }
+    let elapsed = start.elapsed();
+    let done = committer.join().unwrap_or_else(|_| Err(std::io::Error::other("the committer thread panicked")));
+    std::fs::remove_file(&path)?;
+    done?;
+    Ok(count.load(Ordering::Relaxed) as f64 / elapsed.as_secs_f64())
+}
+
+/// Stops the committer once it has committed what is queued: appenders still waiting are
+/// completed by that last commit.
+fn finish(shared: &Shared) {
+    shared.round.lock().unwrap_or_else(|p| p.into_inner()).stop = true;
+    shared.full.notify_one();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tasks_and_threads_make_progress_and_stop() {
+        let dir = tempfile::tempdir().unwrap();
+        for how in [Appenders::Tasks, Appenders::Threads] {
+            let rate = handoff_probe(dir.path(), how, 4, 128, 48, 0.2).unwrap();
+            assert!(rate > 0.0, "{how:?}: no append completed");
+        }
+        assert!(!dir.path().join("handoff-probe.bin").exists(), "the probe file is removed");
+    }
+}
