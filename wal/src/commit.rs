@@ -1,10 +1,11 @@
 //! Group commit: the queue between appenders and a shard's single writer.
 //!
-//! Appenders [`CommitQueue::submit`] a request and get a [`Completion`]. The writer takes
-//! *everything* pending in one go ([`CommitQueue::take_batch`]), hands it to a
-//! [`BatchSink`] which writes it with one write and one sync, and then completes every
-//! waiter in submission order, each exactly once. So throughput grows with the number of
-//! concurrent appenders while latency stays near one `fdatasync`.
+//! Appenders submit a request ([`CommitQueue::submit_or_commit`]) and get a
+//! [`Completion`]. The writer takes *everything* pending in one go
+//! ([`CommitQueue::take_batch`]), hands it to a [`BatchSink`] which writes it with one
+//! write and one sync, and then completes every waiter in submission order, each exactly
+//! once. So throughput grows with the number of concurrent appenders while latency stays
+//! near one `fdatasync`.
 //!
 //! A waiter that blocks a thread ([`Completion::wait`]) does not always hand the work to
 //! the writer: when no commit is under way and the batch is ready, it commits the queue
@@ -48,7 +49,7 @@ pub struct Completion<T> {
 }
 
 /// Lets a thread blocked on its append commit the queued batch itself instead of waking
-/// the writer and sleeping until the writer wakes it ([`CommitQueue::lead`]).
+/// the writer and sleeping until the writer wakes it ([`CommitQueue::try_lead`]).
 pub(crate) trait Lead: Send + Sync {
     /// Commits the batch queued now on the calling thread if no commit is under way and the
     /// batch is ready to go; whether it did.
@@ -75,11 +76,7 @@ where
     S::Out: Send + 'static,
 {
     fn lead(&self) -> bool {
-        let led = self.queue.lead(&self.sink);
-        if led {
-            self.led.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
-        led
+        self.try_lead() == Led::Committed
     }
 
     fn hand_over(&self) {
@@ -87,17 +84,25 @@ where
     }
 
     fn lead_or_hand_over(&self) -> bool {
-        match self.queue.try_lead(&self.sink) {
-            Led::Committed => {
-                self.led.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                true
-            }
+        match self.try_lead() {
+            Led::Committed => true,
             Led::Busy => {
                 self.queue.hand_over();
                 false
             }
             Led::Empty | Led::Gathering => false,
         }
+    }
+}
+
+impl<R: Weighted, S: BatchSink<R>> Committer<R, S> {
+    /// [`CommitQueue::try_lead`], counted.
+    fn try_lead(&self) -> Led {
+        let led = self.queue.try_lead(&self.sink);
+        if led == Led::Committed {
+            self.led.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        led
     }
 }
 
@@ -255,7 +260,7 @@ struct QueueState<R, T> {
     /// How the next batch should gather, set by the last commit (see [`Gather`]).
     #[cfg_attr(loom, allow(dead_code))]
     gather: Option<Gather>,
-    /// The last batch was committed by a waiting thread ([`CommitQueue::lead`]): one will
+    /// The last batch was committed by a waiting thread ([`CommitQueue::try_lead`]): one will
     /// likely commit the next too, so submissions do not wake the writer, which looks at
     /// the queue only every [`LEAD_PATIENCE`] (taking what no leader took by then).
     led: bool,
@@ -472,12 +477,7 @@ impl<R: Weighted, T> CommitQueue<R, T> {
     }
 
     /// Commits the batch queued now on the calling thread, as the writer would, if the sink
-    /// is free, no batch is in flight and the batch is ready (see [`Lead`]).
-    pub(crate) fn lead<S: BatchSink<R, Out = T>>(&self, sink: &Mutex<S>) -> bool {
-        self.try_lead(sink) == Led::Committed
-    }
-
-    /// [`CommitQueue::lead`], telling why it did not commit.
+    /// is free, no batch is in flight and the batch is ready (see [`Lead`]); or says why not.
     pub(crate) fn try_lead<S: BatchSink<R, Out = T>>(&self, sink: &Mutex<S>) -> Led {
         let Ok(mut s) = sink.try_lock() else { return Led::Busy };
         let max_bytes = s.max_batch_bytes();
@@ -596,7 +596,7 @@ impl<R: Weighted, T> CommitQueue<R, T> {
 
     /// Commits `req` on the calling thread when that cannot reorder it: the sink is free,
     /// nothing is queued or being committed, and the sink agrees
-    /// ([`BatchSink::commit_inline`]); otherwise queues it like [`CommitQueue::submit`].
+    /// ([`BatchSink::commit_inline`]); otherwise queues it for the writer.
     ///
     /// A commit without a sync costs a few microseconds of `write`; handing it to the
     /// writer thread and back costs two thread wake-ups, which on a loaded machine are most
