@@ -6,7 +6,8 @@
 //! Each scenario runs for `--secs` (default 3) or 2 000 000 appends, whichever comes first.
 //! `pipelined` and `tasks` run each `sync = always` row `WAL_BENCH_ROUNDS` times (default 3),
 //! each round followed by the raw probe, and report the median round. `WAL_BENCH_SIZES` and
-//! `WAL_BENCH_CONCURRENCY` (comma-separated) pick rows. `tasks` runs each row twice: on a
+//! `WAL_BENCH_CONCURRENCY` (comma-separated) pick rows, `WAL_BENCH_SYNCS` the sync modes of
+//! `append` (`always,interval,none`). `tasks` runs each row twice: on a
 //! plain runtime, and with workers that commit when idle (`WAL_BENCH_IDLE_COMMIT=0`: plain only).
 //! `tasks` and `append` (`always`) also run the hand-off probe ([`promptmq_benches::handoff`]):
 //! the same appenders through a committer that only waits for all of them, writes and syncs,
@@ -265,6 +266,12 @@ fn sizes() -> Vec<usize> {
     list_env("WAL_BENCH_SIZES", &[128, 1024])
 }
 
+/// Whether the `append` scenario runs sync mode `name` (`WAL_BENCH_SYNCS=always,interval,none`,
+/// the default; matched by prefix, so that e.g. a profile sees one mode only).
+fn syncs_wanted(name: &str) -> bool {
+    std::env::var("WAL_BENCH_SYNCS").map_or(true, |v| v.split(',').any(|w| !w.is_empty() && name.starts_with(w.trim())))
+}
+
 /// Appenders / appends in flight of the append scenarios (`WAL_BENCH_CONCURRENCY=1,8,64`).
 fn concurrency() -> Vec<usize> {
     list_env("WAL_BENCH_CONCURRENCY", &[1, 8, 64])
@@ -382,6 +389,9 @@ fn appends(dir: &std::path::Path, log_dir: &std::path::Path, secs: f64) {
         ("interval(5ms)", SyncMode::Interval(Duration::from_millis(5))),
         ("none", SyncMode::None),
     ] {
+        if !syncs_wanted(name) {
+            continue;
+        }
         for size in sizes() {
             for writers in concurrency() {
                 let o = run_appends(log_dir, sync, size, writers, secs);
