@@ -9,7 +9,8 @@
 //! in a loop; one committer thread waits until *all* of them have appended (the best batch
 //! a closed loop can make, which no log can know in advance), writes their bytes with one
 //! `pwrite` and syncs them with one `fdatasync`, then wakes them all. No framing, checksum,
-//! index or queue limit.
+//! index or queue limit. Like the raw probe, it writes into a zero-filled file or a growing
+//! one, to match the log it is compared with.
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
@@ -29,8 +30,9 @@ pub enum Appenders {
     Threads,
 }
 
-/// The file region the probe overwrites in turn: written full of zeros and synced first,
-/// like the log's preallocated segments, so that a sync carries data and not a file size.
+/// The file region a `zeroed` probe overwrites in turn: written full of zeros and synced
+/// first, like the log's preallocated segments, so that a sync carries data and not a file
+/// size.
 const REGION: u64 = 64 << 20;
 
 struct Round {
@@ -61,25 +63,36 @@ impl Shared {
     }
 }
 
-/// Runs `appenders` appenders of `record_bytes` each (as wide as a log record of that
-/// payload: `frame_bytes` more) for `secs` seconds through one committer thread that
-/// syncs every commit, in a file in `dir`. Returns appends per second.
-pub fn handoff_probe(
-    dir: &Path,
-    how: Appenders,
-    appenders: usize,
-    record_bytes: usize,
-    frame_bytes: usize,
-    secs: f64,
-) -> std::io::Result<f64> {
+/// What [`handoff_probe`] runs.
+#[derive(Debug, Clone, Copy)]
+pub struct Handoff {
+    /// How the appenders wait.
+    pub how: Appenders,
+    /// How many append in the loop.
+    pub appenders: usize,
+    /// Bytes of each append: a log record's payload...
+    pub record_bytes: usize,
+    /// ...and its framing.
+    pub frame_bytes: usize,
+    /// Into a zero-filled region (as a log with preallocated segments writes) rather than a
+    /// growing file.
+    pub zeroed: bool,
+}
+
+/// Runs the appenders of `h` for `secs` seconds through one committer thread that syncs
+/// every commit, in a file in `dir`. Returns appends per second.
+pub fn handoff_probe(dir: &Path, h: Handoff, secs: f64) -> std::io::Result<f64> {
+    let Handoff { how, appenders, record_bytes, frame_bytes, zeroed } = h;
     let appenders = appenders.max(1);
     let path = dir.join("handoff-probe.bin");
     let file = OpenOptions::new().create(true).truncate(true).read(true).write(true).open(&path)?;
-    let zeros = vec![0u8; 1 << 20];
-    for at in (0..REGION).step_by(zeros.len()) {
-        file.write_all_at(&zeros, at)?;
+    if zeroed {
+        let zeros = vec![0u8; 1 << 20];
+        for at in (0..REGION).step_by(zeros.len()) {
+            file.write_all_at(&zeros, at)?;
+        }
+        file.sync_all()?;
     }
-    file.sync_all()?;
     let shared = Arc::new(Shared {
         round: Mutex::new(Round { waiting: Vec::with_capacity(appenders), stop: false }),
         full: Condvar::new(),
@@ -102,7 +115,7 @@ pub fn handoff_probe(
                     std::mem::take(&mut r.waiting)
                 };
                 let bytes = &batch[..(record_bytes + frame_bytes) * waiting.len()];
-                if pos + bytes.len() as u64 > REGION {
+                if zeroed && pos + bytes.len() as u64 > REGION {
                     pos = 0;
                 }
                 file.write_all_at(bytes, pos)?;
@@ -185,8 +198,9 @@ mod tests {
     #[test]
     fn tasks_and_threads_make_progress_and_stop() {
         let dir = tempfile::tempdir().unwrap();
-        for how in [Appenders::Tasks, Appenders::Threads] {
-            let rate = handoff_probe(dir.path(), how, 4, 128, 48, 0.2).unwrap();
+        for (how, zeroed) in [(Appenders::Tasks, true), (Appenders::Threads, false)] {
+            let h = Handoff { how, appenders: 4, record_bytes: 128, frame_bytes: 48, zeroed };
+            let rate = handoff_probe(dir.path(), h, 0.2).unwrap();
             assert!(rate > 0.0, "{how:?}: no append completed");
         }
         assert!(!dir.path().join("handoff-probe.bin").exists(), "the probe file is removed");

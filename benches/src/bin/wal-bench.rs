@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use promptmq_benches::handoff::Appenders;
+use promptmq_benches::handoff::{Appenders, Handoff};
 use promptmq_benches::{percentile, process_cpu, raw_disk_probe, raw_disk_probe_in};
 use promptmq_wal::{Options, SyncMode, Wal};
 
@@ -234,7 +234,7 @@ fn alternate(
         let batches = ((secs * 2000.0) as usize).clamp(200, 20_000);
         let (el, _) = raw_disk_probe_in(dir, batch_bytes, batches, true, preallocating()).expect("probe");
         let raw = (batches * batch_records) as f64 / el.as_secs_f64();
-        let handoff = handoff.map(|(how, size)| handoff_rate(dir, how, batch_records, size, secs));
+        let handoff = handoff.map(|(how, size)| handoff_rate(dir, how, batch_records, size, secs, preallocating()));
         done.push((rate / raw, raw, handoff, o));
     }
     done.sort_by(|a, b| a.0.total_cmp(&b.0));
@@ -255,9 +255,11 @@ struct Round {
 }
 
 /// The hand-off probe ([`promptmq_benches::handoff`]): the same appenders as the WAL's run,
-/// through a committer that does nothing but wait for all of them, write and sync.
-fn handoff_rate(dir: &std::path::Path, how: Appenders, appenders: usize, size: usize, secs: f64) -> f64 {
-    promptmq_benches::handoff::handoff_probe(dir, how, appenders, size, 48, secs).expect("hand-off probe")
+/// through a committer that does nothing but wait for all of them, write and sync, into the
+/// same kind of file as the raw probe it sits next to (`zeroed` or growing).
+fn handoff_rate(dir: &std::path::Path, how: Appenders, appenders: usize, size: usize, secs: f64, zeroed: bool) -> f64 {
+    let h = Handoff { how, appenders, record_bytes: size, frame_bytes: 48, zeroed };
+    promptmq_benches::handoff::handoff_probe(dir, h, secs).expect("hand-off probe")
 }
 
 /// Record sizes of the append scenarios (`WAL_BENCH_SIZES=128,1024`, the default), so that
@@ -402,7 +404,9 @@ fn appends(dir: &std::path::Path, log_dir: &std::path::Path, secs: f64) {
                 let (raw, handoff) = if sync == SyncMode::Always {
                     let batches = ((secs * 2000.0) as usize).clamp(200, 20_000);
                     let (el, _) = raw_disk_probe(dir, record_bytes * writers, batches, true).expect("probe");
-                    let handoff = handoff_rate(dir, Appenders::Threads, writers, size, secs);
+                    // Like the raw probe: the threads' log writes its first segment, a
+                    // growing file.
+                    let handoff = handoff_rate(dir, Appenders::Threads, writers, size, secs, false);
                     (Some((batches * writers) as f64 / el.as_secs_f64()), Some(handoff))
                 } else {
                     (None, None)
