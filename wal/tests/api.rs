@@ -151,6 +151,55 @@ fn tasks_on_a_runtime_whose_idle_workers_commit_get_dense_ordered_offsets() {
     }
 }
 
+/// A worker that commits in its park hook wakes the tasks from there, where tokio counts it
+/// as running. On a runtime with no timers and no I/O, nothing else would ever wake a worker
+/// that then slept with those tasks queued: every round must still finish (also with one
+/// worker, where the hook blocks the runtime's only thread for each commit).
+#[test]
+fn tasks_woken_by_an_idle_workers_commit_are_always_run() {
+    for workers in [1usize, 2, 3] {
+        for round in 0..5 {
+            let dir = tempfile::tempdir().unwrap();
+            let wal = Wal::open(dir.path(), Options::default().shards(2)).unwrap();
+            let idle = wal.clone();
+            // No `enable_time` / `enable_io`: no driver event can hide a missed wake-up.
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(workers)
+                .on_thread_park(move || {
+                    idle.commit_ready();
+                })
+                .build()
+                .unwrap();
+            let streams: Vec<_> = (0..3).map(|i| wal.stream(&format!("s{i}")).unwrap()).collect();
+            let (done, finished) = std::sync::mpsc::channel();
+            let appender = wal.clone();
+            let runner = std::thread::spawn(move || {
+                rt.block_on(async move {
+                    let tasks: Vec<_> = (0..8)
+                        .map(|t| {
+                            let (wal, s) = (appender.clone(), streams[t % 3].clone());
+                            tokio::spawn(async move {
+                                for i in 0..200u32 {
+                                    wal.append(&s, i.to_string()).await.unwrap();
+                                }
+                            })
+                        })
+                        .collect();
+                    for t in tasks {
+                        t.await.unwrap();
+                    }
+                });
+                let _ = done.send(());
+            });
+            finished
+                .recv_timeout(Duration::from_secs(30))
+                .unwrap_or_else(|_| panic!("{workers} workers, round {round}: woken tasks were never run"));
+            runner.join().unwrap();
+            assert!(wal.stats().batches_led > 0, "{workers} workers, round {round}: no idle commit");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn async_appends_and_tail() {
     let dir = tempfile::tempdir().unwrap();
