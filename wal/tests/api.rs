@@ -80,16 +80,19 @@ fn concurrent_appenders_get_dense_ordered_offsets() {
     assert!(recs.iter().enumerate().all(|(i, r)| r.offset == i as u64));
     // Each thread's records appear in its own order.
     for t in 0..8 {
-        let mine: Vec<u64> = recs
-            .iter()
-            .filter_map(|r| {
-                let p = std::str::from_utf8(&r.payload).unwrap();
-                let (a, b) = p.split_once(':').unwrap();
-                (a == t.to_string()).then(|| b.parse().unwrap())
-            })
-            .collect();
-        assert_eq!(mine, (0..100).collect::<Vec<_>>());
+        assert_eq!(sequence_of(&recs, t), (0..100).collect::<Vec<_>>());
     }
+}
+
+/// The sequence numbers, in log order, of the records appender `who` wrote as
+/// `"<who>:<n>"`.
+fn sequence_of(recs: &[promptmq_wal::Record], who: usize) -> Vec<u64> {
+    recs.iter()
+        .filter_map(|r| {
+            let (a, b) = std::str::from_utf8(&r.payload).unwrap().split_once(':').unwrap();
+            (a == who.to_string()).then(|| b.parse().unwrap())
+        })
+        .collect()
 }
 
 /// Tasks on a runtime whose idle workers commit (`Wal::commit_ready` on park) get the same
@@ -139,14 +142,7 @@ fn tasks_on_a_runtime_whose_idle_workers_commit_get_dense_ordered_offsets() {
         assert_eq!(recs.len() as u64, EACH * (TASKS / streams.len()) as u64);
         assert!(recs.iter().enumerate().all(|(i, r)| r.offset == i as u64));
         for t in (i..TASKS).step_by(streams.len()) {
-            let mine: Vec<u64> = recs
-                .iter()
-                .filter_map(|r| {
-                    let (a, b) = std::str::from_utf8(&r.payload).unwrap().split_once(':').unwrap();
-                    (a == t.to_string()).then(|| b.parse().unwrap())
-                })
-                .collect();
-            assert_eq!(mine, (0..EACH).collect::<Vec<_>>(), "task {t}");
+            assert_eq!(sequence_of(&recs, t), (0..EACH).collect::<Vec<_>>(), "task {t}");
         }
     }
 }
