@@ -561,8 +561,16 @@ impl Wal {
     /// It blocks the calling thread for the commit: a write and, under
     /// [`SyncMode::Always`](crate::SyncMode::Always), an `fdatasync` (now and then also a
     /// segment roll or an index checkpoint). At most one thread at a time commits through
-    /// it; the others return 0 at once. So use it only on a runtime with more than one
-    /// worker: the others keep running tasks while the disk is slow.
+    /// it; the others return 0 at once. Two ways to use it:
+    /// - On a multi-threaded runtime, as below: the other workers keep running tasks while
+    ///   one waits for the disk.
+    /// - On a current-thread runtime given to appending (an ingest loop, one runtime per
+    ///   core): the runtime becomes the group-commit loop. Its tasks run until each waits
+    ///   for an append, then its thread commits them all with one write and one sync, and
+    ///   runs them again. That saves both wake-ups; on a 2-vCPU VM, 8 tasks made 87–92 % of
+    ///   the appends per second of a plain write-and-`fdatasync` loop. But nothing else on
+    ///   that runtime runs during a sync (100 µs to milliseconds): keep latency-sensitive
+    ///   work such as a server's sockets off it.
     ///
     /// After a commit made this way, the writer stops waking for each append: it expects
     /// the next idle worker to commit, looks at the queue every 250 µs, and takes what no

@@ -149,18 +149,25 @@ fn tasks_on_a_runtime_whose_idle_workers_commit_get_dense_ordered_offsets() {
 
 /// A worker that commits in its park hook wakes the tasks from there, where tokio counts it
 /// as running. On a runtime with no timers and no I/O, nothing else would ever wake a worker
-/// that then slept with those tasks queued: every round must still finish (also with one
-/// worker, where the hook blocks the runtime's only thread for each commit).
+/// that then slept with those tasks queued: every round must still finish — on 1, 2 and 3
+/// workers, and on a current-thread runtime, whose only thread is blocked for each commit.
 #[test]
 fn tasks_woken_by_an_idle_workers_commit_are_always_run() {
-    for workers in [1usize, 2, 3] {
+    // 0: a current-thread runtime.
+    for workers in [0usize, 1, 2, 3] {
         for round in 0..5 {
             let dir = tempfile::tempdir().unwrap();
             let wal = Wal::open(dir.path(), Options::default().shards(2)).unwrap();
             let idle = wal.clone();
+            let mut builder = if workers == 0 {
+                tokio::runtime::Builder::new_current_thread()
+            } else {
+                let mut b = tokio::runtime::Builder::new_multi_thread();
+                b.worker_threads(workers);
+                b
+            };
             // No `enable_time` / `enable_io`: no driver event can hide a missed wake-up.
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(workers)
+            let rt = builder
                 .on_thread_park(move || {
                     idle.commit_ready();
                 })
@@ -187,11 +194,14 @@ fn tasks_woken_by_an_idle_workers_commit_are_always_run() {
                 });
                 let _ = done.send(());
             });
-            finished
-                .recv_timeout(Duration::from_secs(30))
-                .unwrap_or_else(|_| panic!("{workers} workers, round {round}: woken tasks were never run"));
+            finished.recv_timeout(Duration::from_secs(30)).unwrap_or_else(|_| {
+                panic!("{workers} workers (0: current thread), round {round}: woken tasks were never run")
+            });
             runner.join().unwrap();
-            assert!(wal.stats().batches_led > 0, "{workers} workers, round {round}: no idle commit");
+            assert!(
+                wal.stats().batches_led > 0,
+                "{workers} workers (0: current thread), round {round}: no idle commit"
+            );
         }
     }
 }

@@ -7,8 +7,9 @@
 //! `pipelined` and `tasks` run each `sync = always` row `WAL_BENCH_ROUNDS` times (default 3),
 //! each round followed by the raw probe, and report the median round. `WAL_BENCH_SIZES` and
 //! `WAL_BENCH_CONCURRENCY` (comma-separated) pick rows, `WAL_BENCH_SYNCS` the sync modes of
-//! `append` (`always,interval,none`). `tasks` runs each row twice: on a
-//! plain runtime, and with workers that commit when idle (`WAL_BENCH_IDLE_COMMIT=0`: plain only).
+//! `append` (`always,interval,none`). `tasks` runs each row on three runtimes
+//! (`WAL_BENCH_RUNTIMES=plain,idle,current` picks): multi-threaded, multi-threaded with
+//! workers that commit when idle, and current-thread committing when idle.
 //! `tasks` and `append` (`always`) also run the hand-off probe ([`promptmq_benches::handoff`]):
 //! the same appenders through a committer that only waits for all of them, writes and syncs,
 //! i.e. what the hand-off between appenders and a committer thread alone costs here.
@@ -156,22 +157,60 @@ fn open_steady(dir: &std::path::Path, sync: SyncMode) -> (Wal, promptmq_wal::Str
     (wal, stream)
 }
 
-/// `tasks` tokio tasks on a multi-threaded runtime (one worker per core), each appending
-/// and awaiting its append in a loop: how an async server uses the log. With `idle_commit`,
-/// a worker about to park commits what is ready ([`Wal::commit_ready`]).
+/// The tokio runtime the `tasks` scenario's appenders run on.
+#[derive(Clone, Copy, PartialEq)]
+enum TaskRuntime {
+    /// Multi-threaded (one worker per core); the shard's writer commits.
+    Plain,
+    /// Multi-threaded; a worker about to park commits what is ready ([`Wal::commit_ready`]).
+    IdleCommit,
+    /// Current-thread; the runtime's thread commits what is ready each time it runs out of
+    /// tasks: the runtime is the group-commit loop.
+    CurrentThread,
+}
+
+impl TaskRuntime {
+    /// Which `WAL_BENCH_RUNTIMES=plain,idle,current` (the default) names.
+    fn wanted() -> Vec<TaskRuntime> {
+        let all =
+            [("plain", TaskRuntime::Plain), ("idle", TaskRuntime::IdleCommit), ("current", TaskRuntime::CurrentThread)];
+        let picked = std::env::var("WAL_BENCH_RUNTIMES").unwrap_or_default();
+        let v: Vec<_> =
+            all.iter().filter(|(n, _)| picked.split(',').any(|p| p.trim() == *n)).map(|(_, r)| *r).collect();
+        if v.is_empty() {
+            all.iter().map(|(_, r)| *r).collect()
+        } else {
+            v
+        }
+    }
+
+    fn label(self, tasks: usize) -> String {
+        match self {
+            TaskRuntime::Plain => tasks.to_string(),
+            TaskRuntime::IdleCommit => format!("{tasks}, idle workers commit"),
+            TaskRuntime::CurrentThread => format!("{tasks}, current thread commits when idle"),
+        }
+    }
+}
+
+/// `tasks` tokio tasks, each appending and awaiting its append in a loop: how an async
+/// server uses the log, on the runtime `runtime` says.
 fn run_tasks(
     dir: &std::path::Path,
     sync: SyncMode,
     size: usize,
     tasks: usize,
     secs: f64,
-    idle_commit: bool,
+    runtime: TaskRuntime,
 ) -> Outcome {
     let (wal, stream) = open_steady(dir, sync);
     let payload = bytes::Bytes::from(vec![0xabu8; size]);
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    let mut builder = match runtime {
+        TaskRuntime::CurrentThread => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
     builder.enable_all();
-    if idle_commit {
+    if runtime != TaskRuntime::Plain {
         let idle = wal.clone();
         builder.on_thread_park(move || {
             idle.commit_ready();
@@ -209,7 +248,7 @@ fn run_tasks(
     });
     let elapsed = start.elapsed();
     drop(rt);
-    report_batches(&wal, &format!("tasks {size} B x{tasks}{}", if idle_commit { ", idle commit" } else { "" }));
+    report_batches(&wal, &format!("tasks {size} B x{}", runtime.label(tasks)));
     wal.close().expect("close");
     Outcome { records: lats.len() as u64, elapsed, p50: percentile(&mut lats, 50.0), p99: percentile(&mut lats, 99.0) }
 }
@@ -309,31 +348,25 @@ fn print_ratio_row(sync: &str, size: usize, concurrency: impl std::fmt::Display,
 }
 
 /// Concurrent async appenders (tokio tasks), `sync = always`, in rounds against the raw probe:
-/// each row as the plain runtime runs it, then with workers that commit when idle
-/// ([`Wal::commit_ready`] on park; `WAL_BENCH_IDLE_COMMIT=0` leaves those rows out).
+/// each row on each [`TaskRuntime`] (`WAL_BENCH_RUNTIMES` picks some).
 fn tasks(dir: &std::path::Path, log_dir: &std::path::Path, secs: f64) {
     let rounds = rounds();
-    let variants: &[bool] = match std::env::var("WAL_BENCH_IDLE_COMMIT").as_deref() {
-        Ok("0") => &[false],
-        _ => &[false, true],
-    };
     println!("\n{rounds} rounds per row, each: the WAL for --secs, the raw probe, then the hand-off probe for --secs; the median round by WAL / raw, and every round's WAL / raw");
     println!("| sync | record | tasks | appends/s | p50 µs | p99 µs | raw disk appends/s (same batch) | WAL / raw | ratios of all rounds | hand-off probe appends/s | WAL / hand-off |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for size in sizes() {
         for n in concurrency() {
-            for &idle_commit in variants {
+            for runtime in TaskRuntime::wanted() {
                 let round = alternate(
                     dir,
                     rounds,
                     (size + 48) * n,
                     n,
                     secs,
-                    || run_tasks(log_dir, SyncMode::Always, size, n, secs, idle_commit),
+                    || run_tasks(log_dir, SyncMode::Always, size, n, secs, runtime),
                     Some((Appenders::Tasks, size)),
                 );
-                let label = if idle_commit { format!("{n}, idle workers commit") } else { n.to_string() };
-                print_ratio_row("always", size, label, &round);
+                print_ratio_row("always", size, runtime.label(n), &round);
             }
         }
     }
