@@ -111,6 +111,8 @@ impl Monitor {
         counter!("promptmq_wal_fsyncs_total").absolute(w.syncs);
         // Rising with `storage.preallocate` on: segments fill faster than spares are made.
         counter!("promptmq_wal_segments_without_spare_total").absolute(w.segments_unprepared);
+        // Segments made from deleted ones: zeros saved.
+        counter!("promptmq_wal_segments_recycled_total").absolute(w.segments_recycled);
         if let Ok((segments, bytes)) = sh.store.disk_usage() {
             gauge!("promptmq_wal_segments").set(segments as f64);
             gauge!("promptmq_wal_segment_bytes").set(bytes as f64);

@@ -150,7 +150,10 @@ impl Wal {
                 report.segments_deleted += 1;
             }
         }
-        self.index().persist()?;
+        if report.records_expired > 0 || report.segments_deleted > 0 {
+            // A pass that changed nothing costs no sync.
+            self.index().persist()?;
+        }
         Ok(report)
     }
 
@@ -244,7 +247,16 @@ fn delete_segment(shared: &ShardShared, index: &Index, seg: u64) -> Result<u64> 
         let _excl = shared.maintenance.write().unwrap_or_else(|p| p.into_inner());
         shared.remove_segment(seg);
     }
-    std::fs::remove_file(&path).map_err(|e| Error::io("deleting", &path, e))?;
+    // Nothing reads it any more: its file may become the shard's next segment.
+    let recycled = shared.recycler.get().is_some_and(|r| {
+        r.offer(&path).unwrap_or_else(|e| {
+            tracing::warn!(segment = %path.display(), error = %e, "could not keep a deleted segment for reuse");
+            false
+        })
+    });
+    if !recycled {
+        std::fs::remove_file(&path).map_err(|e| Error::io("deleting", &path, e))?;
+    }
     std::fs::File::open(&shared.dir).and_then(|d| d.sync_all()).map_err(|e| Error::io("syncing", &shared.dir, e))?;
     index.delete_segment(shared.id, seg)?;
     tracing::info!(segment = %path.display(), bytes, "deleted a segment with nothing live");
@@ -411,8 +423,9 @@ pub(crate) fn remove_leftovers(shard_dir: &Path) -> Result<()> {
             let p = entry.path();
             tracing::info!(file = %p.display(), "removing an unfinished compaction output");
             std::fs::remove_file(&p).map_err(|e| Error::io("removing", &p, e))?;
-        } else if name == crate::spare::SPARE_NAME {
-            // Possibly half made when the process stopped: a new one is made when needed.
+        } else if name.ends_with(crate::spare::SPARE_EXTENSION) {
+            // A spare possibly half made when the process stopped, or a deleted segment
+            // waiting to be reused: new ones are made when needed.
             let p = entry.path();
             std::fs::remove_file(&p).map_err(|e| Error::io("removing", &p, e))?;
         }

@@ -133,8 +133,11 @@ impl Options {
     /// more syncs per second in a plain write-and-sync loop, 1.2–1.5× more appends per second
     /// through the log for small records (BENCHMARKS.md). Costs one spare segment of disk
     /// per shard (made while the active one fills, kept a quarter of a segment ahead of it),
-    /// and every segment is written twice (zeros first; see `spare`).
-    /// [`crate::WalStats::segments_unprepared`] counts the segments that found no spare ready.
+    /// and every segment is written twice (zeros first; see `spare`) — except where
+    /// retention or compaction deletes segments: their files are reused as spares (up to
+    /// two kept waiting per shard), old records and all, and need no zeros.
+    /// [`crate::WalStats::segments_unprepared`] counts the segments that found no spare
+    /// ready, [`crate::WalStats::segments_recycled`] those made from deleted segments.
     pub fn preallocate(mut self, on: bool) -> Self {
         self.preallocate = on;
         self

@@ -34,7 +34,7 @@ pub(crate) fn list_segments(shard_dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
             Some(lsn) => out.push((lsn, entry.path())),
             None if name.ends_with(crate::maintenance::TMP_EXTENSION)
                 || name.ends_with(".seg.bad")
-                || name == crate::spare::SPARE_NAME => {}
+                || name.ends_with(crate::spare::SPARE_EXTENSION) => {}
             None => {
                 tracing::warn!(file = %entry.path().display(), "ignoring a file that is not a segment")
             }

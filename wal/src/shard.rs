@@ -76,6 +76,8 @@ pub(crate) struct ShardShared {
     pub(crate) failed: std::sync::atomic::AtomicBool,
     /// Told about each group commit.
     pub(crate) observer: std::sync::OnceLock<Arc<dyn crate::CommitObserver>>,
+    /// Where maintenance hands deleted segments for reuse (with preallocation only).
+    pub(crate) recycler: std::sync::OnceLock<crate::spare::Recycler>,
     /// Segment first LSN → lazily opened read handle.
     segments: Mutex<BTreeMap<u64, Option<Arc<SegmentReader>>>>,
 }
@@ -89,6 +91,7 @@ impl ShardShared {
             stats: ShardStats::default(),
             failed: Default::default(),
             observer: std::sync::OnceLock::new(),
+            recycler: std::sync::OnceLock::new(),
             segments: Mutex::new(segments.into_iter().map(|s| (s, None)).collect()),
         }
     }
@@ -153,6 +156,7 @@ pub(crate) struct ShardStats {
     pub(crate) sync_nanos: std::sync::atomic::AtomicU64,
     pub(crate) segments: std::sync::atomic::AtomicU64,
     pub(crate) segments_unprepared: std::sync::atomic::AtomicU64,
+    pub(crate) segments_recycled: std::sync::atomic::AtomicU64,
     /// Batches committed by a thread other than the writer (see [`crate::commit::Lead`]).
     pub(crate) batches_led: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
@@ -212,6 +216,9 @@ impl Shard {
             }
             None => (None, start.next_lsn, 0),
         };
+        if let Some(s) = &spares {
+            let _ = shared.recycler.set(s.recycler());
+        }
         if let (Some(s), Some(_)) = (&spares, &file) {
             // A reopened log continues its active segment.
             s.segment_started(seg_len);
@@ -242,6 +249,7 @@ impl Shard {
             local: Default::default(),
             summary: start.summary,
             spares,
+            active_recycled: false,
             checkpointer: Checkpointer::start(index_for_checkpoints, shared.id)
                 .map_err(|e| Error::io("starting the checkpoint thread of", shared.dir.clone(), e))?,
             deferred: Default::default(),
@@ -337,6 +345,9 @@ struct ShardWriter {
     summary: SegSummary,
     /// Prepares the next segment (see [`crate::spare`]); `None` without preallocation.
     spares: Option<crate::spare::Spares>,
+    /// The active segment was made from a deleted segment's file: past `seg_len` it holds
+    /// old records (see `spare`), cut off before it is sealed or the log is closed.
+    active_recycled: bool,
     /// Commits checkpoints off this thread (see [`crate::checkpointer`]).
     checkpointer: Checkpointer,
     /// Streams holding finished index blocks back while a checkpoint is committed.
@@ -388,20 +399,49 @@ impl ShardWriter {
         self.sync_avg = (self.sync_avg * 7 + took) / 8;
     }
 
+    /// Cuts the active segment's file to its records. A segment made from a spare is
+    /// longer: zeros, which recovery reads as the end anyway (so failing to cut them costs
+    /// only space), or a reused segment's old records, which in a sealed segment recovery
+    /// would take for damage — those must be gone, durably, before the segment is sealed.
+    fn cut_to_records(&mut self) -> Result<()> {
+        let Some(file) = self.file.as_mut() else { return Ok(()) };
+        let path = segment_path(&self.shared.dir, self.seg_first);
+        if !std::fs::metadata(&path).is_ok_and(|m| m.len() > self.seg_len) {
+            return Ok(());
+        }
+        let cut = file.truncate(self.seg_len).and_then(|_| file.sync_data());
+        match cut {
+            Ok(()) => {
+                self.active_recycled = false;
+                Ok(())
+            }
+            Err(e) if self.active_recycled => Err(Error::io("cutting a reused segment's old records off", path, e)),
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "could not cut a sealed segment to its length");
+                Ok(())
+            }
+        }
+    }
+
     /// Seals the active segment (if any) and starts a new one at `next_lsn`.
     fn roll(&mut self) -> Result<()> {
         if self.file.is_some() && self.sync != SyncMode::None && self.synced_len < self.seg_len {
             self.sync_now()?;
         }
+        self.cut_to_records()?;
         let first = self.next_lsn;
         let path = segment_path(&self.shared.dir, first);
         let spare = self.spares.as_ref().map(|s| s.take());
+        let spare_recycled = matches!(&spare, Some(Some(s)) if s.recycled);
         self.shared.stats.segments.fetch_add(1, Ordering::Relaxed);
         if matches!(spare, Some(None)) {
             self.shared.stats.segments_unprepared.fetch_add(1, Ordering::Relaxed);
         }
+        if spare_recycled {
+            self.shared.stats.segments_recycled.fetch_add(1, Ordering::Relaxed);
+        }
         let mut f = match spare.flatten() {
-            Some(spare) => match std::fs::rename(&spare, &path).and_then(|_| self.backend.open(&path)) {
+            Some(spare) => match std::fs::rename(&spare.path, &path).and_then(|_| self.backend.open(&path)) {
                 Ok(f) => f,
                 Err(e) => {
                     tracing::warn!(file = %path.display(), error = %e, "could not use the spare segment; creating one");
@@ -432,17 +472,8 @@ impl ShardWriter {
             // it is not before the last committed checkpoint's.
             self.sealed_summaries.push((self.seg_first, std::mem::take(&mut self.summary)));
         }
-        if let Some(old) = self.file.as_mut() {
-            // A segment made from a spare ends in zeros: cut it to its records. Recovery
-            // would read the zeros as the end anyway, so a failure here costs only space.
-            let old_path = segment_path(&self.shared.dir, self.seg_first);
-            if std::fs::metadata(&old_path).is_ok_and(|m| m.len() > self.seg_len) {
-                if let Err(e) = old.truncate(self.seg_len) {
-                    tracing::warn!(file = %old_path.display(), error = %e, "could not cut a sealed segment to its length");
-                }
-            }
-        }
         self.file = Some(f);
+        self.active_recycled = spare_recycled;
         self.seg_first = first;
         self.seg_len = SEGMENT_HEADER_LEN as u64;
         if let Some(s) = &self.spares {
@@ -656,6 +687,12 @@ impl BatchSink<AppendReq> for ShardWriter {
         }
         if self.sync != SyncMode::None && self.synced_len < self.seg_len && self.sync_now().is_err() {
             return;
+        }
+        if self.active_recycled {
+            // Otherwise the next open would find the old records and cut them as a torn tail.
+            if let Err(e) = self.cut_to_records() {
+                tracing::warn!(error = %e, "closing: the next open will cut the rest of the reused segment");
+            }
         }
         self.checkpoint(true);
     }

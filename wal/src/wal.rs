@@ -184,6 +184,9 @@ pub struct WalStats {
     /// spare was not ready in time): their syncs also carry the file's growth. Many of them
     /// mean the log fills segments faster than spares are made: use larger segments.
     pub segments_unprepared: u64,
+    /// Segments made from the file of a segment that retention or compaction deleted
+    /// (with [`Options::preallocate`]): no zeros had to be written for them.
+    pub segments_recycled: u64,
     /// Batches committed on an appender's thread instead of the shard's writer thread: by
     /// a thread blocked in [`Completion::wait`], or through [`Wal::commit_ready`].
     pub batches_led: u64,
@@ -541,6 +544,7 @@ impl Wal {
             out.sync_time += std::time::Duration::from_nanos(st.sync_nanos.load(Ordering::Relaxed));
             out.segments += st.segments.load(Ordering::Relaxed);
             out.segments_unprepared += st.segments_unprepared.load(Ordering::Relaxed);
+            out.segments_recycled += st.segments_recycled.load(Ordering::Relaxed);
             out.batches_led += st.batches_led.load(Ordering::Relaxed);
         }
         out

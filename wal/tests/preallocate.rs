@@ -115,3 +115,94 @@ fn the_next_spare_is_made_as_a_segment_starts_and_segments_without_one_are_count
     assert!(st.segments_unprepared < st.segments, "the active segment came from a spare: {st:?}");
     wal.close().unwrap();
 }
+
+/// With retention deleting segments, their files become the next segments (no zeros
+/// written). The old records they still hold — valid records, checksums and all — never
+/// come back: not after a clean close, not after a crash with the reused segment half
+/// written, not in strict recovery.
+#[test]
+fn deleted_segments_are_reused_and_their_old_records_never_come_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = || {
+        Options::default()
+            .shards(1)
+            .segment_bytes(SEGMENT)
+            .preallocate(true)
+            .recovery(promptmq_wal::RecoveryMode::Strict)
+    };
+    let wal = Wal::open(dir.path(), opts()).unwrap();
+    let old = wal.stream("old").unwrap();
+    let new = wal.stream("new").unwrap();
+    // Old records, 300 bytes of b'O': several segments of them.
+    let mut olds = 0u64;
+    while wal.stats().segments < 6 {
+        wal.append(&old, vec![b'O'; 300]).wait().unwrap();
+        olds += 1;
+    }
+    wal.set_retention(&old, promptmq_wal::Retention { max_records: Some(1), ..promptmq_wal::Retention::FOREVER })
+        .unwrap();
+    // New records of another size (so they end between old ones), until a reused segment
+    // is the active one, with old records left beyond the new.
+    let payload = |i: u64| format!("new {i:08} ").repeat(9).into_bytes();
+    let mut news = 0u64;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        wal.apply_retention().unwrap();
+        let before = wal.stats().segments_recycled;
+        for _ in 0..20 {
+            assert_eq!(wal.append(&new, payload(news)).wait().unwrap(), news);
+            news += 1;
+        }
+        if wal.stats().segments_recycled > before {
+            break; // the roll just now took a reused segment
+        }
+        assert!(Instant::now() < deadline, "no segment was reused: {:?}", wal.stats());
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    // Past the zeroed start of the file, so that new records run straight into old ones.
+    for _ in 0..60 {
+        assert_eq!(wal.append(&new, payload(news)).wait().unwrap(), news);
+        news += 1;
+    }
+    let files = shard_files(dir.path());
+    let active = files.iter().rfind(|(f, _)| f.ends_with(".seg")).unwrap();
+    assert_eq!(active.1, SEGMENT, "the active segment is a reused file of the full size: {files:?}");
+    let data = std::fs::read(dir.path().join("shards").join("0000").join(&active.0)).unwrap();
+    assert!(data.windows(300).any(|w| w == [b'O'; 300]), "old records are still in the reused file");
+    // A crash now: copy the directory as it is.
+    let copy = tempfile::tempdir().unwrap();
+    let status = std::process::Command::new("cp").arg("-a").arg(dir.path().join(".")).arg(copy.path()).status();
+    assert!(status.unwrap().success());
+    std::fs::remove_file(copy.path().join("LOCK")).ok();
+    let first_old = old.first_offset();
+    wal.close().unwrap();
+    for (root, crashed) in [(dir.path(), false), (copy.path(), true)] {
+        let wal = Wal::open(root, opts()).unwrap();
+        let r = wal.recovery_report();
+        let shard = &r.shards[0];
+        assert!(shard.skipped.is_empty() && shard.removed.is_empty() && shard.orphan_records == 0, "{r:?}");
+        if crashed {
+            assert_eq!(shard.truncated.len(), 1, "the old records are cut off as a torn tail: {r:?}");
+            assert_eq!(shard.truncated[0].end, SEGMENT, "{r:?}");
+        } else {
+            assert!(r.is_clean(), "a clean close cut the old records off: {r:?}");
+        }
+        let (o, n) = (wal.lookup("old").unwrap(), wal.lookup("new").unwrap());
+        assert_eq!((o.next_offset(), n.next_offset()), (olds, news), "crashed: {crashed}");
+        let recs = wal.read(&n, 0, 100_000).unwrap();
+        assert_eq!(recs.len() as u64, news);
+        for (i, r) in recs.iter().enumerate() {
+            assert_eq!((r.offset, &r.payload[..]), (i as u64, &payload(i as u64)[..]));
+        }
+        let recs = wal.read(&o, first_old, 100_000).unwrap();
+        assert!(recs.iter().all(|r| r.payload[..] == [b'O'; 300][..]));
+        assert_eq!(recs.last().map(|r| r.offset), Some(olds - 1));
+        // The log goes on: appends after the reopen land and reopen clean.
+        assert_eq!(wal.append(&n, payload(news)).wait().unwrap(), news);
+        wal.close().unwrap();
+        let wal = Wal::open(root, opts()).unwrap();
+        assert!(wal.recovery_report().is_clean(), "{:?}", wal.recovery_report());
+        assert_eq!(wal.lookup("new").unwrap().next_offset(), news + 1);
+        wal.close().unwrap();
+    }
+}

@@ -10,6 +10,8 @@
 //! `append` (`always,interval,none`). `tasks` runs each row on three runtimes
 //! (`WAL_BENCH_RUNTIMES=plain,idle,current` picks): multi-threaded, multi-threaded with
 //! workers that commit when idle, and current-thread committing when idle.
+//! `WAL_BENCH_RETENTION=1` runs `pipelined` and `tasks` with retention keeping about two
+//! segments per stream, applied every 100 ms, so that deleted segments are reused as spares.
 //! `tasks` and `append` (`always`) also run the hand-off probe ([`promptmq_benches::handoff`]):
 //! the same appenders through a committer that only waits for all of them, writes and syncs,
 //! i.e. what the hand-off between appenders and a committer thread alone costs here.
@@ -20,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use promptmq_benches::handoff::{Appenders, Handoff};
 use promptmq_benches::{percentile, process_cpu, raw_disk_probe, raw_disk_probe_in};
-use promptmq_wal::{Options, SyncMode, Wal};
+use promptmq_wal::{Options, Retention, SyncMode, Wal};
 
 const MAX_APPENDS: u64 = 2_000_000;
 
@@ -73,7 +75,8 @@ fn run_appends(dir: &std::path::Path, sync: SyncMode, size: usize, writers: usiz
 /// One thread keeping `inflight` appends outstanding (as the broker's connections do):
 /// submit, and whenever `inflight` are pending, wait for the oldest.
 fn run_pipelined(dir: &std::path::Path, sync: SyncMode, size: usize, inflight: usize, secs: f64) -> Outcome {
-    let (wal, stream) = open_steady(dir, sync);
+    let steady = open_steady(dir, sync);
+    let (wal, stream) = (&steady.wal, &steady.stream);
     let payload = bytes::Bytes::from(vec![0xabu8; size]);
     let mut pending = std::collections::VecDeque::with_capacity(inflight);
     let mut lats = Vec::with_capacity(1 << 20);
@@ -81,7 +84,7 @@ fn run_pipelined(dir: &std::path::Path, sync: SyncMode, size: usize, inflight: u
     let mut submitted = 0u64;
     while start.elapsed().as_secs_f64() < secs && submitted < MAX_APPENDS {
         while pending.len() < inflight {
-            pending.push_back((Instant::now(), wal.append(&stream, payload.clone())));
+            pending.push_back((Instant::now(), wal.append(stream, payload.clone())));
             submitted += 1;
         }
         if let Some((t, c)) = pending.pop_front() {
@@ -94,8 +97,8 @@ fn run_pipelined(dir: &std::path::Path, sync: SyncMode, size: usize, inflight: u
         lats.push(t.elapsed());
     }
     let elapsed = start.elapsed();
-    report_batches(&wal, &format!("pipelined {size} B x{inflight}"));
-    wal.close().expect("close");
+    report_batches(wal, &format!("pipelined {size} B x{inflight}"));
+    steady.close();
     Outcome { records: lats.len() as u64, elapsed, p50: percentile(&mut lats, 50.0), p99: percentile(&mut lats, 99.0) }
 }
 
@@ -103,14 +106,15 @@ fn run_pipelined(dir: &std::path::Path, sync: SyncMode, size: usize, inflight: u
 fn report_batches(wal: &Wal, what: &str) {
     let st = wal.stats();
     eprintln!(
-        "  {what}: {} records in {} batches (avg {:.1}, {} not by the writer), avg fdatasync {:.0} µs, {} segments ({} without a spare)",
+        "  {what}: {} records in {} batches (avg {:.1}, {} not by the writer), avg fdatasync {:.0} µs, {} segments ({} without a spare, {} reused)",
         st.records,
         st.batches,
         st.records as f64 / st.batches.max(1) as f64,
         st.batches_led,
         st.sync_time.as_secs_f64() * 1e6 / st.syncs.max(1) as f64,
         st.segments,
-        st.segments_unprepared
+        st.segments_unprepared,
+        st.segments_recycled
     );
 }
 
@@ -125,12 +129,40 @@ fn segment_bytes() -> u64 {
     std::env::var("WAL_BENCH_SEGMENT_MB").ok().and_then(|m| m.parse().ok()).unwrap_or(16u64) << 20
 }
 
+/// Whether the `pipelined` and `tasks` logs run with retention (`WAL_BENCH_RETENTION=1`):
+/// each stream keeps about two segments, and a thread applies retention every
+/// [`RETENTION_EVERY`], so deleted segments' files are reused as spares and no zeros are
+/// written (the steady state of a log whose retention keeps up with it).
+fn with_retention() -> bool {
+    std::env::var("WAL_BENCH_RETENTION").is_ok_and(|v| v == "1")
+}
+
+const RETENTION_EVERY: Duration = Duration::from_millis(100);
+
+/// A log opened by [`open_steady`], with its retention thread if any.
+struct Steady {
+    wal: Wal,
+    stream: promptmq_wal::Stream,
+    retention: Option<(Arc<AtomicBool>, std::thread::JoinHandle<()>)>,
+}
+
+impl Steady {
+    fn close(self) {
+        if let Some((stop, t)) = self.retention {
+            stop.store(true, Ordering::Relaxed);
+            t.join().expect("retention thread");
+        }
+        self.wal.close().expect("close");
+    }
+}
+
 /// A fresh one-shard log in its steady state: the first segment of a new log is an ordinary
 /// growing file, every later one is made from a zero-filled spare (`Options::preallocate`,
-/// off with `WAL_BENCH_PREALLOCATE=0`). So the first segment is filled, untimed, with 1 MiB
-/// records — waiting for the spare once it is asked for, half way — and the timed appends
-/// go to the second, as they would in a log that has been running for a while.
-fn open_steady(dir: &std::path::Path, sync: SyncMode) -> (Wal, promptmq_wal::Stream) {
+/// off with `WAL_BENCH_PREALLOCATE=0`), or with [`with_retention`] from a deleted segment.
+/// So the first segments are filled, untimed, with 1 MiB records — waiting for each spare
+/// before the roll that takes it — and the timed appends go to a later one, as they would
+/// in a log that has been running for a while.
+fn open_steady(dir: &std::path::Path, sync: SyncMode) -> Steady {
     let _ = std::fs::remove_dir_all(dir);
     let seg = segment_bytes();
     let prealloc = preallocating();
@@ -138,13 +170,22 @@ fn open_steady(dir: &std::path::Path, sync: SyncMode) -> (Wal, promptmq_wal::Str
         Wal::open(dir, Options::default().shards(1).sync(sync).segment_bytes(seg).preallocate(prealloc)).expect("open");
     let stream = wal.stream("bench").expect("stream");
     let fill = wal.stream("fill").expect("stream");
+    let retention = with_retention();
+    if retention {
+        let keep = |max_bytes| Retention { max_bytes: Some(max_bytes), ..Retention::FOREVER };
+        wal.set_retention(&stream, keep(2 * seg)).expect("retention");
+        wal.set_retention(&fill, keep(1)).expect("retention");
+    }
     let big = bytes::Bytes::from(vec![0x11u8; 1 << 20]);
     let spare = dir.join("shards").join("0000").join("next.seg.spare");
     let mut written = 0u64;
-    while written <= seg {
-        if prealloc && sync != SyncMode::None && written + (2 << 20) > seg && written + (1 << 20) <= seg {
-            // The spare is finished as the first segment nears its end (it is kept a quarter
-            // of a segment ahead): wait until it is complete and let go of before the roll.
+    // With retention, segments to delete (and so to reuse) from the start.
+    let prefill = if retention { 3 * seg } else { seg };
+    while written <= prefill {
+        if prealloc && sync != SyncMode::None && written % seg == seg - (1 << 20) {
+            // The spare is finished as a segment nears its end (it is kept a quarter of a
+            // segment ahead): wait until it is complete and let go of before the roll (the
+            // 1 MiB record about to be appended fills the segment).
             let t = Instant::now();
             while std::fs::metadata(&spare).map_or(true, |m| m.len() < seg) && t.elapsed() < Duration::from_secs(10) {
                 std::thread::sleep(Duration::from_millis(5));
@@ -154,7 +195,24 @@ fn open_steady(dir: &std::path::Path, sync: SyncMode) -> (Wal, promptmq_wal::Str
         wal.append(&fill, big.clone()).wait().expect("prefill");
         written += 1 << 20;
     }
-    (wal, stream)
+    let retention = retention.then(|| {
+        wal.apply_retention().expect("retention");
+        let (stop, w) = (Arc::new(AtomicBool::new(false)), wal.clone());
+        let stopped = stop.clone();
+        let t = std::thread::spawn(move || {
+            let (mut n, mut took) = (0u32, Duration::ZERO);
+            while !stopped.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                w.apply_retention().expect("retention");
+                took += t.elapsed();
+                n += 1;
+                std::thread::sleep(RETENTION_EVERY);
+            }
+            eprintln!("  retention: {n} passes, {:?} each on average", took / n.max(1));
+        });
+        (stop, t)
+    });
+    Steady { wal, stream, retention }
 }
 
 /// The tokio runtime the `tasks` scenario's appenders run on.
@@ -203,7 +261,8 @@ fn run_tasks(
     secs: f64,
     runtime: TaskRuntime,
 ) -> Outcome {
-    let (wal, stream) = open_steady(dir, sync);
+    let steady = open_steady(dir, sync);
+    let (wal, stream) = (&steady.wal, &steady.stream);
     let payload = bytes::Bytes::from(vec![0xabu8; size]);
     let mut builder = match runtime {
         TaskRuntime::CurrentThread => tokio::runtime::Builder::new_current_thread(),
@@ -248,8 +307,8 @@ fn run_tasks(
     });
     let elapsed = start.elapsed();
     drop(rt);
-    report_batches(&wal, &format!("tasks {size} B x{}", runtime.label(tasks)));
-    wal.close().expect("close");
+    report_batches(wal, &format!("tasks {size} B x{}", runtime.label(tasks)));
+    steady.close();
     Outcome { records: lats.len() as u64, elapsed, p50: percentile(&mut lats, 50.0), p99: percentile(&mut lats, 99.0) }
 }
 
