@@ -432,25 +432,26 @@ impl ShardWriter {
         let first = self.next_lsn;
         let path = segment_path(&self.shared.dir, first);
         let spare = self.spares.as_ref().map(|s| s.take());
-        let spare_recycled = matches!(&spare, Some(Some(s)) if s.recycled);
         self.shared.stats.segments.fetch_add(1, Ordering::Relaxed);
         if matches!(spare, Some(None)) {
             self.shared.stats.segments_unprepared.fetch_add(1, Ordering::Relaxed);
         }
-        if spare_recycled {
-            self.shared.stats.segments_recycled.fetch_add(1, Ordering::Relaxed);
-        }
-        let mut f = match spare.flatten() {
+        let create = |w: &Self| w.backend.create(&path).map_err(|e| Error::io("creating", &path, e));
+        // Whether the new segment's file is a reused one (holding old records past its end).
+        let (mut f, recycled) = match spare.flatten() {
             Some(spare) => match std::fs::rename(&spare.path, &path).and_then(|_| self.backend.open(&path)) {
-                Ok(f) => f,
+                Ok(f) => (f, spare.recycled),
                 Err(e) => {
                     tracing::warn!(file = %path.display(), error = %e, "could not use the spare segment; creating one");
                     let _ = std::fs::remove_file(&path);
-                    self.backend.create(&path).map_err(|e| Error::io("creating", &path, e))?
+                    (create(self)?, false)
                 }
             },
-            None => self.backend.create(&path).map_err(|e| Error::io("creating", &path, e))?,
+            None => (create(self)?, false),
         };
+        if recycled {
+            self.shared.stats.segments_recycled.fetch_add(1, Ordering::Relaxed);
+        }
         let header = SegmentHeader { version: FORMAT_VERSION, flags: 0, shard: self.shared.id, first_lsn: first };
         let durable = self.sync != SyncMode::None;
         let res = f
@@ -473,7 +474,7 @@ impl ShardWriter {
             self.sealed_summaries.push((self.seg_first, std::mem::take(&mut self.summary)));
         }
         self.file = Some(f);
-        self.active_recycled = spare_recycled;
+        self.active_recycled = recycled;
         self.seg_first = first;
         self.seg_len = SEGMENT_HEADER_LEN as u64;
         if let Some(s) = &self.spares {
