@@ -11,7 +11,7 @@
 //! place when it rolls. Recovery reads the zeros after a segment's last record as its end
 //! (see `segment::zero_tail_start`), and a sealed segment is cut to its length.
 //!
-//! Where retention deletes segments, their files are recycled instead (at most
+//! Where retention or compaction deletes segments, their files are reused instead (at most
 //! [`MAX_RECYCLED`] waiting): a deleted segment's blocks already hold data, so they serve as
 //! well as zeros, and writing the zeros — as many bytes as the log writes records, competing
 //! with its syncs for the disk — is saved. Its old records stay in the file until the new
