@@ -7,10 +7,10 @@
 //! on a sync thread.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
+use promptmq_tests::lines_until_killed;
 use promptmq_wal::{Options, Wal};
 use rand::{Rng, SeedableRng};
 
@@ -28,43 +28,13 @@ fn acknowledged_records_survive_sigkill() {
     let mut acked: HashMap<String, HashMap<u64, String>> = HashMap::new();
     let mut total = 0usize;
     for cycle in 0..cycles {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_wal-crash-child"))
-            .arg(dir.path())
-            .arg(cycle.to_string())
-            .arg(mode(cycle))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn child");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel::<String>();
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                match line {
-                    Ok(l) => {
-                        if tx.send(l).is_err() {
-                            break;
-                        }
-                    }
-                    Err(_) => break,
-                }
-            }
-        });
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wal-crash-child"));
+        child.arg(dir.path()).arg(cycle.to_string()).arg(mode(cycle));
         // Wait until the child has opened the log, then let it run a random while.
-        let ready = rx
-            .recv_timeout(Duration::from_secs(60))
-            .unwrap_or_else(|e| panic!("cycle {cycle}: the child (sync {}) never became ready: {e}", mode(cycle)));
-        assert_eq!(ready, "READY");
         let run_for = Duration::from_millis(rng.gen_range(20..400));
-        let deadline = Instant::now() + run_for;
-        while Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        child.kill().expect("SIGKILL");
-        child.wait().unwrap();
-        reader.join().unwrap();
+        let lines = lines_until_killed(child, run_for, &format!("cycle {cycle}: the child (sync {})", mode(cycle)));
         let mut this_cycle = 0;
-        for line in rx.try_iter() {
+        for line in lines {
             // Only whole lines count: a line cut by the kill was never fully acknowledged to us.
             let mut parts = line.splitn(4, ' ');
             if let (Some("ACK"), Some(stream), Some(off), Some(payload)) =

@@ -7,10 +7,10 @@
 //! the number of cycles (default 10).
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
+use promptmq_tests::lines_until_killed;
 use promptmq_wal::{Options, RecoveryMode, Wal};
 use rand::{Rng, SeedableRng};
 
@@ -25,33 +25,12 @@ fn reused_segments_lose_nothing_and_bring_nothing_back_under_sigkill() {
     let mut acked: HashMap<u64, String> = HashMap::new();
     let (mut recycled, mut total) = (0u64, 0usize);
     for cycle in 0..cycles {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_wal-recycle-child"))
-            .arg(dir.path())
-            .arg(cycle.to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn child");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel::<String>();
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let ready = rx.recv_timeout(Duration::from_secs(60)).expect("the child became ready");
-        assert_eq!(ready, "READY", "cycle {cycle}");
-        let deadline = Instant::now() + Duration::from_millis(rng.gen_range(100..600));
-        while Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        child.kill().expect("SIGKILL");
-        child.wait().unwrap();
-        reader.join().unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wal-recycle-child"));
+        child.arg(dir.path()).arg(cycle.to_string());
+        let run_for = Duration::from_millis(rng.gen_range(100..600));
+        let lines = lines_until_killed(child, run_for, &format!("cycle {cycle}: the child"));
         let mut cycle_recycled = 0;
-        for line in rx.try_iter() {
+        for line in lines {
             let mut parts = line.splitn(3, ' ');
             match (parts.next(), parts.next(), parts.next()) {
                 (Some("ACK"), Some(off), Some(payload)) => {

@@ -21,6 +21,41 @@ pub fn sync_mode_arg(arg: Option<&str>) -> Result<promptmq_wal::SyncMode, String
     }
 }
 
+/// Runs a crash-test child until it prints `READY`, lets it run for `run_for`, kills it with
+/// SIGKILL, and returns every whole line it printed after `READY` (not one the kill cut
+/// short). `what` names the child in failures.
+pub fn lines_until_killed(mut cmd: std::process::Command, run_for: Duration, what: &str) -> Vec<String> {
+    use std::io::BufRead;
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{what}: spawn failed: {e}"));
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        let mut out = std::io::BufReader::new(stdout);
+        let mut line = String::new();
+        // Only lines that end in a newline: one the kill cut short is dropped.
+        while matches!(out.read_line(&mut line), Ok(n) if n > 0) && line.ends_with('\n') {
+            line.pop();
+            if tx.send(std::mem::take(&mut line)).is_err() {
+                break;
+            }
+        }
+    });
+    let ready = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|e| panic!("{what} never became ready: {e}"));
+    assert_eq!(ready, "READY", "{what}");
+    let deadline = Instant::now() + run_for;
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reaping the child");
+    reader.join().expect("reader thread");
+    rx.try_iter().collect()
+}
+
 /// A broker running in this process on 127.0.0.1 (port chosen by the OS), with its own
 /// tokio runtime so tests stay plain `#[test]` functions.
 pub struct TestBroker {
