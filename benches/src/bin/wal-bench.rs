@@ -179,8 +179,10 @@ fn open_steady(dir: &std::path::Path, sync: SyncMode) -> Steady {
     let big = bytes::Bytes::from(vec![0x11u8; 1 << 20]);
     let spare = dir.join("shards").join("0000").join("next.seg.spare");
     let mut written = 0u64;
-    // With retention, segments to delete (and so to reuse) from the start.
-    let prefill = if retention { 3 * seg } else { seg };
+    // With retention the prefill goes to the timed stream itself, past what it keeps: its
+    // oldest segments are due for deletion (and so for reuse) from the first timed append on,
+    // as in a log whose retention has been keeping up for a while.
+    let (prefill, into) = if retention { (3 * seg, &stream) } else { (seg, &fill) };
     while written <= prefill {
         if prealloc && sync != SyncMode::None && written % seg == seg - (1 << 20) {
             // The spare is finished as a segment nears its end (it is kept a quarter of a
@@ -192,7 +194,7 @@ fn open_steady(dir: &std::path::Path, sync: SyncMode) -> Steady {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        wal.append(&fill, big.clone()).wait().expect("prefill");
+        wal.append(into, big.clone()).wait().expect("prefill");
         written += 1 << 20;
     }
     let retention = retention.then(|| {
