@@ -311,16 +311,9 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(50));
         assert!(s.take().is_none(), "not finished while the active segment is empty");
         s.progress(3 << 20);
-        let t = std::time::Instant::now();
-        let path = loop {
-            if let Some(p) = s.take() {
-                assert!(!p.recycled);
-                break p.path;
-            }
-            assert!(t.elapsed() < std::time::Duration::from_secs(30), "no spare made");
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        };
-        let data = std::fs::read(&path).unwrap();
+        let spare = wait_for_spare(&s);
+        assert!(!spare.recycled);
+        let data = std::fs::read(&spare.path).unwrap();
         assert_eq!(data.len(), 3 << 20);
         assert!(data.iter().all(|&b| b == 0));
         assert!(s.take().is_none(), "taken once");
