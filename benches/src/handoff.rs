@@ -26,8 +26,14 @@ use tokio::sync::oneshot;
 pub enum Appenders {
     /// Tokio tasks on a multi-threaded runtime (one worker per core), `.await`ing.
     Tasks,
-    /// OS threads, blocked until woken.
+    /// OS threads, blocked until woken through a tokio oneshot channel.
     Threads,
+    /// OS threads, each parked (`std::thread::park`, a futex of its own) until the committer
+    /// unparks it: the leanest wake-up std offers.
+    ThreadsParked,
+    /// OS threads that all wait on one condition variable, which the committer notifies
+    /// once per commit (one wake-up call for the whole batch).
+    ThreadsBroadcast,
 }
 
 /// The file region a `zeroed` probe overwrites in turn: written full of zeros and synced
@@ -35,8 +41,11 @@ pub enum Appenders {
 /// size.
 const REGION: u64 = 64 << 20;
 
+/// How the committer completes one queued append.
+type Wake = Box<dyn FnOnce() + Send>;
+
 struct Round {
-    waiting: Vec<oneshot::Sender<()>>,
+    waiting: Vec<Wake>,
     stop: bool,
 }
 
@@ -44,22 +53,65 @@ struct Shared {
     round: Mutex<Round>,
     full: Condvar,
     appenders: usize,
+    /// Commits done, for [`Appenders::ThreadsBroadcast`].
+    commits: Mutex<u64>,
+    committed: Condvar,
 }
 
 impl Shared {
-    /// Queues one append; the committer is told when every appender has one queued. Once
-    /// the probe stops, the append fails at once (the committer may be gone).
-    fn append(&self) -> oneshot::Receiver<()> {
-        let (tx, rx) = oneshot::channel();
+    /// Queues one append, which the committer completes with `wake`; it is told when every
+    /// appender has one queued. Once the probe stops, returns false and queues nothing (the
+    /// committer may be gone).
+    fn queue(&self, wake: Wake) -> bool {
         let mut r = self.round.lock().unwrap_or_else(|p| p.into_inner());
         if r.stop {
-            return rx;
+            return false;
         }
-        r.waiting.push(tx);
+        r.waiting.push(wake);
         if r.waiting.len() >= self.appenders {
             self.full.notify_one();
         }
+        true
+    }
+
+    /// [`Shared::queue`] through a oneshot channel, which fails at once if the probe stopped.
+    fn append(&self) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        self.queue(Box::new(move || {
+            let _ = tx.send(());
+        }));
         rx
+    }
+
+    /// [`Shared::queue`] for a thread that waits for the next commit with all the others.
+    /// False once the probe stopped.
+    fn append_broadcast(&self) -> bool {
+        let mut n = self.commits.lock().unwrap_or_else(|p| p.into_inner());
+        let seen = *n;
+        // Queued under `commits`, so the commit that takes it cannot be counted before we wait.
+        if !self.queue(Box::new(|| {})) {
+            return false;
+        }
+        while *n == seen {
+            n = self.committed.wait(n).unwrap_or_else(|p| p.into_inner());
+        }
+        true
+    }
+
+    /// [`Shared::queue`] for a thread that parks until its append is complete. False once the
+    /// probe stopped.
+    fn append_parked(&self) -> bool {
+        let done = Arc::new(AtomicBool::new(false));
+        let (flag, me) = (done.clone(), std::thread::current());
+        let queued = self.queue(Box::new(move || {
+            flag.store(true, Ordering::Release);
+            me.unpark();
+        }));
+        // park() may return spuriously: the flag says whether the wake-up was ours.
+        while queued && !done.load(Ordering::Acquire) {
+            std::thread::park();
+        }
+        queued
     }
 }
 
@@ -97,6 +149,8 @@ pub fn handoff_probe(dir: &Path, h: Handoff, secs: f64) -> std::io::Result<f64> 
         round: Mutex::new(Round { waiting: Vec::with_capacity(appenders), stop: false }),
         full: Condvar::new(),
         appenders,
+        commits: Mutex::new(0),
+        committed: Condvar::new(),
     });
     let committer = {
         let shared = shared.clone();
@@ -121,9 +175,11 @@ pub fn handoff_probe(dir: &Path, h: Handoff, secs: f64) -> std::io::Result<f64> 
                 file.write_all_at(bytes, pos)?;
                 file.sync_data()?;
                 pos += bytes.len() as u64;
-                for w in waiting {
-                    let _ = w.send(());
+                for wake in waiting {
+                    wake();
                 }
+                *shared.commits.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+                shared.committed.notify_all();
             }
         })
     };
@@ -155,13 +211,18 @@ pub fn handoff_probe(dir: &Path, h: Handoff, secs: f64) -> std::io::Result<f64> 
                 }
             });
         }
-        Appenders::Threads => {
+        Appenders::Threads | Appenders::ThreadsParked | Appenders::ThreadsBroadcast => {
             let running: Vec<_> = (0..appenders)
                 .map(|_| {
                     let (shared, stop, count) = (shared.clone(), stop.clone(), count.clone());
                     std::thread::spawn(move || {
                         while !stop.load(Ordering::Relaxed) {
-                            if shared.append().blocking_recv().is_err() {
+                            let done = match how {
+                                Appenders::ThreadsParked => shared.append_parked(),
+                                Appenders::ThreadsBroadcast => shared.append_broadcast(),
+                                _ => shared.append().blocking_recv().is_ok(),
+                            };
+                            if !done {
                                 break;
                             }
                             count.fetch_add(1, Ordering::Relaxed);
@@ -198,7 +259,12 @@ mod tests {
     #[test]
     fn tasks_and_threads_make_progress_and_stop() {
         let dir = tempfile::tempdir().unwrap();
-        for (how, zeroed) in [(Appenders::Tasks, true), (Appenders::Threads, false)] {
+        for (how, zeroed) in [
+            (Appenders::Tasks, true),
+            (Appenders::Threads, false),
+            (Appenders::ThreadsParked, false),
+            (Appenders::ThreadsBroadcast, true),
+        ] {
             let h = Handoff { how, appenders: 4, record_bytes: 128, frame_bytes: 48, zeroed };
             let rate = handoff_probe(dir.path(), h, 0.2).unwrap();
             assert!(rate > 0.0, "{how:?}: no append completed");
