@@ -851,6 +851,30 @@ impl Wal {
 
     /// Appends one record. The returned [`Completion`] resolves to the record's offset once
     /// it is durable under the sync mode: `.await` it, or call `.wait()` from a thread.
+    ///
+    /// A thread gets the most out of the disk by keeping appends in flight, so that every
+    /// commit carries many of them, rather than waiting for each (see the crate's README):
+    ///
+    /// ```
+    /// # use promptmq_wal::{Wal, Options};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let wal = Wal::open(dir.path(), Options::default())?;
+    /// let orders = wal.stream("orders")?;
+    /// let mut in_flight = std::collections::VecDeque::new();
+    /// for i in 0..1000 {
+    ///     in_flight.push_back(wal.append(&orders, format!("order #{i}")));
+    ///     if in_flight.len() == 64 {
+    ///         if let Some(oldest) = in_flight.pop_front() {
+    ///             oldest.wait()?; // durable now; the later ones keep the next commits full
+    ///         }
+    ///     }
+    /// }
+    /// for c in in_flight {
+    ///     c.wait()?;
+    /// }
+    /// assert_eq!(orders.next_offset(), 1000);
+    /// # Ok::<(), promptmq_wal::Error>(())
+    /// ```
     pub fn append(&self, stream: &Stream, payload: impl Into<Bytes>) -> Completion<u64> {
         self.append_batch(stream, [(None, payload.into())])
     }
