@@ -737,7 +737,7 @@ mod tests {
             self.batches += 1;
             self.sizes.push(batch.len());
             if self.fail.contains(&(self.batches - 1)) {
-                return Err(Error::DiskFull { path: "x".into() });
+                return Err(Error::DiskFull { action: "writing", path: "x".into() });
             }
             let out = batch.iter().map(|p| {
                 let o = self.next;

@@ -26,10 +26,13 @@ pub enum Error {
         source: io::Error,
     },
 
-    /// The disk is full (ENOSPC / EDQUOT). The append was refused and nothing partial
-    /// remains in the log; free space (or raise the quota) and retry.
-    #[error("no space left on the device holding {path}: the append was refused and the log is unchanged; free some space and retry")]
+    /// The disk is full (ENOSPC / EDQUOT). The write was refused (an append, a new
+    /// segment, a compacted copy) and nothing partial remains in the log; free space (or
+    /// raise the quota) and retry.
+    #[error("no space left on the device holding {path} while {action}: that write was undone and the log is unchanged; free some space and retry")]
     DiskFull {
+        /// What the log was doing, e.g. "writing", "compacting".
+        action: &'static str,
         /// The file that could not grow.
         path: PathBuf,
     },
@@ -132,7 +135,7 @@ impl Error {
     pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
         let path = path.into();
         match source.raw_os_error() {
-            Some(code) if code == libc::ENOSPC || code == libc::EDQUOT => Error::DiskFull { path },
+            Some(code) if code == libc::ENOSPC || code == libc::EDQUOT => Error::DiskFull { action, path },
             _ => Error::Io { action, path, source },
         }
     }
@@ -157,7 +160,7 @@ impl Error {
             Error::Io { action, path, source } => {
                 Error::Io { action, path: path.clone(), source: io::Error::new(source.kind(), source.to_string()) }
             }
-            Error::DiskFull { path } => Error::DiskFull { path: path.clone() },
+            Error::DiskFull { action, path } => Error::DiskFull { action, path: path.clone() },
             Error::ShardFailed { shard, reason } => Error::ShardFailed { shard: *shard, reason: reason.clone() },
             Error::Corrupt { path, position, reason } => {
                 Error::Corrupt { path: path.clone(), position: *position, reason: reason.clone() }

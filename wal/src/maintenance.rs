@@ -333,11 +333,20 @@ fn rewrite_segment(
     }
     let old_len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
     let tmp = path.with_extension(TMP_EXTENSION);
-    write_synced(&tmp, &file_bytes)?;
-    index.put_meta_flag(&marker_key(shared.id, seg))?;
+    // Until the rename the original is untouched: a copy that could not be finished (a full
+    // disk, most likely) goes at once rather than hold space until the next open.
+    let discard = |e: Error| {
+        let _ = std::fs::remove_file(&tmp);
+        e
+    };
+    write_synced(&tmp, &file_bytes).map_err(discard)?;
+    index.put_meta_flag(&marker_key(shared.id, seg)).map_err(discard)?;
     {
         let _excl = shared.maintenance.write().unwrap_or_else(|p| p.into_inner());
-        std::fs::rename(&tmp, &path).map_err(|e| Error::io("replacing", &path, e))?;
+        if let Err(e) = std::fs::rename(&tmp, &path) {
+            let _ = index.remove_meta_flag(&marker_key(shared.id, seg));
+            return Err(discard(Error::io("replacing", &path, e)));
+        }
         std::fs::File::open(&shared.dir)
             .and_then(|d| d.sync_all())
             .map_err(|e| Error::io("syncing", &shared.dir, e))?;

@@ -1,0 +1,268 @@
+//! A really full disk, not a simulated one (`faults.rs` injects the errors): the log runs on
+//! a small ext4 filesystem mounted for the test until the kernel refuses to write. Appends
+//! must then fail with `Error::DiskFull`, nothing acknowledged may be lost, and once space is
+//! freed the log reopens strictly and goes on.
+//!
+//! Mounting needs root and loop devices (CI has both). Where they are missing the test says
+//! so on stderr and checks nothing.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use promptmq_wal::{Completion, Error, Options, RecoveryMode, SyncMode, Wal};
+
+/// A loop-mounted ext4 filesystem of a few MiB, unmounted when dropped.
+struct SmallFs {
+    _dir: tempfile::TempDir,
+    mnt: PathBuf,
+}
+
+impl SmallFs {
+    /// `None`, with the reason on stderr, where this machine cannot mount one.
+    fn mount(mib: u64) -> Option<SmallFs> {
+        let dir = tempfile::tempdir().ok()?;
+        let (image, mnt) = (dir.path().join("fs.img"), dir.path().join("mnt"));
+        std::fs::create_dir(&mnt).ok()?;
+        std::fs::File::create(&image).ok()?.set_len(mib << 20).ok()?;
+        let run = |cmd: &str, args: &[&Path]| -> Result<(), String> {
+            let out = Command::new(cmd).args(args).output().map_err(|e| format!("{cmd}: {e}"))?;
+            match out.status.success() {
+                true => Ok(()),
+                false => Err(format!("{cmd}: {}", String::from_utf8_lossy(&out.stderr).trim())),
+            }
+        };
+        let made = run("mkfs.ext4", &[Path::new("-q"), Path::new("-F"), &image])
+            .and_then(|_| run("mount", &[Path::new("-o"), Path::new("loop"), &image, &mnt]));
+        match made {
+            Ok(()) => Some(SmallFs { _dir: dir, mnt }),
+            Err(why) => {
+                eprintln!("SKIPPED: cannot mount a small ext4 filesystem here ({why})");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        // Lazily if something still holds a file there (a test that failed midway).
+        let done = Command::new("umount").arg(&self.mnt).status().is_ok_and(|s| s.success());
+        if !done {
+            let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+        }
+    }
+}
+
+fn payload(i: u64) -> Vec<u8> {
+    let mut p = format!("record {i} ").into_bytes();
+    p.resize(4000, b'a' + (i % 26) as u8);
+    p
+}
+
+/// Waits for append `i`: acknowledged (its offset noted) or refused as a full disk.
+fn settle((i, c): (u64, Completion<u64>), acked: &mut Vec<(u64, u64)>, refused: &mut u32) {
+    match c.wait() {
+        Ok(offset) => acked.push((offset, i)),
+        Err(e) => {
+            eprintln!("refused: {e}");
+            assert!(e.is_disk_full(), "a full disk is reported as such, got: {e}");
+            assert!(e.to_string().contains("free some space"), "the error says what to do: {e}");
+            *refused += 1;
+        }
+    }
+}
+
+fn options() -> Options {
+    Options::default().shards(1).segment_bytes(1 << 20).sync(SyncMode::Always).preallocate(true)
+}
+
+#[test]
+fn a_really_full_disk_refuses_appends_and_loses_nothing_acknowledged() {
+    let Some(fs) = SmallFs::mount(24) else { return };
+    let dir = fs.mnt.join("log");
+    // Freed at the end, so that the log can reopen with room to spare.
+    let filler = fs.mnt.join("filler");
+    std::fs::write(&filler, vec![1u8; 3 << 20]).unwrap();
+
+    let wal = Wal::open(&dir, options()).unwrap();
+    let s = wal.stream("s").unwrap();
+    let mut acked = Vec::new();
+    let mut refused = 0u32;
+    let mut in_flight: VecDeque<(u64, Completion<u64>)> = VecDeque::new();
+    // Far more than fits (24 MiB of 4 KB records is ~6 000), bounded in time too.
+    let start = Instant::now();
+    for i in 0..20_000u64 {
+        in_flight.push_back((i, wal.append(&s, payload(i))));
+        if in_flight.len() >= 16 {
+            settle(in_flight.pop_front().unwrap(), &mut acked, &mut refused);
+        }
+        if refused >= 200 || start.elapsed() > Duration::from_secs(60) {
+            break;
+        }
+    }
+    for c in in_flight.drain(..) {
+        settle(c, &mut acked, &mut refused);
+    }
+    assert!(refused > 0, "the disk never filled: {} acknowledged", acked.len());
+    assert!(acked.len() > 1000, "only {} acknowledged before the disk was full", acked.len());
+    // Offsets are dense and in append order: a refused append takes no offset.
+    for (n, (offset, _)) in acked.iter().enumerate() {
+        assert_eq!(*offset, n as u64, "offsets of acknowledged appends");
+    }
+    eprintln!("{} acknowledged, {refused} refused", acked.len());
+    // Closing on a full disk may fail (the index cannot be written), but cleanly.
+    if let Err(e) = wal.close() {
+        eprintln!("close on the full disk: {e}");
+        assert!(e.is_disk_full() || matches!(e, Error::Io { .. }), "close on a full disk: {e}");
+    }
+
+    // Still full: opening either works or says the disk is full.
+    match Wal::open(&dir, options()) {
+        Ok(w) => drop(w),
+        Err(e) => eprintln!("open on the full disk: {e}"),
+    }
+    match Wal::open(&dir, options()) {
+        Ok(w) => drop(w),
+        Err(e) => assert!(e.is_disk_full() || matches!(e, Error::Io { .. }), "open on a full disk: {e}"),
+    }
+
+    // With space again: a strict open finds every acknowledged record, intact.
+    std::fs::remove_file(&filler).unwrap();
+    let wal = Wal::open(&dir, options().recovery(RecoveryMode::Strict)).unwrap();
+    let s = wal.lookup("s").expect("the stream survives");
+    let mut from = 0u64;
+    while from < acked.len() as u64 {
+        let recs = wal.read(&s, from, 256).unwrap();
+        assert!(!recs.is_empty(), "acknowledged offset {from} is missing");
+        for r in &recs {
+            if let Some((_, i)) = acked.get(r.offset as usize) {
+                assert_eq!(r.payload.to_vec(), payload(*i), "record at offset {}", r.offset);
+            }
+        }
+        from = recs.last().map_or(from, |r| r.offset + 1);
+    }
+    // Nothing unacknowledged is in the way either: the log goes on at the next offset or
+    // after the few records that were written but whose acknowledgement failed.
+    let next = wal.append(&s, "after").wait().unwrap();
+    assert!(next >= acked.len() as u64);
+    wal.close().unwrap();
+}
+
+/// Every record of `stream`, in offset order.
+fn read_all(wal: &Wal, stream: &promptmq_wal::Stream) -> Vec<promptmq_wal::Record> {
+    let (mut out, mut from) = (Vec::new(), 0u64);
+    loop {
+        let recs = wal.read(stream, from, 512).unwrap();
+        match recs.last() {
+            Some(last) => from = last.offset + 1,
+            None => return out,
+        }
+        out.extend(recs);
+    }
+}
+
+/// A failure on a full disk must be a clean, typed one.
+fn clean_refusal(what: &str, e: &Error) {
+    eprintln!("{what} on the full disk: {e}");
+    assert!(
+        e.is_disk_full() || matches!(e, Error::Io { .. } | Error::Index(_) | Error::ShardFailed { .. }),
+        "{what} on a full disk: {e:?}"
+    );
+}
+
+#[test]
+fn maintenance_cursors_new_streams_and_the_index_on_a_really_full_disk() {
+    let Some(fs) = SmallFs::mount(24) else { return };
+    let dir = fs.mnt.join("log");
+    let filler = fs.mnt.join("filler");
+    std::fs::write(&filler, vec![1u8; 3 << 20]).unwrap();
+    let opts = || Options::default().shards(2).segment_bytes(512 << 10).sync(SyncMode::Always);
+
+    let wal = Wal::open(&dir, opts()).unwrap();
+    let compacted = promptmq_wal::StreamOptions { compacted: true, ..Default::default() };
+    let streams: Vec<_> = (0..40).map(|i| wal.stream_with(&format!("s{i}"), compacted).unwrap()).collect();
+    // Per stream, per key: the offset and payload of the newest acknowledged record.
+    let mut newest = vec![std::collections::HashMap::<Vec<u8>, (u64, Vec<u8>)>::new(); streams.len()];
+    let mut refused = 0u32;
+    let start = Instant::now();
+    for i in 0..40_000u64 {
+        let n = (i % streams.len() as u64) as usize;
+        // Half the streams never supersede a key, so no segment (they are shared by the
+        // streams of a shard) is wholly dead: compaction has to write before it frees.
+        let key = match n % 2 {
+            0 => format!("u{i}").into_bytes(),
+            _ => format!("k{}", (i / streams.len() as u64) % 8).into_bytes(),
+        };
+        let mut value = format!("{i} ").into_bytes();
+        value.resize(2000, b'v');
+        match wal.append_keyed(&streams[n], key.clone(), value.clone()).wait() {
+            Ok(offset) => {
+                newest[n].insert(key, (offset, value));
+            }
+            Err(e) => {
+                assert!(e.is_disk_full(), "a full disk is reported as such, got: {e}");
+                refused += 1;
+            }
+        }
+        if refused >= 100 || start.elapsed() > Duration::from_secs(60) {
+            break;
+        }
+    }
+    assert!(refused > 0, "the disk never filled");
+
+    // Everything else that writes, on the full disk: each works or fails cleanly.
+    if let Err(e) = wal.stream("created-when-full") {
+        clean_refusal("creating a stream", &e);
+    }
+    if let Err(e) = wal.commit_cursor(&streams[0], "reader", 3) {
+        clean_refusal("committing a cursor", &e);
+    }
+    match wal.compact(true) {
+        Ok(r) => eprintln!("compaction on the full disk: {r:?}"),
+        Err(e) => clean_refusal("compaction", &e),
+    }
+    // A compacted copy that did not fit is not left behind, holding space.
+    for shard in std::fs::read_dir(dir.join("shards")).unwrap() {
+        for f in std::fs::read_dir(shard.unwrap().path()).unwrap() {
+            let name = f.unwrap().file_name().to_string_lossy().into_owned();
+            assert!(name.ends_with(".seg"), "left in a shard after compaction on a full disk: {name}");
+        }
+    }
+    if let Err(e) = wal.apply_retention() {
+        clean_refusal("retention", &e);
+    }
+    if let Err(e) = wal.flush() {
+        clean_refusal("flush", &e);
+    }
+    // Reads still serve every newest acknowledged value.
+    let check = |wal: &Wal, streams: &[promptmq_wal::Stream]| {
+        for (n, s) in streams.iter().enumerate() {
+            let recs = read_all(wal, s);
+            for (key, (offset, value)) in &newest[n] {
+                let found = recs.iter().find(|r| r.offset == *offset);
+                let superseded = recs.iter().any(|r| r.offset > *offset && r.key.as_deref() == Some(&key[..]));
+                match found {
+                    Some(r) => assert_eq!(&r.payload[..], &value[..], "stream {n} offset {offset}"),
+                    None => assert!(superseded, "stream {n}: the newest value of a key, offset {offset}, is gone"),
+                }
+            }
+        }
+    };
+    check(&wal, &streams);
+    if let Err(e) = wal.close() {
+        clean_refusal("close", &e);
+    }
+
+    // With space again: strict recovery, every newest value there, and the log goes on.
+    std::fs::remove_file(&filler).unwrap();
+    let wal = Wal::open(&dir, opts().recovery(RecoveryMode::Strict)).unwrap();
+    let streams: Vec<_> = (0..40).map(|i| wal.lookup(&format!("s{i}")).expect("stream survives")).collect();
+    check(&wal, &streams);
+    wal.compact(true).unwrap();
+    check(&wal, &streams);
+    wal.append_keyed(&streams[0], "k0", "after").wait().unwrap();
+    wal.commit_cursor(&streams[0], "reader", 3).unwrap();
+    wal.close().unwrap();
+}
