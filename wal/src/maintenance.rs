@@ -162,6 +162,10 @@ impl Wal {
     /// `compress` also zstd-compresses sealed segments. Reads are transparent across
     /// compressed and plain segments. Segments left with nothing live are deleted.
     ///
+    /// On a full disk a segment whose rewritten copy does not fit stays as it was, and the
+    /// pass goes on: later segments may be deleted outright, which frees space. The pass
+    /// then returns [`Error::DiskFull`] for the first such segment.
+    ///
     /// ```
     /// # use promptmq_wal::{Wal, Options, StreamOptions};
     /// # let dir = tempfile::tempdir()?;
@@ -180,6 +184,7 @@ impl Wal {
         for s in by_id.values().filter(|s| s.compacted) {
             latest.insert(s.id, self.latest_per_key(s)?);
         }
+        let mut did_not_fit = None;
         for shard in self.shards() {
             let shared = &shard.shared;
             for seg in sealed_segments(shared, self.index())? {
@@ -189,11 +194,24 @@ impl Wal {
                     report.segments_deleted += 1;
                     continue;
                 }
-                rewrite_segment(shared, self.index(), seg, compress, &by_id, &latest, &mut report)?;
+                match rewrite_segment(shared, self.index(), seg, compress, &by_id, &latest, &mut report) {
+                    Err(e) if e.is_disk_full() => {
+                        tracing::warn!(
+                            shard = shared.id,
+                            segment = seg,
+                            "the compacted copy does not fit on the disk; segment left as it was"
+                        );
+                        did_not_fit.get_or_insert(e);
+                    }
+                    r => r?,
+                }
             }
         }
         self.index().persist()?;
-        Ok(report)
+        match did_not_fit {
+            Some(e) => Err(e),
+            None => Ok(report),
+        }
     }
 
     fn latest_per_key(&self, s: &Arc<StreamState>) -> Result<HashMap<Bytes, u64>> {
@@ -347,11 +365,15 @@ fn rewrite_segment(
             let _ = index.remove_meta_flag(&marker_key(shared.id, seg));
             return Err(discard(Error::io("replacing", &path, e)));
         }
-        std::fs::File::open(&shared.dir)
+        // The file is replaced whether or not its directory entry is durable yet: reads
+        // must follow it now. (If the sync failed, the marker stays and the next open
+        // re-indexes whichever file it finds.)
+        let synced = std::fs::File::open(&shared.dir)
             .and_then(|d| d.sync_all())
-            .map_err(|e| Error::io("syncing", &shared.dir, e))?;
+            .map_err(|e| Error::io("syncing", &shared.dir, e));
         shared.invalidate(seg);
         reindex_segment(shared, index, seg, by_id)?;
+        synced?;
     }
     index.remove_meta_flag(&marker_key(shared.id, seg))?;
     report.segments_compacted += u64::from(dropped > 0);

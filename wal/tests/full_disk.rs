@@ -266,3 +266,50 @@ fn maintenance_cursors_new_streams_and_the_index_on_a_really_full_disk() {
     wal.commit_cursor(&streams[0], "reader", 3).unwrap();
     wal.close().unwrap();
 }
+
+#[test]
+fn compaction_on_a_full_disk_still_deletes_what_is_dead() {
+    let Some(fs) = SmallFs::mount(24) else { return };
+    let dir = fs.mnt.join("log");
+    let opts = || Options::default().shards(1).segment_bytes(512 << 10).sync(SyncMode::Always);
+    let wal = Wal::open(&dir, opts()).unwrap();
+    let compacted = promptmq_wal::StreamOptions { compacted: true, ..Default::default() };
+    // First a third of the disk whose records all stay live: compacting and compressing
+    // these segments means writing copies of them.
+    let live = wal.stream_with("live", compacted).unwrap();
+    let mut value = vec![b'v'; 2000];
+    for i in 0..3500u64 {
+        value[..8].copy_from_slice(&i.to_be_bytes());
+        wal.append_keyed(&live, format!("u{i}"), value.clone()).wait().unwrap();
+    }
+    // Then, until the disk is full, one key over and over: all but its newest are dead.
+    let hot = wal.stream_with("hot", compacted).unwrap();
+    let mut newest_hot = None;
+    let start = Instant::now();
+    loop {
+        match wal.append_keyed(&hot, "k", value.clone()).wait() {
+            Ok(offset) => newest_hot = Some(offset),
+            Err(e) => {
+                assert!(e.is_disk_full(), "{e}");
+                break;
+            }
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "the disk never filled");
+    }
+    let (_, before) = wal.disk_usage().unwrap();
+    // The first segments' copies do not fit; the dead ones after them go all the same.
+    match wal.compact(true) {
+        Ok(r) => eprintln!("compaction on the full disk: {r:?}"),
+        Err(e) => clean_refusal("compaction", &e),
+    }
+    let (_, after) = wal.disk_usage().unwrap();
+    eprintln!("segment bytes before {before}, after {after}");
+    assert!(after < before / 2, "dead segments deleted on the full disk: {before} -> {after} bytes");
+    // With that space, a second pass compresses the live segments too.
+    let report = wal.compact(true).unwrap();
+    assert!(report.segments_compressed > 0, "{report:?}");
+    assert_eq!(wal.read(&live, 0, 10_000).unwrap().len(), 3500);
+    let hot_left = wal.read(&hot, 0, 10_000).unwrap();
+    assert_eq!(hot_left.last().map(|r| r.offset), newest_hot);
+    wal.close().unwrap();
+}
