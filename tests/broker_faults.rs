@@ -171,3 +171,61 @@ fn a_slow_sync_delays_only_what_must_wait_for_durability() {
         assert!(drain(&mut live, Duration::from_millis(300)).is_empty(), "each message once");
     }
 }
+
+/// The same on a disk that really fills up (a small ext4 filesystem mounted for the test):
+/// QoS 1 publishes are acknowledged until the kernel refuses to write, then refused with
+/// "quota exceeded"; the broker keeps serving; once space is freed it accepts publishes
+/// again without a restart; and after a restart every acknowledged message reaches the
+/// persistent subscriber, in order.
+#[test]
+fn a_really_full_disk_under_the_broker() {
+    let Some(fs) = promptmq_tests::SmallFs::mount(24) else { return };
+    let data = fs.mnt.join("data");
+    let filler = fs.mnt.join("filler");
+    std::fs::write(&filler, vec![1u8; 3 << 20]).unwrap();
+    let config = |c: &mut promptmq_broker::BrokerConfig| c.storage.segment_bytes = 1 << 20;
+    let b = TestBroker::start_with(&data, config);
+    let (mut s, _) = Client::connect_with(b.addr, "keeper", V5, persistent());
+    s.subscribe("disk/#", QoS::AtLeastOnce);
+    s.disconnect();
+    let mut p = Client::connect(b.addr, "pub", V5);
+    let mut acked = Vec::new();
+    let mut refused = 0;
+    let start = Instant::now();
+    // 24 MiB holds about 5 000 of these; bounded in count and time.
+    for i in 0..20_000 {
+        let mut payload = format!("m-{i} ").into_bytes();
+        payload.resize(4000, b'p');
+        match p.publish("disk/a", payload.clone(), QoS::AtLeastOnce, false) {
+            ReasonCode::Success => acked.push(payload),
+            ReasonCode::QuotaExceeded => refused += 1,
+            other => panic!("publish {i}: {other:?}"),
+        }
+        if refused >= 20 || start.elapsed() > Duration::from_secs(60) {
+            break;
+        }
+    }
+    assert!(refused >= 20, "the disk never filled: {} acknowledged", acked.len());
+    assert!(acked.len() > 1000, "only {} acknowledged", acked.len());
+    // Still serving while full: QoS 0 flows to a live subscriber.
+    let mut live = Client::connect(b.addr, "live", V5);
+    live.subscribe("disk/live", QoS::AtMostOnce);
+    p.publish("disk/live", "qos0 while full", QoS::AtMostOnce, false);
+    assert_eq!(&live.next_publish(Duration::from_secs(5)).expect("qos 0 flows").payload[..], b"qos0 while full");
+    // Space again: accepted without a restart (the first may still meet the full disk).
+    std::fs::remove_file(&filler).unwrap();
+    let accepted = (0..20).any(|_| p.publish("disk/a", "after", QoS::AtLeastOnce, false) == ReasonCode::Success);
+    assert!(accepted, "publishes are accepted again once space is freed");
+    acked.push(b"after".to_vec());
+    b.stop();
+    let b = TestBroker::start_with(&data, config);
+    let (mut s, _) = Client::connect_with(b.addr, "keeper", V5, persistent());
+    let got: Vec<Vec<u8>> = drain_expecting(&mut s, acked.len(), Duration::from_millis(700))
+        .into_iter()
+        .filter(|p| p.topic.as_str() == "disk/a")
+        .map(|p| p.payload.to_vec())
+        .collect();
+    assert_eq!(got.len(), acked.len(), "every acknowledged message, and nothing refused");
+    assert!(got == acked, "in order and intact");
+    b.stop();
+}

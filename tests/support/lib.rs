@@ -528,3 +528,47 @@ impl Drop for BrokerProcess {
         let _ = self.child.wait();
     }
 }
+
+/// A loop-mounted ext4 filesystem of a few MiB, unmounted when dropped: a disk that really
+/// fills up. Mounting needs root and loop devices (CI has both).
+pub struct SmallFs {
+    _dir: tempfile::TempDir,
+    /// Where it is mounted.
+    pub mnt: std::path::PathBuf,
+}
+
+impl SmallFs {
+    /// `None`, with the reason on stderr, where this machine cannot mount one.
+    pub fn mount(mib: u64) -> Option<SmallFs> {
+        let dir = tempfile::tempdir().ok()?;
+        let (image, mnt) = (dir.path().join("fs.img"), dir.path().join("mnt"));
+        std::fs::create_dir(&mnt).ok()?;
+        std::fs::File::create(&image).ok()?.set_len(mib << 20).ok()?;
+        let run = |cmd: &str, args: &[&std::ffi::OsStr]| -> Result<(), String> {
+            let out = std::process::Command::new(cmd).args(args).output().map_err(|e| format!("{cmd}: {e}"))?;
+            match out.status.success() {
+                true => Ok(()),
+                false => Err(format!("{cmd}: {}", String::from_utf8_lossy(&out.stderr).trim())),
+            }
+        };
+        let made = run("mkfs.ext4", &["-q".as_ref(), "-F".as_ref(), image.as_os_str()])
+            .and_then(|_| run("mount", &["-o".as_ref(), "loop".as_ref(), image.as_os_str(), mnt.as_os_str()]));
+        match made {
+            Ok(()) => Some(SmallFs { _dir: dir, mnt }),
+            Err(why) => {
+                eprintln!("SKIPPED: cannot mount a small ext4 filesystem here ({why})");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        // Lazily if something still holds a file there (a test that failed midway).
+        let done = std::process::Command::new("umount").arg(&self.mnt).status().is_ok_and(|s| s.success());
+        if !done {
+            let _ = std::process::Command::new("umount").arg("-l").arg(&self.mnt).status();
+        }
+    }
+}

@@ -3,57 +3,14 @@
 //! must then fail with `Error::DiskFull`, nothing acknowledged may be lost, and once space is
 //! freed the log reopens strictly and goes on.
 //!
-//! Mounting needs root and loop devices (CI has both). Where they are missing the test says
-//! so on stderr and checks nothing.
+//! Mounting needs root and loop devices (CI has both). Where they are missing the tests say
+//! so on stderr and check nothing.
 
 use std::collections::VecDeque;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
+use promptmq_tests::SmallFs;
 use promptmq_wal::{Completion, Error, Options, RecoveryMode, SyncMode, Wal};
-
-/// A loop-mounted ext4 filesystem of a few MiB, unmounted when dropped.
-struct SmallFs {
-    _dir: tempfile::TempDir,
-    mnt: PathBuf,
-}
-
-impl SmallFs {
-    /// `None`, with the reason on stderr, where this machine cannot mount one.
-    fn mount(mib: u64) -> Option<SmallFs> {
-        let dir = tempfile::tempdir().ok()?;
-        let (image, mnt) = (dir.path().join("fs.img"), dir.path().join("mnt"));
-        std::fs::create_dir(&mnt).ok()?;
-        std::fs::File::create(&image).ok()?.set_len(mib << 20).ok()?;
-        let run = |cmd: &str, args: &[&Path]| -> Result<(), String> {
-            let out = Command::new(cmd).args(args).output().map_err(|e| format!("{cmd}: {e}"))?;
-            match out.status.success() {
-                true => Ok(()),
-                false => Err(format!("{cmd}: {}", String::from_utf8_lossy(&out.stderr).trim())),
-            }
-        };
-        let made = run("mkfs.ext4", &[Path::new("-q"), Path::new("-F"), &image])
-            .and_then(|_| run("mount", &[Path::new("-o"), Path::new("loop"), &image, &mnt]));
-        match made {
-            Ok(()) => Some(SmallFs { _dir: dir, mnt }),
-            Err(why) => {
-                eprintln!("SKIPPED: cannot mount a small ext4 filesystem here ({why})");
-                None
-            }
-        }
-    }
-}
-
-impl Drop for SmallFs {
-    fn drop(&mut self) {
-        // Lazily if something still holds a file there (a test that failed midway).
-        let done = Command::new("umount").arg(&self.mnt).status().is_ok_and(|s| s.success());
-        if !done {
-            let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
-        }
-    }
-}
 
 fn payload(i: u64) -> Vec<u8> {
     let mut p = format!("record {i} ").into_bytes();
