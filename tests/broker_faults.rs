@@ -212,6 +212,19 @@ fn a_really_full_disk_under_the_broker() {
     live.subscribe("disk/live", QoS::AtMostOnce);
     p.publish("disk/live", "qos0 while full", QoS::AtMostOnce, false);
     assert_eq!(&live.next_publish(Duration::from_secs(5)).expect("qos 0 flows").payload[..], b"qos0 while full");
+    // A new persistent session while full: its session record cannot be stored. It is
+    // refused or accepted, clearly, and the broker goes on either way.
+    match Client::try_connect_with(b.addr, "late", V5, persistent()) {
+        Some((mut late, ack)) => {
+            eprintln!("a persistent session on the full disk: CONNACK {:?}", ack.code);
+            if ack.code == ReasonCode::Success {
+                let codes = late.subscribe("disk/late", QoS::AtLeastOnce);
+                eprintln!("its SUBSCRIBE on the full disk: {codes:?}");
+                assert!(matches!(codes[..], [ReasonCode::GrantedQoS1 | ReasonCode::QuotaExceeded]), "{codes:?}");
+            }
+        }
+        None => eprintln!("a persistent session on the full disk: no CONNACK"),
+    }
     // Space again: accepted without a restart (the first may still meet the full disk).
     std::fs::remove_file(&filler).unwrap();
     let accepted = (0..20).any(|_| p.publish("disk/a", "after", QoS::AtLeastOnce, false) == ReasonCode::Success);
