@@ -207,6 +207,7 @@ fn a_really_full_disk_under_the_broker() {
     }
     assert!(refused >= 20, "the disk never filled: {} acknowledged", acked.len());
     assert!(acked.len() > 1000, "only {} acknowledged", acked.len());
+    eprintln!("{} acknowledged before the disk was full", acked.len());
     // Still serving while full: QoS 0 flows to a live subscriber.
     let mut live = Client::connect(b.addr, "live", V5);
     live.subscribe("disk/live", QoS::AtMostOnce);
@@ -225,6 +226,28 @@ fn a_really_full_disk_under_the_broker() {
         }
         None => eprintln!("a persistent session on the full disk: no CONNACK"),
     }
+    // A restart while the disk is still full: the broker comes back, recovers, and refuses
+    // what it cannot store just as before (closing may have given back a little space,
+    // which the first publishes then take).
+    drop(p);
+    b.stop();
+    let b = TestBroker::start_with(&data, config);
+    let mut p = Client::connect(b.addr, "pub", V5);
+    let mut full_again = false;
+    for i in 0..2000 {
+        let mut payload = format!("after the restart {i} ").into_bytes();
+        payload.resize(4000, b'p');
+        match p.publish("disk/a", payload.clone(), QoS::AtLeastOnce, false) {
+            ReasonCode::Success => acked.push(payload),
+            ReasonCode::QuotaExceeded => {
+                full_again = true;
+                break;
+            }
+            other => panic!("publish after the restart: {other:?}"),
+        }
+    }
+    assert!(full_again, "the restarted broker refuses once the disk is full");
+    eprintln!("{} acknowledged in all by the time the restarted broker refused", acked.len());
     // Space again: accepted without a restart (the first may still meet the full disk).
     std::fs::remove_file(&filler).unwrap();
     let accepted = (0..20).any(|_| p.publish("disk/a", "after", QoS::AtLeastOnce, false) == ReasonCode::Success);
