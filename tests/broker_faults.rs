@@ -265,3 +265,47 @@ fn a_really_full_disk_under_the_broker() {
     assert!(got == acked, "in order and intact");
     b.stop();
 }
+
+/// The filesystem turns read-only under the broker, as ext4 does after an I/O error: QoS 1
+/// publishes are no longer acknowledged as stored, QoS 0 still flows, the broker reports the
+/// log unhealthy; after `e2fsck` and a restart every acknowledged message is delivered.
+#[test]
+fn a_filesystem_that_turns_read_only_under_the_broker() {
+    let Some(fs) = promptmq_tests::SmallFs::mount(24) else { return };
+    let data = fs.mnt.join("data");
+    let b = TestBroker::start(&data);
+    let (mut s, _) = Client::connect_with(b.addr, "keeper", V5, persistent());
+    s.subscribe("ro/#", QoS::AtLeastOnce);
+    s.disconnect();
+    let mut p = Client::connect(b.addr, "pub", V5);
+    let mut acked = Vec::new();
+    for i in 0..20 {
+        assert_eq!(p.publish("ro/a", format!("m-{i}"), QoS::AtLeastOnce, false), ReasonCode::Success);
+        acked.push(format!("m-{i}"));
+    }
+    fs.fail();
+    for i in 20..25 {
+        let code = p.publish("ro/a", format!("m-{i}"), QoS::AtLeastOnce, false);
+        eprintln!("QoS 1 publish on the read-only filesystem: {code:?}");
+        assert_ne!(code, ReasonCode::Success, "acknowledged as stored on a read-only filesystem");
+    }
+    let ready = b.broker().monitor().ready();
+    eprintln!("readiness on the read-only filesystem: {ready:?}");
+    assert!(ready.is_err(), "the broker reports its log failed");
+    let mut live = Client::connect(b.addr, "live", V5);
+    live.subscribe("ro/live", QoS::AtMostOnce);
+    p.publish("ro/live", "qos0 still flows", QoS::AtMostOnce, false);
+    assert_eq!(&live.next_publish(Duration::from_secs(5)).expect("qos 0 flows").payload[..], b"qos0 still flows");
+    drop((p, live));
+    b.stop();
+    fs.repair();
+    let b = TestBroker::start(&data);
+    let (mut s, _) = Client::connect_with(b.addr, "keeper", V5, persistent());
+    let got: Vec<String> = drain_expecting(&mut s, acked.len(), Duration::from_millis(700))
+        .into_iter()
+        .filter(|p| p.topic.as_str() == "ro/a")
+        .map(|p| String::from_utf8(p.payload.to_vec()).unwrap())
+        .collect();
+    assert_eq!(got, acked, "every acknowledged message, and nothing refused");
+    b.stop();
+}

@@ -270,3 +270,48 @@ fn compaction_on_a_full_disk_still_deletes_what_is_dead() {
     assert_eq!(hot_left.last().map(|r| r.offset), newest_hot);
     wal.close().unwrap();
 }
+
+/// What ext4 does after an I/O error (`errors=remount-ro`, common in production): the
+/// filesystem turns read-only under the log. Appends fail cleanly and nothing is
+/// acknowledged; what was acknowledged stays readable; opening the log there is refused with
+/// a clear error; after `e2fsck` and a new mount the log opens strictly with every
+/// acknowledged record and goes on.
+#[test]
+fn a_filesystem_that_turns_read_only_under_the_log() {
+    let Some(fs) = SmallFs::mount(24) else { return };
+    let dir = fs.mnt.join("log");
+    let wal = Wal::open(&dir, options()).unwrap();
+    let s = wal.stream("s").unwrap();
+    for i in 0..100u64 {
+        assert_eq!(wal.append(&s, payload(i)).wait().unwrap(), i);
+    }
+    fs.fail();
+    for i in 100..110u64 {
+        match wal.append(&s, payload(i)).wait() {
+            Ok(o) => panic!("append {i} acknowledged on a read-only filesystem, at offset {o}"),
+            Err(e) => eprintln!("append on the read-only filesystem: {e}"),
+        }
+    }
+    let recs = wal.read(&s, 0, 1000).unwrap();
+    assert_eq!(recs.len(), 100, "what was acknowledged is still readable");
+    if let Err(e) = wal.close() {
+        eprintln!("close on the read-only filesystem: {e}");
+    }
+    match Wal::open(&dir, options()) {
+        Ok(_) => panic!("opened for appending on a read-only filesystem"),
+        Err(e) => {
+            eprintln!("open on the read-only filesystem: {e}");
+            assert!(e.to_string().to_lowercase().contains("read-only"), "the error names the cause: {e}");
+        }
+    }
+    fs.repair();
+    let wal = Wal::open(&dir, options().recovery(RecoveryMode::Strict)).unwrap();
+    let s = wal.lookup("s").unwrap();
+    let recs = wal.read(&s, 0, 1000).unwrap();
+    assert_eq!(recs.len(), 100);
+    for r in &recs {
+        assert_eq!(r.payload.to_vec(), payload(r.offset));
+    }
+    assert_eq!(wal.append(&s, "after").wait().unwrap(), 100);
+    wal.close().unwrap();
+}

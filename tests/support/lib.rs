@@ -530,11 +530,22 @@ impl Drop for BrokerProcess {
 }
 
 /// A loop-mounted ext4 filesystem of a few MiB, unmounted when dropped: a disk that really
-/// fills up. Mounting needs root and loop devices (CI has both).
+/// fills up, and that can be made to fail as ext4 does after an I/O error (read-only from
+/// then on). Mounting needs root and loop devices (CI has both).
 pub struct SmallFs {
     _dir: tempfile::TempDir,
+    image: std::path::PathBuf,
     /// Where it is mounted.
     pub mnt: std::path::PathBuf,
+}
+
+/// Runs `cmd` with `args`; its stderr if it fails.
+fn run_tool(cmd: &str, args: &[&std::ffi::OsStr]) -> Result<String, String> {
+    let out = std::process::Command::new(cmd).args(args).output().map_err(|e| format!("{cmd}: {e}"))?;
+    match out.status.success() {
+        true => Ok(String::from_utf8_lossy(&out.stdout).into_owned()),
+        false => Err(format!("{cmd}: {}", String::from_utf8_lossy(&out.stderr).trim())),
+    }
 }
 
 impl SmallFs {
@@ -544,22 +555,40 @@ impl SmallFs {
         let (image, mnt) = (dir.path().join("fs.img"), dir.path().join("mnt"));
         std::fs::create_dir(&mnt).ok()?;
         std::fs::File::create(&image).ok()?.set_len(mib << 20).ok()?;
-        let run = |cmd: &str, args: &[&std::ffi::OsStr]| -> Result<(), String> {
-            let out = std::process::Command::new(cmd).args(args).output().map_err(|e| format!("{cmd}: {e}"))?;
-            match out.status.success() {
-                true => Ok(()),
-                false => Err(format!("{cmd}: {}", String::from_utf8_lossy(&out.stderr).trim())),
-            }
-        };
-        let made = run("mkfs.ext4", &["-q".as_ref(), "-F".as_ref(), image.as_os_str()])
-            .and_then(|_| run("mount", &["-o".as_ref(), "loop".as_ref(), image.as_os_str(), mnt.as_os_str()]));
-        match made {
-            Ok(()) => Some(SmallFs { _dir: dir, mnt }),
+        let fs = SmallFs { _dir: dir, image, mnt };
+        match run_tool("mkfs.ext4", &["-q".as_ref(), "-F".as_ref(), fs.image.as_os_str()]).and_then(|_| fs.attach()) {
+            Ok(()) => Some(fs),
             Err(why) => {
                 eprintln!("SKIPPED: cannot mount a small ext4 filesystem here ({why})");
                 None
             }
         }
+    }
+
+    /// Mounts the image, read-only from the first filesystem error on, as production
+    /// systems commonly mount ext4.
+    fn attach(&self) -> Result<(), String> {
+        let opts = "loop,errors=remount-ro";
+        run_tool("mount", &["-o".as_ref(), opts.as_ref(), self.image.as_os_str(), self.mnt.as_os_str()]).map(|_| ())
+    }
+
+    /// Makes ext4 report an error, as after a failed write to the device: the filesystem
+    /// turns read-only at once, under whatever has files open on it.
+    pub fn fail(&self) {
+        let source = run_tool("findmnt", &["-n".as_ref(), "-o".as_ref(), "SOURCE".as_ref(), self.mnt.as_os_str()])
+            .expect("findmnt");
+        let device = source.trim().rsplit('/').next().unwrap_or_default().to_string();
+        std::fs::write(format!("/sys/fs/ext4/{device}/trigger_fs_error"), "test")
+            .expect("ext4's trigger_fs_error for this device");
+    }
+
+    /// What an operator does after such an error: unmount, `e2fsck -fy`, mount again.
+    /// Whatever still has files open there must have closed them.
+    pub fn repair(&self) {
+        run_tool("umount", &[self.mnt.as_os_str()]).expect("umount");
+        // e2fsck exits 1 when it fixed something, which it may well have.
+        let _ = std::process::Command::new("e2fsck").arg("-fy").arg(&self.image).output();
+        self.attach().expect("mount after e2fsck");
     }
 }
 
