@@ -140,6 +140,13 @@ impl Error {
         }
     }
 
+    /// An [`Error::Io`] for a failed sync, whatever the OS's error: even ENOSPC there is not
+    /// [`Error::DiskFull`]'s clean refusal, since the written data may already be lost. The
+    /// shard fails (see [`Error::ShardFailed`]).
+    pub(crate) fn sync_failed(path: impl Into<PathBuf>, source: io::Error) -> Self {
+        Error::Io { action: "syncing", path: path.into(), source }
+    }
+
     /// Whether the error means the disk is full.
     pub fn is_disk_full(&self) -> bool {
         matches!(self, Error::DiskFull { .. })

@@ -381,7 +381,7 @@ impl ShardWriter {
         if let Some(f) = self.file.as_mut() {
             let t = Instant::now();
             if let Err(e) = f.sync_data() {
-                let e = Error::io("syncing", self.seg_path(), e);
+                let e = Error::sync_failed(self.seg_path(), e);
                 return Err(self.fail(&e));
             }
             self.count_sync(t.elapsed());
@@ -756,7 +756,7 @@ impl Syncable for ShardWriter {
         let took = job.started.elapsed();
         if let Err(e) = result {
             // As on the writer: after a failed fdatasync the pages may be gone.
-            let e = Error::io("syncing", segment_path(&self.shared.dir, job.segment), e);
+            let e = Error::sync_failed(segment_path(&self.shared.dir, job.segment), e);
             self.fail(&e);
             return;
         }
