@@ -16,6 +16,17 @@ fn persistent() -> ConnectOptions {
     ConnectOptions::persistent(3600)
 }
 
+/// The payloads on `topic` that the persistent session "keeper" receives when it comes
+/// back, expecting `n` (and collecting until it has been quiet a while).
+fn keeper_receives(b: &TestBroker, topic: &str, n: usize) -> Vec<Vec<u8>> {
+    let (mut s, _) = Client::connect_with(b.addr, "keeper", V5, persistent());
+    drain_expecting(&mut s, n, Duration::from_millis(700))
+        .into_iter()
+        .filter(|p| p.topic.as_str() == topic)
+        .map(|p| p.payload.to_vec())
+        .collect()
+}
+
 #[test]
 fn a_full_disk_refuses_publishes_loses_nothing_and_recovers() {
     let dir = tempfile::tempdir().unwrap();
@@ -62,13 +73,8 @@ fn a_full_disk_refuses_publishes_loses_nothing_and_recovers() {
     b.stop();
     // Every acknowledged message is there after a restart, and nothing refused is.
     let b = TestBroker::start(dir.path());
-    let (mut s, _) = Client::connect_with(b.addr, "keeper", V5, persistent());
-    let got: Vec<String> = drain_expecting(&mut s, acked.len(), Duration::from_millis(700))
-        .into_iter()
-        .filter(|p| p.topic.as_str() == "disk/a")
-        .map(|p| String::from_utf8(p.payload.to_vec()).unwrap())
-        .collect();
-    assert_eq!(got, acked);
+    let got = keeper_receives(&b, "disk/a", acked.len());
+    assert_eq!(got, acked.iter().map(|a| a.as_bytes().to_vec()).collect::<Vec<_>>());
 }
 
 #[test]
@@ -255,12 +261,7 @@ fn a_really_full_disk_under_the_broker() {
     acked.push(b"after".to_vec());
     b.stop();
     let b = TestBroker::start_with(&data, config);
-    let (mut s, _) = Client::connect_with(b.addr, "keeper", V5, persistent());
-    let got: Vec<Vec<u8>> = drain_expecting(&mut s, acked.len(), Duration::from_millis(700))
-        .into_iter()
-        .filter(|p| p.topic.as_str() == "disk/a")
-        .map(|p| p.payload.to_vec())
-        .collect();
+    let got = keeper_receives(&b, "disk/a", acked.len());
     assert_eq!(got.len(), acked.len(), "every acknowledged message, and nothing refused");
     assert!(got == acked, "in order and intact");
     b.stop();
@@ -300,12 +301,8 @@ fn a_filesystem_that_turns_read_only_under_the_broker() {
     b.stop();
     fs.repair();
     let b = TestBroker::start(&data);
-    let (mut s, _) = Client::connect_with(b.addr, "keeper", V5, persistent());
-    let got: Vec<String> = drain_expecting(&mut s, acked.len(), Duration::from_millis(700))
-        .into_iter()
-        .filter(|p| p.topic.as_str() == "ro/a")
-        .map(|p| String::from_utf8(p.payload.to_vec()).unwrap())
-        .collect();
+    let got = keeper_receives(&b, "ro/a", acked.len());
+    let acked: Vec<Vec<u8>> = acked.iter().map(|a| a.as_bytes().to_vec()).collect();
     assert_eq!(got, acked, "every acknowledged message, and nothing refused");
     b.stop();
 }
