@@ -37,11 +37,24 @@ fn options() -> Options {
 
 #[test]
 fn a_really_full_disk_refuses_appends_and_loses_nothing_acknowledged() {
+    full_disk_appends(options());
+}
+
+/// The same where an append is acknowledged once written and synced in the background
+/// (`interval`): a write that does not fit is refused all the same, and a clean close
+/// syncs what was acknowledged.
+#[test]
+fn a_really_full_disk_with_background_syncs() {
+    full_disk_appends(options().sync(SyncMode::Interval(Duration::from_millis(5))).preallocate(false));
+}
+
+fn full_disk_appends(options: Options) {
     let Some(fs) = SmallFs::mount(24) else { return };
     let dir = fs.mnt.join("log");
     // Freed at the end, so that the log can reopen with room to spare.
     let filler = fs.mnt.join("filler");
     std::fs::write(&filler, vec![1u8; 3 << 20]).unwrap();
+    let options = || options.clone();
 
     let wal = Wal::open(&dir, options()).unwrap();
     let s = wal.stream("s").unwrap();
