@@ -307,6 +307,8 @@ fn a_filesystem_that_turns_read_only_under_the_log() {
     }
     let recs = wal.read(&s, 0, 1000).unwrap();
     assert_eq!(recs.len(), 100, "what was acknowledged is still readable");
+    let health = wal.health().expect_err("a failed shard is reported");
+    assert!(health.to_string().contains("Read-only file system"), "health names the cause: {health}");
     if let Err(e) = wal.close() {
         eprintln!("close on the read-only filesystem: {e}");
     }

@@ -74,6 +74,8 @@ pub(crate) struct ShardShared {
     pub(crate) stats: ShardStats,
     /// Set when the shard stops accepting appends (until the log is reopened).
     pub(crate) failed: std::sync::atomic::AtomicBool,
+    /// The error that failed it, for health checks.
+    pub(crate) failure: std::sync::OnceLock<String>,
     /// Told about each group commit.
     pub(crate) observer: std::sync::OnceLock<Arc<dyn crate::CommitObserver>>,
     /// Where maintenance hands deleted segments for reuse (with preallocation only).
@@ -90,6 +92,7 @@ impl ShardShared {
             maintenance: std::sync::RwLock::new(()),
             stats: ShardStats::default(),
             failed: Default::default(),
+            failure: std::sync::OnceLock::new(),
             observer: std::sync::OnceLock::new(),
             recycler: std::sync::OnceLock::new(),
             segments: Mutex::new(segments.into_iter().map(|s| (s, None)).collect()),
@@ -370,6 +373,7 @@ impl ShardWriter {
     fn fail(&mut self, e: &Error) -> Error {
         let reason = e.to_string();
         tracing::error!(shard = self.shared.id, error = %reason, "shard stops accepting appends until reopened");
+        let _ = self.shared.failure.set(reason.clone());
         self.failed = Some(reason);
         self.shared.failed.store(true, Ordering::Release);
         e.duplicate()

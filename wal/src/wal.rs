@@ -631,10 +631,8 @@ impl Wal {
         self.check_open()?;
         for s in &self.inner.shards {
             if s.shared.failed.load(Ordering::Acquire) {
-                return Err(Error::ShardFailed {
-                    shard: s.shared.id,
-                    reason: "a write or sync failed earlier; see the log".into(),
-                });
+                let reason = s.shared.failure.get().map_or("a write or sync failed earlier; see the log", |r| r);
+                return Err(Error::ShardFailed { shard: s.shared.id, reason: reason.to_string() });
             }
         }
         Ok(())
