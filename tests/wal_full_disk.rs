@@ -330,3 +330,56 @@ fn a_filesystem_that_turns_read_only_under_the_log() {
     assert_eq!(wal.append(&s, "after").wait().unwrap(), 100);
     wal.close().unwrap();
 }
+
+/// A filesystem that runs out of inodes while it has blocks to spare: a new segment (or the
+/// index's next file) cannot be created. Appends are refused cleanly, nothing acknowledged
+/// is lost, and once files are freed the log goes on.
+#[test]
+fn a_filesystem_out_of_inodes() {
+    let Some(fs) = SmallFs::mount_with_inodes(64, Some(128)) else { return };
+    let dir = fs.mnt.join("log");
+    let opts = || Options::default().shards(1).segment_bytes(64 << 10).sync(SyncMode::Always);
+    let wal = Wal::open(&dir, opts()).unwrap();
+    let s = wal.stream("s").unwrap();
+    let mut acked = vec![(wal.append(&s, payload(0)).wait().unwrap(), 0)];
+    // Then every inode left goes.
+    let fillers = fs.mnt.join("fillers");
+    std::fs::create_dir(&fillers).unwrap();
+    for n in 0.. {
+        if std::fs::File::create(fillers.join(n.to_string())).is_err() {
+            break;
+        }
+    }
+    let mut refused = 0;
+    for i in 1..5_000u64 {
+        match wal.append(&s, payload(i)).wait() {
+            Ok(offset) => acked.push((offset, i)),
+            Err(e) => {
+                eprintln!("append {i} with no inode free: {e}");
+                assert!(e.is_disk_full(), "no inode left is a full disk: {e}");
+                refused += 1;
+                if refused == 10 {
+                    break;
+                }
+            }
+        }
+    }
+    assert_eq!(refused, 10, "inodes never ran out: {} acknowledged", acked.len());
+    for (n, (offset, _)) in acked.iter().enumerate() {
+        assert_eq!(*offset, n as u64, "offsets of acknowledged appends");
+    }
+    if let Err(e) = wal.close() {
+        eprintln!("close with no inode free: {e}");
+    }
+    // Files freed: a strict open finds everything acknowledged, and the log goes on.
+    std::fs::remove_dir_all(&fillers).unwrap();
+    let wal = Wal::open(&dir, opts().recovery(RecoveryMode::Strict)).unwrap();
+    let s = wal.lookup("s").expect("the stream survives");
+    let recs = read_all(&wal, &s);
+    assert!(recs.len() >= acked.len(), "{} records for {} acknowledged", recs.len(), acked.len());
+    for (offset, i) in &acked {
+        assert_eq!(recs[*offset as usize].payload.to_vec(), payload(*i), "record at offset {offset}");
+    }
+    assert!(wal.append(&s, "after").wait().unwrap() >= acked.len() as u64);
+    wal.close().unwrap();
+}

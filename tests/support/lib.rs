@@ -551,12 +551,24 @@ fn run_tool(cmd: &str, args: &[&std::ffi::OsStr]) -> Result<String, String> {
 impl SmallFs {
     /// `None`, with the reason on stderr, where this machine cannot mount one.
     pub fn mount(mib: u64) -> Option<SmallFs> {
+        Self::mount_with_inodes(mib, None)
+    }
+
+    /// [`SmallFs::mount`] with room for only `inodes` files and directories, if given: a
+    /// filesystem that runs out of inodes with blocks to spare.
+    pub fn mount_with_inodes(mib: u64, inodes: Option<u32>) -> Option<SmallFs> {
         let dir = tempfile::tempdir().ok()?;
         let (image, mnt) = (dir.path().join("fs.img"), dir.path().join("mnt"));
         std::fs::create_dir(&mnt).ok()?;
         std::fs::File::create(&image).ok()?.set_len(mib << 20).ok()?;
         let fs = SmallFs { _dir: dir, image, mnt };
-        match run_tool("mkfs.ext4", &["-q".as_ref(), "-F".as_ref(), fs.image.as_os_str()]).and_then(|_| fs.attach()) {
+        let inodes = inodes.map(|n| n.to_string());
+        let mut args: Vec<&std::ffi::OsStr> = vec!["-q".as_ref(), "-F".as_ref()];
+        if let Some(n) = &inodes {
+            args.extend([std::ffi::OsStr::new("-N"), std::ffi::OsStr::new(n)]);
+        }
+        args.push(fs.image.as_os_str());
+        match run_tool("mkfs.ext4", &args).and_then(|_| fs.attach()) {
             Ok(()) => Some(fs),
             Err(why) => {
                 eprintln!("SKIPPED: cannot mount a small ext4 filesystem here ({why})");

@@ -26,10 +26,10 @@ pub enum Error {
         source: io::Error,
     },
 
-    /// The disk is full (ENOSPC / EDQUOT). The write was refused (an append, a new
+    /// The disk is full, or out of inodes (ENOSPC / EDQUOT). The write was refused (an append, a new
     /// segment, a compacted copy) and nothing partial remains in the log; free space (or
     /// raise the quota) and retry.
-    #[error("no space left on the device holding {path} while {action}: that write was undone and the log is unchanged; free some space and retry")]
+    #[error("no space (or no free inode) left on the device holding {path} while {action}: that write was undone and the log is unchanged; free some space and retry")]
     DiskFull {
         /// What the log was doing, e.g. "writing", "compacting".
         action: &'static str,
@@ -155,8 +155,27 @@ impl Error {
 
 impl From<fjall::Error> for Error {
     fn from(e: fjall::Error) -> Self {
+        // The index's advice (delete it and reopen) is wrong for a full disk: it would be
+        // rebuilt into the same lack of space. Say what is wrong instead.
+        if out_of_space(&e) {
+            return Error::DiskFull { action: "writing the index", path: PathBuf::from("index/") };
+        }
         Error::Index(e.to_string())
     }
+}
+
+/// Whether `e`, or an error that caused it, is the OS saying there is no space or no inode
+/// left (ENOSPC) or the quota is used up (EDQUOT).
+fn out_of_space(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        let code = c.downcast_ref::<io::Error>().and_then(|io| io.raw_os_error());
+        if code.is_some_and(|code| code == libc::ENOSPC || code == libc::EDQUOT) {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 impl Error {
@@ -187,5 +206,20 @@ impl Error {
             Error::Closed => Error::Closed,
             Error::InvalidOption { name, reason } => Error::InvalidOption { name, reason: reason.clone() },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_index_error_caused_by_a_full_disk_is_disk_full() {
+        let full = fjall::Error::Io(io::Error::from_raw_os_error(libc::ENOSPC));
+        assert!(Error::from(full).is_disk_full());
+        let nested = fjall::Error::Storage(fjall::LsmError::Io(io::Error::from_raw_os_error(libc::EDQUOT)));
+        assert!(Error::from(nested).is_disk_full());
+        let other = fjall::Error::Io(io::Error::from_raw_os_error(libc::EIO));
+        assert!(matches!(Error::from(other), Error::Index(_)));
     }
 }
