@@ -343,7 +343,7 @@ impl<R: Weighted, T> CommitQueue<R, T> {
 
     /// Queues a request. Blocks while the queue holds more than its byte limit (a single
     /// request larger than the limit is admitted when the queue is empty).
-    #[cfg(test)]
+    #[cfg(all(test, not(loom)))]
     pub(crate) fn submit(&self, req: R) -> Completion<T> {
         let (done, completion) = completion_pair();
         self.enqueue([Pending { req, done }]);
