@@ -98,7 +98,7 @@ pub enum Error {
     KeyTooLong(usize),
 
     /// The stream does not exist.
-    #[error("no stream named {0:?}; create it with Wal::stream")]
+    #[error("no stream named {0:?}: create it first (Wal::stream), or list the streams there are (Wal::streams, `walctl inspect`)")]
     NoSuchStream(String),
 
     /// A stream name is empty or too long.
