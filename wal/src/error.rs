@@ -26,9 +26,9 @@ pub enum Error {
         source: io::Error,
     },
 
-    /// The disk is full, or out of inodes (ENOSPC / EDQUOT). The write was refused (an append, a new
-    /// segment, a compacted copy) and nothing partial remains in the log; free space (or
-    /// raise the quota) and retry.
+    /// The disk is full, or out of inodes (ENOSPC / EDQUOT). The write was refused (an
+    /// append, a new segment, a compacted copy, the index) and nothing partial remains in
+    /// the log; free space (or raise the quota) and retry.
     #[error("no space (or no free inode) left on the device holding {path} while {action}: that write was undone and the log is unchanged; free some space and retry")]
     DiskFull {
         /// What the log was doing, e.g. "writing", "compacting".
