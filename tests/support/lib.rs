@@ -24,7 +24,17 @@ pub fn sync_mode_arg(arg: Option<&str>) -> Result<promptmq_wal::SyncMode, String
 /// Runs a crash-test child until it prints `READY`, lets it run for `run_for`, kills it with
 /// SIGKILL, and returns every whole line it printed after `READY` (not one the kill cut
 /// short). `what` names the child in failures.
-pub fn lines_until_killed(mut cmd: std::process::Command, run_for: Duration, what: &str) -> Vec<String> {
+pub fn lines_until_killed(cmd: std::process::Command, run_for: Duration, what: &str) -> Vec<String> {
+    lines_until_killed_after(cmd, run_for, what, |_| {})
+}
+
+/// [`lines_until_killed`], calling `before_kill` with the child just before the kill.
+pub fn lines_until_killed_after(
+    mut cmd: std::process::Command,
+    run_for: Duration,
+    what: &str,
+    before_kill: impl FnOnce(&mut std::process::Child),
+) -> Vec<String> {
     use std::io::BufRead;
     let mut child = cmd
         .stdout(std::process::Stdio::piped())
@@ -50,6 +60,7 @@ pub fn lines_until_killed(mut cmd: std::process::Command, run_for: Duration, wha
     while Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));
     }
+    before_kill(&mut child);
     child.kill().expect("SIGKILL");
     child.wait().expect("reaping the child");
     reader.join().expect("reader thread");
@@ -578,20 +589,55 @@ impl SmallFs {
     }
 
     /// Mounts the image, read-only from the first filesystem error on, as production
-    /// systems commonly mount ext4.
+    /// systems commonly mount ext4. The journal commits only when asked (a sync) or every
+    /// ten minutes, so that nothing is written behind a stopped writer's back (see
+    /// [`SmallFs::power_cut_copy`]).
     fn attach(&self) -> Result<(), String> {
-        let opts = "loop,errors=remount-ro";
+        let opts = "loop,errors=remount-ro,commit=600";
         run_tool("mount", &["-o".as_ref(), opts.as_ref(), self.image.as_os_str(), self.mnt.as_os_str()]).map(|_| ())
+    }
+
+    /// The loop device it is mounted from (`loop3`).
+    fn device(&self) -> String {
+        let source = run_tool("findmnt", &["-n".as_ref(), "-o".as_ref(), "SOURCE".as_ref(), self.mnt.as_os_str()])
+            .expect("findmnt");
+        source.trim().rsplit('/').next().unwrap_or_default().to_string()
     }
 
     /// Makes ext4 report an error, as after a failed write to the device: the filesystem
     /// turns read-only at once, under whatever has files open on it.
     pub fn fail(&self) {
-        let source = run_tool("findmnt", &["-n".as_ref(), "-o".as_ref(), "SOURCE".as_ref(), self.mnt.as_os_str()])
-            .expect("findmnt");
-        let device = source.trim().rsplit('/').next().unwrap_or_default().to_string();
-        std::fs::write(format!("/sys/fs/ext4/{device}/trigger_fs_error"), "test")
+        std::fs::write(format!("/sys/fs/ext4/{}/trigger_fs_error", self.device()), "test")
             .expect("ext4's trigger_fs_error for this device");
+    }
+
+    /// Writes the device has completed, and writes in flight (`/sys/block/DEV/stat`).
+    fn device_writes(&self) -> Option<(u64, u64)> {
+        let stat = std::fs::read_to_string(format!("/sys/block/{}/stat", self.device())).ok()?;
+        let f: Vec<u64> = stat.split_whitespace().filter_map(|v| v.parse().ok()).collect();
+        Some((*f.get(4)?, *f.get(8)?))
+    }
+
+    /// What a power cut now would leave: a copy of the device as it is (what reached it,
+    /// not what the page cache holds), mounted elsewhere after the journal is replayed.
+    /// Whoever writes to this filesystem must be stopped first; the copy is taken again if
+    /// the device was written meanwhile. `None` if it never held still.
+    pub fn power_cut_copy(&self) -> Option<SmallFs> {
+        for _ in 0..50 {
+            let before = self.device_writes()?;
+            let dir = tempfile::tempdir().ok()?;
+            let (image, mnt) = (dir.path().join("fs.img"), dir.path().join("mnt"));
+            std::fs::create_dir(&mnt).ok()?;
+            std::fs::copy(&self.image, &image).ok()?;
+            if before.1 == 0 && self.device_writes()? == before {
+                let copy = SmallFs { _dir: dir, image, mnt };
+                // e2fsck replays the journal and checks what the cut left.
+                let _ = std::process::Command::new("e2fsck").arg("-fy").arg(&copy.image).output();
+                return copy.attach().ok().map(|_| copy);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
     }
 
     /// What an operator does after such an error: unmount, `e2fsck -fy`, mount again.
