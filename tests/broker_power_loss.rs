@@ -3,7 +3,8 @@
 //! broker is stopped and a copy is taken of the device as it is — what a power cut would
 //! leave, without the page cache (see `promptmq_tests::SmallFs::power_cut_copy`). A broker
 //! started on the copy must deliver to a persistent subscriber every message the publisher
-//! got a PUBACK for, in order. `BROKER_POWER_CYCLES` sets the cycles (default 4); the same
+//! got a PUBACK for, in order, and to a new subscriber every retained message that was
+//! PUBACKed. `BROKER_POWER_CYCLES` sets the cycles (default 4); the same
 //! data goes on from cycle to cycle, the broker killed at the end of each.
 //!
 //! Needs root and loop devices (CI has both); elsewhere it says so on stderr and checks
@@ -32,8 +33,10 @@ fn acknowledged_messages_survive_a_power_cut() {
         keeper.disconnect();
         b.stop_gracefully();
     }
-    // Every message acknowledged so far, in publish order.
+    // Every message acknowledged so far on power/a, in publish order, and every retained
+    // topic whose message was acknowledged.
     let mut acked: Vec<String> = Vec::new();
+    let mut retained: Vec<String> = Vec::new();
     for cycle in 0..cycles {
         let b = BrokerProcess::start(exe, &data);
         let got_ack = Arc::new(Mutex::new(Vec::new()));
@@ -44,10 +47,15 @@ fn acknowledged_messages_survive_a_power_cut() {
                 let start = Instant::now();
                 for i in 0..20_000 {
                     let payload = format!("c{cycle}-{i}");
+                    // Every fourth message is retained, on a topic of its own.
+                    let (topic, retain) = match i % 4 {
+                        3 => (format!("power/r/{payload}"), true),
+                        _ => ("power/a".to_string(), false),
+                    };
                     let code =
-                        p.try_publish_with("power/a", payload.clone(), QoS::AtLeastOnce, false, Properties::default());
+                        p.try_publish_with(&topic, payload.clone(), QoS::AtLeastOnce, retain, Properties::default());
                     match code {
-                        Some(ReasonCode::Success) => got_ack.lock().unwrap().push(payload),
+                        Some(ReasonCode::Success) => got_ack.lock().unwrap().push((topic, payload)),
                         // Stopped, then killed: no answer is coming.
                         _ => return,
                     }
@@ -65,7 +73,12 @@ fn acknowledged_messages_survive_a_power_cut() {
         b.kill9();
         publisher.join().expect("publisher thread");
         // A PUBACK read after the copy was sent before the stop: it counts too.
-        acked.extend(got_ack.lock().unwrap().drain(..));
+        for (topic, payload) in got_ack.lock().unwrap().drain(..) {
+            match topic.as_str() {
+                "power/a" => acked.push(payload),
+                _ => retained.push(topic),
+            }
+        }
 
         let after = TestBroker::start(&cut.mnt.join("data"));
         let (mut keeper, _) = Client::connect_with(after.addr, "keeper", V5, ConnectOptions::persistent(3600));
@@ -88,9 +101,23 @@ fn acknowledged_messages_survive_a_power_cut() {
                 acked.len()
             );
         }
-        drop(keeper);
+        // And a new subscriber gets every retained message that was acknowledged.
+        let mut fresh = Client::connect(after.addr, "fresh", V5);
+        fresh.subscribe("power/r/#", QoS::AtLeastOnce);
+        let kept: std::collections::HashSet<String> =
+            drain_expecting(&mut fresh, retained.len(), Duration::from_millis(700))
+                .into_iter()
+                .map(|m| m.topic.as_str().to_string())
+                .collect();
+        let lost: Vec<_> = retained.iter().filter(|t| !kept.contains(*t)).collect();
+        assert!(lost.is_empty(), "cycle {cycle}: acknowledged retained messages lost: {lost:?}");
+        drop((keeper, fresh));
         after.stop();
     }
-    eprintln!("broker power-cut test: {cycles} cycles, {} QoS 1 messages acknowledged, 0 lost", acked.len());
+    eprintln!(
+        "broker power-cut test: {cycles} cycles, {} QoS 1 messages and {} retained ones acknowledged, 0 lost",
+        acked.len(),
+        retained.len()
+    );
     assert!(!acked.is_empty(), "nothing was acknowledged: the test proved nothing");
 }
