@@ -10,11 +10,10 @@
 //! Needs root and loop devices (CI has both); elsewhere it says so on stderr and checks
 //! nothing.
 
-use std::collections::HashMap;
 use std::process::Command;
 use std::time::Duration;
 
-use promptmq_tests::{lines_until_killed_after, SmallFs};
+use promptmq_tests::{assert_acked_present, lines_until_killed_after, record_acks, Acked, SmallFs};
 use promptmq_wal::{Options, RecoveryMode, Wal};
 use rand::{Rng, SeedableRng};
 
@@ -25,7 +24,7 @@ fn acknowledged_records_survive_a_power_cut() {
     let dir = fs.mnt.join("log");
     let mut rng = rand::rngs::StdRng::seed_from_u64(std::process::id() as u64);
     // stream -> offset -> payload, for every acknowledged record so far.
-    let mut acked: HashMap<String, HashMap<u64, String>> = HashMap::new();
+    let mut acked = Acked::new();
     let mut total = 0usize;
     for cycle in 0..cycles {
         let mut child = Command::new(env!("CARGO_BIN_EXE_wal-crash-child"));
@@ -40,31 +39,10 @@ fn acknowledged_records_survive_a_power_cut() {
             cut = fs.power_cut_copy();
         });
         let cut = cut.unwrap_or_else(|| panic!("cycle {cycle}: the device never held still for a copy"));
-        for line in lines {
-            let mut parts = line.splitn(4, ' ');
-            if let (Some("ACK"), Some(stream), Some(off), Some(payload)) =
-                (parts.next(), parts.next(), parts.next(), parts.next())
-            {
-                let off: u64 = off.parse().unwrap();
-                let prev = acked.entry(stream.to_string()).or_default().insert(off, payload.to_string());
-                assert!(prev.is_none(), "offset {off} of {stream} acknowledged twice");
-                total += 1;
-            }
-        }
+        total += record_acks(lines, &mut acked);
         let wal = Wal::open(cut.mnt.join("log"), Options::default().recovery(RecoveryMode::Strict))
             .unwrap_or_else(|e| panic!("cycle {cycle}: the log after the power cut does not open: {e}"));
-        for (stream, recs) in &acked {
-            let s = wal.lookup(stream).unwrap_or_else(|| panic!("cycle {cycle}: stream {stream} lost"));
-            let all = wal.read(&s, 0, usize::MAX).unwrap();
-            for (i, r) in all.iter().enumerate() {
-                assert_eq!(r.offset, i as u64, "cycle {cycle}: {stream} out of order");
-            }
-            for (off, payload) in recs {
-                let r =
-                    all.get(*off as usize).unwrap_or_else(|| panic!("cycle {cycle}: acknowledged {stream}@{off} lost"));
-                assert_eq!(std::str::from_utf8(&r.payload).unwrap(), payload, "cycle {cycle}: {stream}@{off} damaged");
-            }
-        }
+        assert_acked_present(&wal, &acked, &format!("cycle {cycle}"));
         wal.close().unwrap();
     }
     eprintln!("wal power-cut test: {cycles} cycles, {total} acknowledged records, 0 lost");

@@ -67,6 +67,44 @@ pub fn lines_until_killed_after(
     rx.try_iter().collect()
 }
 
+/// Every record a crash-test child acknowledged so far: stream → offset → payload.
+pub type Acked = std::collections::HashMap<String, std::collections::HashMap<u64, String>>;
+
+/// Adds the `ACK <stream> <offset> <payload>` lines of a crash-test child to `acked`, and
+/// returns how many there were. An offset acknowledged twice is a failure.
+pub fn record_acks(lines: Vec<String>, acked: &mut Acked) -> usize {
+    let mut n = 0;
+    for line in lines {
+        let mut parts = line.splitn(4, ' ');
+        if let (Some("ACK"), Some(stream), Some(off), Some(payload)) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        {
+            let off: u64 = off.parse().unwrap_or_else(|e| panic!("bad offset in {line:?}: {e}"));
+            let prev = acked.entry(stream.to_string()).or_default().insert(off, payload.to_string());
+            assert!(prev.is_none(), "offset {off} of {stream} acknowledged twice");
+            n += 1;
+        }
+    }
+    n
+}
+
+/// Checks that `wal` holds every acknowledged record: each stream dense from offset 0 (so
+/// in order, with nothing missing in between) and each payload intact. `what` names the
+/// check in failures.
+pub fn assert_acked_present(wal: &promptmq_wal::Wal, acked: &Acked, what: &str) {
+    for (stream, recs) in acked {
+        let s = wal.lookup(stream).unwrap_or_else(|| panic!("{what}: stream {stream} lost"));
+        let all = wal.read(&s, 0, usize::MAX).unwrap_or_else(|e| panic!("{what}: reading {stream}: {e}"));
+        for (i, r) in all.iter().enumerate() {
+            assert_eq!(r.offset, i as u64, "{what}: {stream} out of order");
+        }
+        for (off, payload) in recs {
+            let r = all.get(*off as usize).unwrap_or_else(|| panic!("{what}: acknowledged {stream}@{off} lost"));
+            assert_eq!(std::str::from_utf8(&r.payload).ok(), Some(payload.as_str()), "{what}: {stream}@{off} damaged");
+        }
+    }
+}
+
 /// A broker running in this process on 127.0.0.1 (port chosen by the OS), with its own
 /// tokio runtime so tests stay plain `#[test]` functions.
 pub struct TestBroker {

@@ -300,10 +300,16 @@ fn write_back(f: &std::fs::File, at: u64, len: u64) {
 mod tests {
     use super::*;
 
+    /// The spare thread of a shard in a new directory, making spares of `bytes`.
+    fn started(bytes: u64) -> (tempfile::TempDir, Spares) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Spares::start(dir.path(), bytes, "spare-test".into()).unwrap();
+        (dir, s)
+    }
+
     #[test]
     fn a_spare_is_made_when_wanted_and_taken_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut s = Spares::start(dir.path(), 3 << 20, "spare-test".into()).unwrap();
+        let (_dir, mut s) = started(3 << 20);
         assert!(s.take().is_none(), "nothing made before it is wanted");
         s.want();
         // Kept a quarter ahead of the active segment: the spare is finished once that is
@@ -333,9 +339,8 @@ mod tests {
 
     #[test]
     fn a_deleted_segment_becomes_the_next_spare_with_its_start_zeroed() {
-        let dir = tempfile::tempdir().unwrap();
         let bytes = 64 << 10;
-        let mut s = Spares::start(dir.path(), bytes, "spare-test".into()).unwrap();
+        let (dir, mut s) = started(bytes);
         let r = s.recycler();
         // A sealed segment runs a little past the segment size (its last batch).
         let old = dir.path().join("00000000000000000007.seg");
@@ -354,9 +359,8 @@ mod tests {
 
     #[test]
     fn zeros_are_given_up_for_a_deleted_segment_that_arrives() {
-        let dir = tempfile::tempdir().unwrap();
         let bytes = 8 << 20;
-        let mut s = Spares::start(dir.path(), bytes, "spare-test".into()).unwrap();
+        let (dir, mut s) = started(bytes);
         // The active segment is empty: the zeros stop a quarter of a segment ahead of it.
         s.want();
         let spare = dir.path().join(SPARE_NAME);
@@ -376,9 +380,8 @@ mod tests {
 
     #[test]
     fn only_a_few_whole_segments_are_kept_for_reuse() {
-        let dir = tempfile::tempdir().unwrap();
         let bytes = 64 << 10;
-        let mut s = Spares::start(dir.path(), bytes, "spare-test".into()).unwrap();
+        let (dir, mut s) = started(bytes);
         let r = s.recycler();
         let short = dir.path().join("short.seg");
         std::fs::write(&short, vec![1; bytes as usize - 1]).unwrap();
