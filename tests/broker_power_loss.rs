@@ -69,7 +69,7 @@ fn acknowledged_messages_survive_a_power_cut() {
         let stopped = std::process::Command::new("kill").args(["-STOP", &b.pid().to_string()]).status();
         assert!(stopped.is_ok_and(|s| s.success()), "SIGSTOP");
         std::thread::sleep(Duration::from_millis(100));
-        let cut = fs.power_cut_copy().unwrap_or_else(|| panic!("cycle {cycle}: the device never held still"));
+        let cut = fs.power_cut_copy().unwrap_or_else(|why| panic!("cycle {cycle}: no power-cut copy: {why}"));
         b.kill9();
         publisher.join().expect("publisher thread");
         // A PUBACK read after the copy was sent before the stop: it counts too.

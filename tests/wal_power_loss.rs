@@ -36,9 +36,10 @@ fn acknowledged_records_survive_a_power_cut() {
             assert!(stopped.is_ok_and(|s| s.success()), "SIGSTOP");
             // Let what is in flight reach the device.
             std::thread::sleep(Duration::from_millis(100));
-            cut = fs.power_cut_copy();
+            cut = Some(fs.power_cut_copy());
         });
-        let cut = cut.unwrap_or_else(|| panic!("cycle {cycle}: the device never held still for a copy"));
+        let cut =
+            cut.expect("the copy is taken").unwrap_or_else(|why| panic!("cycle {cycle}: no power-cut copy: {why}"));
         total += record_acks(lines, &mut acked);
         let wal = Wal::open(cut.mnt.join("log"), Options::default().recovery(RecoveryMode::Strict))
             .unwrap_or_else(|e| panic!("cycle {cycle}: the log after the power cut does not open: {e}"));

@@ -657,25 +657,26 @@ impl SmallFs {
     }
 
     /// What a power cut now would leave: a copy of the device as it is (what reached it,
-    /// not what the page cache holds), mounted elsewhere after the journal is replayed.
-    /// Whoever writes to this filesystem must be stopped first; the copy is taken again if
-    /// the device was written meanwhile. `None` if it never held still.
-    pub fn power_cut_copy(&self) -> Option<SmallFs> {
+    /// not what the page cache holds), mounted elsewhere after `e2fsck` replayed its
+    /// journal. Whoever writes to this filesystem must be stopped first; the copy is taken
+    /// again if the device was written meanwhile. Why not, if it cannot be had.
+    pub fn power_cut_copy(&self) -> Result<SmallFs, String> {
         for _ in 0..50 {
-            let before = self.device_writes()?;
-            let dir = tempfile::tempdir().ok()?;
+            let before = self.device_writes().ok_or("no write counts for the device")?;
+            let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
             let (image, mnt) = (dir.path().join("fs.img"), dir.path().join("mnt"));
-            std::fs::create_dir(&mnt).ok()?;
-            std::fs::copy(&self.image, &image).ok()?;
-            if before.1 == 0 && self.device_writes()? == before {
+            std::fs::create_dir(&mnt).map_err(|e| e.to_string())?;
+            std::fs::copy(&self.image, &image).map_err(|e| format!("copying the image: {e}"))?;
+            if before.1 == 0 && self.device_writes() == Some(before) {
                 let copy = SmallFs { _dir: dir, image, mnt };
-                // e2fsck replays the journal and checks what the cut left.
+                // e2fsck exits 1 when it fixed something, as after a cut it may.
                 let _ = std::process::Command::new("e2fsck").arg("-fy").arg(&copy.image).output();
-                return copy.attach().ok().map(|_| copy);
+                copy.attach().map_err(|e| format!("mounting the copy: {e}"))?;
+                return Ok(copy);
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        None
+        Err("the device was written during every copy".into())
     }
 
     /// What an operator does after such an error: unmount, `e2fsck -fy`, mount again.
