@@ -34,6 +34,11 @@ pub enum Appenders {
     /// OS threads that all wait on one condition variable, which the committer notifies
     /// once per commit (one wake-up call for the whole batch).
     ThreadsBroadcast,
+    /// OS threads with no lock at all: an append is one atomic increment, the last appender
+    /// of a round wakes the committer through a futex, and all threads wait on one futex
+    /// word (the commit count) that one `FUTEX_WAKE` releases. A woken thread takes no mutex,
+    /// so nothing convoys: the leanest hand-off Linux offers (see [`futex`]).
+    ThreadsFutex,
 }
 
 /// The file region a `zeroed` probe overwrites in turn: written full of zeros and synced
@@ -145,6 +150,12 @@ pub fn handoff_probe(dir: &Path, h: Handoff, secs: f64) -> std::io::Result<f64> 
         }
         file.sync_all()?;
     }
+    if how == Appenders::ThreadsFutex {
+        let batch = vec![0x5au8; (record_bytes + frame_bytes) * appenders];
+        let rate = futex::run(file, batch, appenders, zeroed, secs);
+        std::fs::remove_file(&path)?;
+        return rate;
+    }
     let shared = Arc::new(Shared {
         round: Mutex::new(Round { waiting: Vec::with_capacity(appenders), stop: false }),
         full: Condvar::new(),
@@ -211,7 +222,7 @@ pub fn handoff_probe(dir: &Path, h: Handoff, secs: f64) -> std::io::Result<f64> 
                 }
             });
         }
-        Appenders::Threads | Appenders::ThreadsParked | Appenders::ThreadsBroadcast => {
+        Appenders::Threads | Appenders::ThreadsParked | Appenders::ThreadsBroadcast | Appenders::ThreadsFutex => {
             let running: Vec<_> = (0..appenders)
                 .map(|_| {
                     let (shared, stop, count) = (shared.clone(), stop.clone(), count.clone());
@@ -252,6 +263,125 @@ fn finish(shared: &Shared) {
     shared.full.notify_one();
 }
 
+/// [`Appenders::ThreadsFutex`]: the same rounds as the other ways, with atomics and futexes
+/// in place of locks.
+mod futex {
+    use super::*;
+    use std::sync::atomic::AtomicU32;
+
+    /// Sleeps while `word` holds `seen` (or until a wake-up; callers loop).
+    fn wait(word: &AtomicU32, seen: u32) {
+        // SAFETY: FUTEX_WAIT reads the aligned u32 behind a live reference and writes nothing.
+        unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                word.as_ptr(),
+                libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+                seen,
+                std::ptr::null::<libc::timespec>(),
+            );
+        }
+    }
+
+    /// Wakes up to `n` threads sleeping on `word`.
+    fn wake(word: &AtomicU32, n: i32) {
+        // SAFETY: FUTEX_WAKE only uses the address as a key.
+        unsafe {
+            libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG, n);
+        }
+    }
+
+    struct Shared {
+        /// Commits done: appenders wait for it to move past the value they saw.
+        commits: AtomicU32,
+        /// Appends queued for the next commit: the committer waits for it to reach `appenders`.
+        queued: AtomicU32,
+        stop: AtomicBool,
+        count: AtomicU64,
+    }
+
+    pub(super) fn run(
+        file: std::fs::File,
+        batch: Vec<u8>,
+        appenders: usize,
+        zeroed: bool,
+        secs: f64,
+    ) -> std::io::Result<f64> {
+        let n = appenders as u32;
+        let shared = Arc::new(Shared {
+            commits: AtomicU32::new(0),
+            queued: AtomicU32::new(0),
+            stop: AtomicBool::new(false),
+            count: AtomicU64::new(0),
+        });
+        let committer = {
+            let shared = shared.clone();
+            std::thread::spawn(move || -> std::io::Result<()> {
+                let mut pos = 0u64;
+                loop {
+                    loop {
+                        let q = shared.queued.load(Ordering::Acquire);
+                        if q >= n {
+                            break;
+                        }
+                        if shared.stop.load(Ordering::Acquire) {
+                            return Ok(());
+                        }
+                        wait(&shared.queued, q);
+                    }
+                    shared.queued.store(0, Ordering::Release);
+                    if zeroed && pos + batch.len() as u64 > REGION {
+                        pos = 0;
+                    }
+                    file.write_all_at(&batch, pos)?;
+                    file.sync_data()?;
+                    pos += batch.len() as u64;
+                    shared.commits.fetch_add(1, Ordering::Release);
+                    wake(&shared.commits, i32::MAX);
+                }
+            })
+        };
+        let start = Instant::now();
+        let running: Vec<_> = (0..appenders)
+            .map(|_| {
+                let shared = shared.clone();
+                std::thread::spawn(move || {
+                    while !shared.stop.load(Ordering::Relaxed) {
+                        // Read before queuing: the commit that takes this append cannot be
+                        // counted before the increment below completes the round.
+                        let seen = shared.commits.load(Ordering::Acquire);
+                        if shared.queued.fetch_add(1, Ordering::AcqRel) + 1 == n {
+                            wake(&shared.queued, 1);
+                        }
+                        while shared.commits.load(Ordering::Acquire) == seen {
+                            if shared.stop.load(Ordering::Acquire) {
+                                return;
+                            }
+                            wait(&shared.commits, seen);
+                        }
+                        shared.count.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_secs_f64(secs));
+        let count = shared.count.load(Ordering::Relaxed);
+        let elapsed = start.elapsed();
+        // Stop everyone: the committer sees `stop` (or a full round), the appenders a new count.
+        shared.stop.store(true, Ordering::Release);
+        shared.queued.fetch_add(n, Ordering::AcqRel);
+        wake(&shared.queued, 1);
+        let done = committer.join().unwrap_or_else(|_| Err(std::io::Error::other("the committer thread panicked")));
+        shared.commits.fetch_add(1, Ordering::Release);
+        wake(&shared.commits, i32::MAX);
+        for r in running {
+            let _ = r.join();
+        }
+        done?;
+        Ok(count as f64 / elapsed.as_secs_f64())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -264,6 +394,8 @@ mod tests {
             (Appenders::Threads, false),
             (Appenders::ThreadsParked, false),
             (Appenders::ThreadsBroadcast, true),
+            (Appenders::ThreadsFutex, false),
+            (Appenders::ThreadsFutex, true),
         ] {
             let h = Handoff { how, appenders: 4, record_bytes: 128, frame_bytes: 48, zeroed };
             let rate = handoff_probe(dir.path(), h, 0.2).unwrap();

@@ -18,8 +18,9 @@
 //! `tasks` and `append` (`always`) also run the hand-off probe ([`promptmq_benches::handoff`]):
 //! the same appenders through a committer that only waits for all of them, writes and syncs,
 //! i.e. what the hand-off between appenders and a committer thread alone costs here. For
-//! `append`'s threads it runs three ways of waiting (woken through a oneshot, parked, all on
-//! one condition variable) and the best counts; the other two go to stderr.
+//! `append`'s threads it runs four ways of waiting (woken through a oneshot, parked, all on
+//! one condition variable, all on one futex with no lock) and the best counts; all four go
+//! to stderr.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -506,12 +507,16 @@ fn appends(dir: &std::path::Path, log_dir: &std::path::Path, secs: f64) {
                     let (el, _) = raw_disk_probe(dir, record_bytes * writers, batches, true).expect("probe");
                     // Like the raw probe: the threads' log writes its first segment, a
                     // growing file.
-                    // Two ways for a thread to wait; the probe's figure is the better.
+                    // Four ways for a thread to wait; the probe's figure is the best.
                     let oneshot = handoff_rate(dir, Appenders::Threads, writers, size, secs, false);
                     let parked = handoff_rate(dir, Appenders::ThreadsParked, writers, size, secs, false);
                     let broadcast = handoff_rate(dir, Appenders::ThreadsBroadcast, writers, size, secs, false);
-                    eprintln!("  hand-off {size} B x{writers}: threads woken by a oneshot {oneshot:.0}/s, parked {parked:.0}/s, broadcast {broadcast:.0}/s");
-                    (Some((batches * writers) as f64 / el.as_secs_f64()), Some(oneshot.max(parked).max(broadcast)))
+                    let futex = handoff_rate(dir, Appenders::ThreadsFutex, writers, size, secs, false);
+                    eprintln!("  hand-off {size} B x{writers}: threads woken by a oneshot {oneshot:.0}/s, parked {parked:.0}/s, broadcast {broadcast:.0}/s, lock-free futex {futex:.0}/s");
+                    (
+                        Some((batches * writers) as f64 / el.as_secs_f64()),
+                        Some(oneshot.max(parked).max(broadcast).max(futex)),
+                    )
                 } else {
                     (None, None)
                 };
