@@ -319,6 +319,7 @@ fn a_filesystem_that_turns_read_only_under_the_log() {
             assert!(e.to_string().to_lowercase().contains("read-only"), "the error names the cause: {e}");
         }
     }
+    offline_tools_on_a_read_only_log(&dir);
     fs.repair();
     let wal = Wal::open(&dir, options().recovery(RecoveryMode::Strict)).unwrap();
     let s = wal.lookup("s").unwrap();
@@ -329,6 +330,29 @@ fn a_filesystem_that_turns_read_only_under_the_log() {
     }
     assert_eq!(wal.append(&s, "after").wait().unwrap(), 100);
     wal.close().unwrap();
+}
+
+/// What `walctl inspect`, `verify`, `dump` and `recover --dry-run` run (`promptmq_wal::tools`)
+/// only reads, so it works on the read-only filesystem and sees every acknowledged record;
+/// a real `recover` is refused with the cause.
+fn offline_tools_on_a_read_only_log(dir: &std::path::Path) {
+    use promptmq_wal::tools;
+    let found = tools::inspect(dir, &mut |_| {}).expect("inspect on a read-only filesystem");
+    assert!(found.damage().is_empty(), "verify finds no damage: {:?}", found.damage());
+    let s = found.streams.iter().find(|s| s.name.as_deref() == Some("s")).expect("inspect lists the stream");
+    assert_eq!((s.first_offset, s.last_offset, s.records), (Some(0), Some(99), 100));
+    let mut dumped = Vec::new();
+    tools::dump(dir, "s", 0, u64::MAX, &mut |r| dumped.push((r.offset, r.payload.to_vec()))).expect("dump");
+    assert_eq!(dumped, (0..100).map(|i| (i, payload(i))).collect::<Vec<_>>());
+    let plan = tools::recover(dir, RecoveryMode::Strict, true).expect("recover --dry-run on a read-only filesystem");
+    assert!(
+        plan.truncate.is_empty() && plan.skip.is_empty() && plan.set_aside.is_empty(),
+        "nothing to repair: {plan:?}"
+    );
+    match tools::recover(dir, RecoveryMode::Strict, false) {
+        Ok(_) => panic!("recover wrote to a read-only filesystem"),
+        Err(e) => assert!(e.to_string().to_lowercase().contains("read-only"), "recover names the cause: {e}"),
+    }
 }
 
 /// A filesystem that runs out of inodes while it has blocks to spare: a new segment (or the
