@@ -9,8 +9,12 @@ use bytes::{Buf, Bytes};
 
 /// Magic bytes at the start of every segment. The `\r\n` catches text-mode mangling.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"PMQWAL\r\n";
-/// The segment format version this crate writes and reads.
-pub const FORMAT_VERSION: u16 = 1;
+/// The segment format version this crate writes. It reads this one and
+/// [`OLDEST_FORMAT_VERSION`] onwards.
+pub const FORMAT_VERSION: u16 = 2;
+/// The oldest segment format version this crate reads. Version 1 has no
+/// [`RECORD_FLAG_AFTER_SYNC`]; its records are read the same way.
+pub const OLDEST_FORMAT_VERSION: u16 = 1;
 /// Size of the segment header in bytes.
 pub const SEGMENT_HEADER_LEN: usize = 32;
 /// Size of the fixed part of a record: frame (crc + length) and record header.
@@ -24,6 +28,14 @@ pub const MIN_BODY_LEN: u32 = (RECORD_HEADER_LEN - FRAME_LEN) as u32;
 pub const SEGMENT_FLAG_COMPRESSED: u16 = 1;
 /// Record flag: the record carries a key (possibly empty) used by key compaction.
 pub const RECORD_FLAG_KEYED: u16 = 1;
+/// Record flag (format version 2): every byte of the segment before this record was
+/// durable when it was written. Set on the first record of a commit that follows a sync.
+/// Recovery uses it to tell a commit torn by a power cut — whose sectors may reach the disk
+/// in any order, leaving bad bytes with valid records after them — from damage to data
+/// that was synced (see `FORMAT.md`, "Recovery rules").
+pub const RECORD_FLAG_AFTER_SYNC: u16 = 2;
+/// Every record flag this crate knows.
+const RECORD_FLAGS: u16 = RECORD_FLAG_KEYED | RECORD_FLAG_AFTER_SYNC;
 
 /// CRC-64/XZ (ECMA-182 polynomial, reflected) as computed by `crc64fast`.
 pub fn crc64(parts: &[&[u8]]) -> u64 {
@@ -60,7 +72,9 @@ pub enum HeaderError {
     #[error("segment header checksum mismatch")]
     BadChecksum,
     /// Written by a format version this build cannot read.
-    #[error("segment format version {0} is not supported (this build reads version {FORMAT_VERSION})")]
+    #[error(
+        "segment format version {0} is not supported (this build reads versions {OLDEST_FORMAT_VERSION} to {FORMAT_VERSION}); open the log with a newer build"
+    )]
     UnsupportedVersion(u16),
 }
 
@@ -91,7 +105,7 @@ impl SegmentHeader {
             return Err(HeaderError::BadChecksum);
         }
         let version = u16::from_le_bytes([b[8], b[9]]);
-        if version != FORMAT_VERSION {
+        if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&version) {
             return Err(HeaderError::UnsupportedVersion(version));
         }
         Ok(SegmentHeader {
@@ -244,7 +258,7 @@ pub fn decode_view(buf: &[u8], max_body: u32) -> DecodedView<'_> {
     if RECORD_HEADER_LEN + key_len > total {
         return DecodedView::Corrupt("record key length exceeds the record");
     }
-    if meta.flags & !RECORD_FLAG_KEYED != 0 {
+    if meta.flags & !RECORD_FLAGS != 0 {
         return DecodedView::Corrupt("reserved record flag set");
     }
     let keyed = meta.flags & RECORD_FLAG_KEYED != 0;
@@ -282,6 +296,30 @@ mod tests {
         bad[0] = b'X';
         assert_eq!(SegmentHeader::decode(&bad), Err(HeaderError::BadMagic));
         assert_eq!(SegmentHeader::decode(&b[..10]), Err(HeaderError::Truncated(10)));
+    }
+
+    #[test]
+    fn both_format_versions_are_read_and_later_ones_refused() {
+        for version in [OLDEST_FORMAT_VERSION, FORMAT_VERSION] {
+            let h = SegmentHeader { version, flags: 0, shard: 0, first_lsn: 1 };
+            assert_eq!(SegmentHeader::decode(&h.encode()), Ok(h));
+        }
+        let later = SegmentHeader { version: FORMAT_VERSION + 1, flags: 0, shard: 0, first_lsn: 1 };
+        assert_eq!(SegmentHeader::decode(&later.encode()), Err(HeaderError::UnsupportedVersion(FORMAT_VERSION + 1)));
+    }
+
+    #[test]
+    fn the_after_sync_flag_is_kept_and_unknown_flags_refused() {
+        let mut out = Vec::new();
+        let m = RecordMeta { flags: RECORD_FLAG_AFTER_SYNC, ..meta(5) };
+        encode_record(&mut out, &m, Some(b"k"), b"v");
+        match decode_view(&out, 1 << 20) {
+            DecodedView::Record(r, _) => assert_eq!(r.meta.flags, RECORD_FLAG_AFTER_SYNC | RECORD_FLAG_KEYED),
+            other => panic!("unexpected {other:?}"),
+        }
+        let mut out = Vec::new();
+        encode_record(&mut out, &RecordMeta { flags: 4, ..meta(5) }, None, b"v");
+        assert_eq!(decode_view(&out, 1 << 20), DecodedView::Corrupt("reserved record flag set"));
     }
 
     #[test]

@@ -298,7 +298,7 @@ fn rewrite_segment(
     let mut body = Vec::with_capacity(data.len());
     let mut dropped = 0u64;
     let mut kept_any = false;
-    segment::scan(&path, &data, SEGMENT_HEADER_LEN, seg, u32::MAX, |r, at| {
+    segment::scan(&path, &data, SEGMENT_HEADER_LEN, seg, u32::MAX, false, |r, at| {
         let keep = if r.meta.stream == CATALOG_STREAM {
             by_id.contains_key(&r.meta.offset)
         } else {
@@ -407,7 +407,7 @@ pub(crate) fn reindex_segment(
     let old = index.segment(shared.id, seg)?.unwrap_or_default();
     let mut found: HashMap<u64, Vec<(u64, Option<Pos>)>> = HashMap::new();
     let mut summary = SegSummary::default();
-    segment::scan(&path, &data, SEGMENT_HEADER_LEN, seg, u32::MAX, |r, at| {
+    segment::scan(&path, &data, SEGMENT_HEADER_LEN, seg, u32::MAX, false, |r, at| {
         if r.meta.stream == CATALOG_STREAM {
             summary.catalog = true;
             return Ok(());

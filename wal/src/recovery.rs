@@ -4,8 +4,11 @@
 //! Rules (see `FORMAT.md`):
 //! - invalid bytes running to the end of the *newest* segment are a torn tail from a crash
 //!   mid-write: they were never acknowledged, and are truncated in every mode;
-//! - any other damaged range (inside a sealed segment, or followed by valid records) is an
-//!   error in `strict` mode and a reported, skipped range in `tolerant` mode;
+//! - so are invalid bytes in the newest segment followed by valid records none of which was
+//!   written after a sync (`format::RECORD_FLAG_AFTER_SYNC`): a commit whose sectors a power
+//!   cut kept in part, in any order, from the first bad byte on;
+//! - any other damaged range (inside a sealed segment, or under a record written after a
+//!   sync) is an error in `strict` mode and a reported, skipped range in `tolerant` mode;
 //! - a newest segment whose header never made it to disk (created just before a crash)
 //!   holds no records and is removed.
 //!
@@ -250,7 +253,7 @@ fn recover_shard_once(
         let mut summary = SegSummary::default();
         // Full index blocks, written as one batch per segment.
         let mut blocks: Vec<(u64, u64, Vec<Pos>)> = Vec::new();
-        let scan = seg.scan(from, lsn0, max_body, |r, at| {
+        let scan = seg.scan(from, lsn0, max_body, newest && header.version >= 2, |r, at| {
             let len = format::encoded_len(r.key.as_ref().map_or(0, |k| k.len()), r.payload.len()) as u32;
             if r.meta.stream == CATALOG_STREAM {
                 summary.catalog = true;

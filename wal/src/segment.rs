@@ -55,7 +55,10 @@ pub struct BadRange {
     pub end: u64,
     /// The check that failed first.
     pub reason: String,
-    /// Whether the range runs to the end of the file (a torn tail).
+    /// Whether the range is a torn tail: it runs to the end of the file. In the newest
+    /// segment of format 2 that includes records after the bad bytes when none of them was
+    /// written after a sync (see [`crate::format::RECORD_FLAG_AFTER_SYNC`]): they belong to
+    /// the commit a crash tore, and the range ends at the end of the file.
     pub at_tail: bool,
 }
 
@@ -137,17 +140,21 @@ pub(crate) fn check_header(path: &Path, data: &[u8], shard: Option<u32>, first_l
 
 /// Scans every record of a segment held in `data`, calling `each(record, position)` for
 /// each valid one in order. Damaged ranges are skipped by searching for the next record
-/// whose checksum is valid and whose LSN continues the sequence, and are reported.
+/// whose checksum is valid and whose LSN continues the sequence, and are reported. With
+/// `tail_rule` (the newest segment, format 2 on) damage that no later record proves was
+/// synced ends the scan instead: a torn tail, to the end of the file.
 pub(crate) fn scan(
     path: &Path,
     data: &[u8],
     start: usize,
     first_lsn: u64,
     max_body: u32,
+    tail_rule: bool,
     mut each: impl FnMut(&RecordView<'_>, u64) -> Result<()>,
 ) -> Result<SegmentScan> {
     let mut st = ScanState::new(start, first_lsn);
     st.zero_from = zero_tail_start(data) as u64;
+    st.tail_rule = tail_rule;
     scan_part(path, data, 0, true, &mut st, max_body, &mut each)?;
     Ok(st.scan)
 }
@@ -186,6 +193,9 @@ struct ScanState {
     next_lsn: u64,
     /// From here to the end of the file there are only zeros (see [`zero_tail_start`]).
     zero_from: u64,
+    /// The segment is the newest, in a format with [`format::RECORD_FLAG_AFTER_SYNC`]: bad
+    /// bytes that no later record proves were synced are a torn tail.
+    tail_rule: bool,
     scan: SegmentScan,
 }
 
@@ -196,6 +206,7 @@ impl ScanState {
             pos,
             next_lsn: first_lsn,
             zero_from: u64::MAX,
+            tail_rule: false,
             scan: SegmentScan { valid_end: pos, records: 0, last_lsn: None, bad: Vec::new() },
         }
     }
@@ -248,7 +259,9 @@ fn scan_part(
             DecodedView::Incomplete => "record runs past the end of the file",
             DecodedView::Corrupt(why) => why,
         };
-        match resync(data, rel + 1, st.next_lsn, max_body) {
+        let resumed = resync(data, rel + 1, st.next_lsn, max_body);
+        let resumed = resumed.filter(|&next| !st.tail_rule || synced_after(data, next, st.next_lsn, max_body));
+        match resumed {
             Some(next) => {
                 let next = base + next as u64;
                 st.scan.bad.push(BadRange {
@@ -333,10 +346,12 @@ impl<'b> SegmentFile<'b> {
         start: usize,
         first_lsn: u64,
         max_body: u32,
+        tail_rule: bool,
         mut each: impl FnMut(&RecordView<'_>, u64) -> Result<()>,
     ) -> Result<SegmentScan> {
         let mut st = ScanState::new(start, first_lsn);
         st.zero_from = self.zero_from;
+        st.tail_rule = tail_rule;
         let mut base = 0u64; // file offset of buf[0]
         loop {
             let at_eof = self.file.is_none();
@@ -377,6 +392,29 @@ fn read_chunk(path: &Path, file: &mut File, buf: &mut Vec<u8>, n: usize) -> Resu
     let before = buf.len();
     file.take(n as u64).read_to_end(buf).map_err(|e| Error::io("reading", path, e))?;
     Ok(buf.len() - before)
+}
+
+/// Whether a valid record from `from` on (continuing the LSNs from `next_lsn`) carries
+/// [`format::RECORD_FLAG_AFTER_SYNC`]: then the bytes before it were durable when it was
+/// written, and damage there is not a torn write. Records past more damage count too.
+fn synced_after(data: &[u8], from: usize, mut next_lsn: u64, max_body: u32) -> bool {
+    let mut p = from;
+    while p < data.len() {
+        match format::decode_view(&data[p..], max_body) {
+            DecodedView::Record(r, n) if r.meta.lsn >= next_lsn => {
+                if r.meta.flags & format::RECORD_FLAG_AFTER_SYNC != 0 {
+                    return true;
+                }
+                next_lsn = r.meta.lsn + 1;
+                p += n;
+            }
+            _ => match resync(data, p + 1, next_lsn, max_body) {
+                Some(q) => p = q,
+                None => return false,
+            },
+        }
+    }
+    false
 }
 
 /// Finds the next position at or after `from` where a valid record with an LSN at or
@@ -470,7 +508,7 @@ mod tests {
 
     fn run(h: SegmentHeader, data: Vec<u8>) -> (SegmentScan, Vec<u64>) {
         let mut lsns = Vec::new();
-        let s = scan(Path::new("t"), &Bytes::from(data), 0, h.first_lsn, 1 << 20, |r, _| {
+        let s = scan(Path::new("t"), &Bytes::from(data), 0, h.first_lsn, 1 << 20, false, |r, _| {
             lsns.push(r.meta.lsn);
             Ok(())
         })
@@ -494,7 +532,7 @@ mod tests {
         let path = dir.path().join("s.seg");
         std::fs::write(&path, data).unwrap();
         let mut whole = Vec::new();
-        let a = scan(&path, data, 0, 10, 1 << 20, |r, _| {
+        let a = scan(&path, data, 0, 10, 1 << 20, false, |r, _| {
             whole.push(r.meta.lsn);
             Ok(())
         })
@@ -503,7 +541,7 @@ mod tests {
         let mut chunked = Vec::new();
         let b = SegmentFile::open_chunked(&path, &mut buf, chunk)
             .unwrap()
-            .scan(0, 10, 1 << 20, |r, _| {
+            .scan(0, 10, 1 << 20, false, |r, _| {
                 chunked.push(r.meta.lsn);
                 Ok(())
             })
@@ -600,7 +638,7 @@ mod tests {
         let path = dir.path().join("s.seg");
         std::fs::write(&path, &data).unwrap();
         let mut whole = Vec::new();
-        let expected = scan(&path, &data, 0, 10, 1 << 20, |r, at| {
+        let expected = scan(&path, &data, 0, 10, 1 << 20, false, |r, at| {
             whole.push((at, r.meta.lsn, r.payload.len()));
             Ok(())
         })
@@ -610,7 +648,7 @@ mod tests {
         assert_eq!(&seg.head()[..SEGMENT_HEADER_LEN], &data[..SEGMENT_HEADER_LEN]);
         let mut chunked = Vec::new();
         let got = seg
-            .scan(0, 10, 1 << 20, |r, at| {
+            .scan(0, 10, 1 << 20, false, |r, at| {
                 chunked.push((at, r.meta.lsn, r.payload.len()));
                 Ok(())
             })
@@ -655,5 +693,97 @@ mod tests {
         assert_eq!(lsns, vec![10, 11, 13, 14]);
         assert_eq!(s.bad.len(), 1);
         assert_eq!((s.bad[0].start, s.bad[0].end, s.bad[0].at_tail), (starts[2], starts[3], false));
+    }
+
+    /// A segment of `records` records whose commits start at `commits` (indices): the first
+    /// record of each carries `RECORD_FLAG_AFTER_SYNC`, as the writer sets it after a sync.
+    fn committed_segment(records: u64, commits: &[u64]) -> (Vec<u8>, Vec<u64>) {
+        let h = SegmentHeader { version: FORMAT_VERSION, flags: 0, shard: 0, first_lsn: 10 };
+        let mut data = h.encode().to_vec();
+        let mut starts = Vec::new();
+        for i in 0..records {
+            starts.push(data.len() as u64);
+            let flags = if commits.contains(&i) { crate::format::RECORD_FLAG_AFTER_SYNC } else { 0 };
+            let m = RecordMeta { lsn: 10 + i, stream: 1, offset: i, timestamp_ms: 0, flags };
+            encode_record(&mut data, &m, None, format!("payload-{i}").as_bytes());
+        }
+        (data, starts)
+    }
+
+    fn scan_with_rule(data: &[u8], chunk: usize, tail_rule: bool) -> [(SegmentScan, Vec<u64>); 2] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.seg");
+        std::fs::write(&path, data).unwrap();
+        let mut whole = Vec::new();
+        let a = scan(&path, data, 0, 10, 1 << 20, tail_rule, |r, _| {
+            whole.push(r.meta.lsn);
+            Ok(())
+        })
+        .unwrap();
+        let mut buf = Vec::new();
+        let mut chunked = Vec::new();
+        let b = SegmentFile::open_chunked(&path, &mut buf, chunk)
+            .unwrap()
+            .scan(0, 10, 1 << 20, tail_rule, |r, _| {
+                chunked.push(r.meta.lsn);
+                Ok(())
+            })
+            .unwrap();
+        [(a, whole), (b, chunked)]
+    }
+
+    /// A power cut during a commit's sync can keep any of its sectors and lose the others:
+    /// bad bytes with valid records after them, none written after a sync. In the newest
+    /// segment that is the torn tail; the records after the hole are not taken.
+    #[test]
+    fn a_commit_torn_out_of_order_is_a_torn_tail() {
+        // Commits: [0], [1], [2], [3..8].
+        let (mut data, starts) = committed_segment(8, &[0, 1, 2, 3]);
+        let len = data.len() as u64;
+        data[starts[5] as usize + 20] ^= 0x10;
+        for chunk in [64, 4096, 1 << 20] {
+            for (s, lsns) in scan_with_rule(&data, chunk, true) {
+                assert_eq!(lsns, vec![10, 11, 12, 13, 14], "chunk {chunk}");
+                assert_eq!(s.bad.len(), 1);
+                assert_eq!((s.bad[0].start, s.bad[0].end, s.bad[0].at_tail), (starts[5], len, true));
+                assert_eq!(s.valid_end, starts[5]);
+            }
+            // Without the rule (a sealed segment), the same bytes are damage to skip.
+            for (s, lsns) in scan_with_rule(&data, chunk, false) {
+                assert_eq!(lsns, vec![10, 11, 12, 13, 14, 16, 17]);
+                assert_eq!((s.bad[0].start, s.bad[0].end, s.bad[0].at_tail), (starts[5], starts[6], false));
+            }
+        }
+    }
+
+    /// Damage followed by a commit that started after a sync was damage to synced data:
+    /// never a torn tail, even in the newest segment.
+    #[test]
+    fn damage_a_later_commit_proves_synced_is_not_a_tail() {
+        let (mut data, starts) = committed_segment(8, &[0, 1, 2, 3, 6]);
+        data[starts[4] as usize + 20] ^= 0x10;
+        for chunk in [64, 4096, 1 << 20] {
+            for (s, lsns) in scan_with_rule(&data, chunk, true) {
+                assert_eq!(lsns, vec![10, 11, 12, 13, 15, 16, 17], "chunk {chunk}");
+                assert_eq!((s.bad[0].start, s.bad[0].end, s.bad[0].at_tail), (starts[4], starts[5], false));
+            }
+        }
+        // Proof past a second hole counts too.
+        let (mut data, starts) = committed_segment(8, &[0, 1, 2, 3, 7]);
+        data[starts[4] as usize + 20] ^= 0x10;
+        data[starts[6] as usize + 20] ^= 0x10;
+        for (s, lsns) in scan_with_rule(&data, 4096, true) {
+            assert_eq!(lsns, vec![10, 11, 12, 13, 15, 17]);
+            assert_eq!(s.bad.len(), 2);
+            assert!(s.bad.iter().all(|b| !b.at_tail));
+        }
+        // A lost sector of zeros in the middle is damage like any other.
+        let (mut data, starts) = committed_segment(8, &[0, 1, 2, 3]);
+        let len = data.len() as u64;
+        data[starts[4] as usize..starts[5] as usize].fill(0);
+        for (s, lsns) in scan_with_rule(&data, 4096, true) {
+            assert_eq!(lsns, vec![10, 11, 12, 13]);
+            assert_eq!((s.bad[0].start, s.bad[0].end, s.bad[0].at_tail), (starts[4], len, true));
+        }
     }
 }

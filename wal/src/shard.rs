@@ -215,7 +215,14 @@ impl Shard {
         let (file, seg_first, seg_len) = match start.active {
             Some((first, len)) => {
                 let path = segment_path(&shared.dir, first);
-                (Some(backend.open(&path).map_err(|e| Error::io("opening", path, e))?), first, len)
+                let mut file = backend.open(&path).map_err(|e| Error::io("opening", &path, e))?;
+                // What recovery kept may still be only in the page cache (after a kill, not a
+                // power cut). Made durable now, it is what the first commit's
+                // `RECORD_FLAG_AFTER_SYNC` says it is.
+                if sync != SyncMode::None {
+                    file.sync_data().map_err(|e| Error::sync_failed(&path, e))?;
+                }
+                (Some(file), first, len)
             }
             None => (None, start.next_lsn, 0),
         };
@@ -577,6 +584,13 @@ impl ShardWriter {
         let mut lsn = self.next_lsn;
         let batch_first_lsn = lsn;
         let mut outs = Vec::with_capacity(batch.len());
+        // The commit's first record says whether all before it is durable (recovery tells a
+        // torn commit from damaged synced data by it). Mode `none` never knows that.
+        let mut first_flags = if self.sync != SyncMode::None && self.synced_len >= self.seg_len {
+            format::RECORD_FLAG_AFTER_SYNC
+        } else {
+            0
+        };
         let mut force_sync = false;
         // A flush also checkpoints the index; a stream's creation only needs its record synced.
         let mut flush = false;
@@ -588,7 +602,8 @@ impl ShardWriter {
                 let id = p.req.catalog.unwrap_or(0);
                 outs.push(id);
                 for r in p.req.records.iter().filter(|_| p.req.catalog.is_some()) {
-                    let meta = RecordMeta { lsn, stream: CATALOG_STREAM, offset: id, timestamp_ms: ts, flags: 0 };
+                    let flags = std::mem::take(&mut first_flags);
+                    let meta = RecordMeta { lsn, stream: CATALOG_STREAM, offset: id, timestamp_ms: ts, flags };
                     format::encode_record(&mut self.buf, &meta, None, &r.payload);
                     lsn += 1;
                     catalog = true;
@@ -600,7 +615,8 @@ impl ShardWriter {
             for r in &p.req.records {
                 let before = self.buf.len();
                 let at = self.seg_len + before as u64;
-                let meta = RecordMeta { lsn, stream: s.id, offset: *next, timestamp_ms: ts, flags: 0 };
+                let flags = std::mem::take(&mut first_flags);
+                let meta = RecordMeta { lsn, stream: s.id, offset: *next, timestamp_ms: ts, flags };
                 format::encode_record(&mut self.buf, &meta, r.key.as_deref(), &r.payload);
                 self.scratch.push((i, *next, at, (self.buf.len() - before) as u32));
                 *next += 1;

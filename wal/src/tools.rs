@@ -176,7 +176,7 @@ fn scan_file(
         }
         Ok(h) => {
             info.compressed = h.flags & SEGMENT_FLAG_COMPRESSED != 0;
-            let scan = seg.scan(0, h.first_lsn, u32::MAX, |r, _| {
+            let scan = seg.scan(0, h.first_lsn, u32::MAX, newest && h.version >= 2, |r, _| {
                 each(shard, r);
                 Ok(())
             })?;
@@ -435,7 +435,8 @@ pub struct SegmentCheck {
 }
 
 /// Decodes a whole segment image (header and records) held in memory, exactly as recovery
-/// reads a segment file. Never panics, whatever the bytes; used by the fuzz targets.
+/// reads the newest segment file (where damage may be a torn tail). Never panics, whatever
+/// the bytes; used by the fuzz targets.
 pub fn check_segment_bytes(data: &[u8]) -> Result<SegmentCheck> {
     let path = Path::new("<memory>");
     let header = crate::format::SegmentHeader::decode(data).map_err(|e| Error::Corrupt {
@@ -444,10 +445,12 @@ pub fn check_segment_bytes(data: &[u8]) -> Result<SegmentCheck> {
         reason: e.to_string(),
     })?;
     let mut out = SegmentCheck::default();
-    let scan = segment::scan(path, data, crate::format::SEGMENT_HEADER_LEN, header.first_lsn, 1 << 24, |r, _| {
-        out.records.push((r.meta.lsn, r.meta.stream, r.meta.offset));
-        Ok(())
-    })?;
+    let tail_rule = header.version >= 2;
+    let scan =
+        segment::scan(path, data, crate::format::SEGMENT_HEADER_LEN, header.first_lsn, 1 << 24, tail_rule, |r, _| {
+            out.records.push((r.meta.lsn, r.meta.stream, r.meta.offset));
+            Ok(())
+        })?;
     out.valid_end = scan.valid_end;
     out.bad = scan.bad;
     Ok(out)

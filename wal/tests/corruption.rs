@@ -218,3 +218,83 @@ fn a_segment_torn_at_creation_leaves_a_log_that_opens_again_and_again() {
     let wal = Wal::open(&image, opts()).unwrap();
     assert_eq!(wal.lookup("s").unwrap().next_offset(), RECORDS + 1);
 }
+
+/// Appends 20 records one commit each, then 40 in one commit (a `Batch`), and closes.
+/// Payloads are unique strings, so a test can find a record's bytes in the file.
+fn build_commits(dir: &Path) {
+    let wal = Wal::open(dir, Options::default().shards(1)).unwrap();
+    let s = wal.stream("s").unwrap();
+    for i in 0..20u64 {
+        assert_eq!(wal.append(&s, commit_payload(i)).wait().unwrap(), i);
+    }
+    let mut batch = wal.batch();
+    let last: Vec<_> = (20..60u64).map(|i| batch.append(&s, commit_payload(i))).collect();
+    batch.submit();
+    for (i, c) in (20..).zip(last) {
+        assert_eq!(c.wait().unwrap(), i);
+    }
+    wal.close().unwrap();
+}
+
+fn commit_payload(i: u64) -> String {
+    format!("record-{i:04}-{}", "x".repeat(300))
+}
+
+/// Flips a bit inside record `i`'s payload in the shard's only segment, and drops the index
+/// so that open scans the whole segment (as after a crash, with an older checkpoint).
+fn damage_record(dir: &Path, i: u64) {
+    std::fs::remove_dir_all(dir.join("index")).unwrap();
+    let segs = common::segments(dir);
+    assert_eq!(segs.len(), 1, "one segment: it is the newest");
+    let mut bytes = std::fs::read(&segs[0]).unwrap();
+    let needle = format!("record-{i:04}-");
+    let at = bytes.windows(needle.len()).position(|w| w == needle.as_bytes()).expect("the record is in the segment");
+    bytes[at + needle.len() + 100] ^= 0x04;
+    std::fs::write(&segs[0], &bytes).unwrap();
+}
+
+/// A power cut while a commit is being synced can keep any of its sectors and lose the
+/// others, so the newest segment may hold bad bytes with valid records after them. None of
+/// that commit was acknowledged: strict recovery takes it as the torn tail it is, keeps the
+/// records before the hole, and the log goes on from there.
+#[test]
+fn a_commit_torn_out_of_order_by_a_power_cut_is_a_torn_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    build_commits(dir.path());
+    damage_record(dir.path(), 45);
+    let wal = open(dir.path(), RecoveryMode::Strict).expect("strict recovery takes a torn commit as a torn tail");
+    let report = wal.recovery_report().clone();
+    assert_eq!(report.shards[0].truncated.len(), 1, "{report:?}");
+    assert!(report.shards[0].skipped.is_empty());
+    let s = wal.lookup("s").unwrap();
+    let got = wal.read(&s, 0, 1000).unwrap();
+    assert_eq!(got.len(), 45, "the records before the hole stay, those after it go");
+    for r in &got {
+        assert_eq!(r.payload.to_vec(), commit_payload(r.offset).into_bytes());
+    }
+    assert_eq!(wal.append(&s, commit_payload(45)).wait().unwrap(), 45);
+    wal.close().unwrap();
+    let wal = open(dir.path(), RecoveryMode::Strict).unwrap();
+    assert_eq!(wal.read(&wal.lookup("s").unwrap(), 0, 1000).unwrap().len(), 46);
+}
+
+/// Bad bytes with a later commit after them were synced before that commit was written:
+/// that is damage to acknowledged data, refused in strict mode even in the newest segment,
+/// and skipped (reported) in tolerant mode.
+#[test]
+fn damage_under_a_later_commit_is_refused_strict_even_in_the_newest_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    build_commits(dir.path());
+    damage_record(dir.path(), 10);
+    match open(dir.path(), RecoveryMode::Strict) {
+        Err(Error::Corrupt { .. }) => {}
+        Err(e) => panic!("expected Corrupt, got {e}"),
+        Ok(_) => panic!("strict recovery took damage to synced records for a torn tail"),
+    }
+    let wal = open(dir.path(), RecoveryMode::Tolerant).unwrap();
+    let report = wal.recovery_report().clone();
+    assert_eq!(report.shards[0].skipped.len(), 1, "{report:?}");
+    let got: Vec<u64> = wal.read(&wal.lookup("s").unwrap(), 0, 1000).unwrap().iter().map(|r| r.offset).collect();
+    assert_eq!(got.len(), 59, "only the damaged record is missing");
+    assert!(!got.contains(&10));
+}
