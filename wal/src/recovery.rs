@@ -328,7 +328,13 @@ fn recover_shard_once(
         next_lsn = scan.last_lsn.map(|l| l + 1).unwrap_or(lsn0).max(next_lsn);
         if newest {
             indexed.finish();
-            let start = ShardStart { active: Some((first, scan.valid_end)), next_lsn, summary, indexed_to: None };
+            let start = ShardStart {
+                active: Some((first, scan.valid_end)),
+                active_format: header.version,
+                next_lsn,
+                summary,
+                indexed_to: None,
+            };
             return Ok(Recovered { start, segments: segs.iter().map(|(f, _)| *f).collect(), report });
         }
         index.put_segment(shard, first, &summary)?;
@@ -336,7 +342,8 @@ fn recover_shard_once(
         i += 1;
     }
     indexed.finish();
-    let start = ShardStart { active: None, next_lsn, summary: SegSummary::default(), indexed_to: kept };
+    let start =
+        ShardStart { active: None, active_format: 0, next_lsn, summary: SegSummary::default(), indexed_to: kept };
     Ok(Recovered { start, segments: segs.iter().map(|(f, _)| *f).collect(), report })
 }
 

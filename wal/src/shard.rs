@@ -173,6 +173,10 @@ pub(crate) struct ShardStart {
     /// offsets that recovery stores with it, and the next open would re-index records that
     /// are already counted.
     pub(crate) indexed_to: Option<(u64, u64)>,
+    /// The format version of the active segment's header (0 without one). Commits into a
+    /// format 1 segment carry no `RECORD_FLAG_AFTER_SYNC`: a build that reads only format 1
+    /// would take the flag for damage.
+    pub(crate) active_format: u16,
     pub(crate) next_lsn: u64,
     /// What the active segment holds so far.
     pub(crate) summary: SegSummary,
@@ -247,6 +251,7 @@ impl Shard {
             seg_first,
             seg_len,
             synced_len: seg_len,
+            flags_commits: start.active_format >= 2,
             next_lsn: start.next_lsn,
             buf: Vec::new(),
             failed: None,
@@ -336,6 +341,8 @@ struct ShardWriter {
     seg_len: u64,
     /// Bytes of the active segment known durable (== seg_len in `Always` mode).
     synced_len: u64,
+    /// The active segment's format has `RECORD_FLAG_AFTER_SYNC` (see `ShardStart::active_format`).
+    flags_commits: bool,
     next_lsn: u64,
     buf: Vec<u8>,
     failed: Option<String>,
@@ -492,6 +499,7 @@ impl ShardWriter {
             s.segment_started(self.seg_len);
         }
         self.synced_len = self.seg_len;
+        self.flags_commits = true;
         self.unsynced_since = None;
         self.shared.add_segment(first);
         // Checkpoint at the start of the new segment, so that a checkpoint points into the
@@ -586,11 +594,8 @@ impl ShardWriter {
         let mut outs = Vec::with_capacity(batch.len());
         // The commit's first record says whether all before it is durable (recovery tells a
         // torn commit from damaged synced data by it). Mode `none` never knows that.
-        let mut first_flags = if self.sync != SyncMode::None && self.synced_len >= self.seg_len {
-            format::RECORD_FLAG_AFTER_SYNC
-        } else {
-            0
-        };
+        let after_sync = self.flags_commits && self.sync != SyncMode::None && self.synced_len >= self.seg_len;
+        let mut first_flags = if after_sync { format::RECORD_FLAG_AFTER_SYNC } else { 0 };
         let mut force_sync = false;
         // A flush also checkpoints the index; a stream's creation only needs its record synced.
         let mut flush = false;

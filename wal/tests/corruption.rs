@@ -298,3 +298,51 @@ fn damage_under_a_later_commit_is_refused_strict_even_in_the_newest_segment() {
     assert_eq!(got.len(), 59, "only the damaged record is missing");
     assert!(!got.contains(&10));
 }
+
+/// The flags of every record in a segment file, in order.
+fn record_flags(path: &Path) -> Vec<u16> {
+    use promptmq_wal::format::{decode_view, DecodedView, SEGMENT_HEADER_LEN};
+    let bytes = std::fs::read(path).unwrap();
+    let mut at = SEGMENT_HEADER_LEN;
+    let mut out = Vec::new();
+    while let DecodedView::Record(r, n) = decode_view(&bytes[at..], u32::MAX) {
+        out.push(r.meta.flags);
+        at += n;
+    }
+    out
+}
+
+/// Commits that follow a sync are flagged in a segment of format 2; a log made by an
+/// older build goes on in its format 1 segment without the flag, which that build would
+/// take for damage.
+#[test]
+fn commits_are_flagged_after_a_sync_and_never_in_a_format_1_segment() {
+    use promptmq_wal::format::{SegmentHeader, OLDEST_FORMAT_VERSION, RECORD_FLAG_AFTER_SYNC, SEGMENT_HEADER_LEN};
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Wal::open(dir.path(), Options::default().shards(1)).unwrap();
+    let s = wal.stream("s").unwrap();
+    for i in 0..3 {
+        wal.append(&s, commit_payload(i)).wait().unwrap();
+    }
+    wal.close().unwrap();
+    let seg = common::segments(dir.path()).remove(0);
+    let flags = record_flags(&seg);
+    assert_eq!(flags.len(), 4, "the catalogue record and three appends");
+    assert!(flags.iter().all(|f| f & RECORD_FLAG_AFTER_SYNC != 0), "each commit followed a sync: {flags:?}");
+
+    // The same segment, labelled format 1 as an older build wrote it.
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let h = SegmentHeader::decode(&bytes).unwrap();
+    let v1 = SegmentHeader { version: OLDEST_FORMAT_VERSION, ..h };
+    bytes[..SEGMENT_HEADER_LEN].copy_from_slice(&v1.encode());
+    std::fs::write(&seg, &bytes).unwrap();
+    let wal = Wal::open(dir.path(), Options::default().shards(1)).unwrap();
+    let s = wal.lookup("s").unwrap();
+    for i in 3..6 {
+        assert_eq!(wal.append(&s, commit_payload(i)).wait().unwrap(), i);
+    }
+    wal.close().unwrap();
+    let flags = record_flags(&seg);
+    assert_eq!(flags.len(), 7);
+    assert!(flags[4..].iter().all(|f| f & RECORD_FLAG_AFTER_SYNC == 0), "no flag in a format 1 segment: {flags:?}");
+}
