@@ -52,6 +52,10 @@ pub struct ShardReport {
     pub removed: Vec<PathBuf>,
     /// Records skipped because they belong to no known stream or break offset order.
     pub orphan_records: u64,
+    /// Streams restored from the log alone (no index) whose offsets jump across deleted
+    /// segments: where retention cut them, which only the index records. Each is a stream
+    /// name and the offsets it jumps from and to. Only there is such a jump not an error.
+    pub retention_gaps: Vec<(String, u64, u64)>,
 }
 
 /// What recovery found and did, for every shard.
@@ -202,6 +206,11 @@ fn recover_shard_once(
     let mut buf = Vec::new();
     // The last segment kept, and where its valid records end.
     let mut kept: Option<(u64, u64)> = None;
+    // Streams this scan restored from their catalogue records (the index had lost them),
+    // and the LSN at which the last run of deleted segments ended (0: none met): such a
+    // stream may jump over offsets there, since only the index said where retention cut it.
+    let mut restored = std::collections::HashSet::new();
+    let mut gap_end = 0u64;
     let mut i = start_idx;
     while i < segs.len() {
         let (first, path) = segs[i].clone();
@@ -249,7 +258,11 @@ fn recover_shard_once(
             }
             tracing::warn!(error = %e, "overlapping segment; its older records are skipped");
         }
+        if !resume && header.first_lsn > next_lsn {
+            gap_end = header.first_lsn;
+        }
         let mut orphans = 0u64;
+        let mut gaps = Vec::new();
         let mut summary = SegSummary::default();
         // Full index blocks, written as one batch per segment.
         let mut blocks: Vec<(u64, u64, Vec<Pos>)> = Vec::new();
@@ -281,6 +294,10 @@ fn recover_shard_once(
                     tracing::info!(stream = %meta.name, id = meta.id, "stream restored from the log's catalogue record");
                     index.create_stream(&meta)?;
                     slot.insert(Arc::new(StreamState::from_meta(&meta)));
+                    restored.insert(meta.id);
+                    if let Some(s) = indexed.get(streams, meta.id) {
+                        s.last_lsn = Some(r.meta.lsn);
+                    }
                 }
                 return Ok(());
             }
@@ -294,10 +311,20 @@ fn recover_shard_once(
             if r.meta.offset < next {
                 return bad(format!("stream {:?} offset {} repeats (expected {next})", s.state.name, r.meta.offset));
             }
-            // Compaction leaves gaps in compacted streams; anywhere else a gap is lost data.
+            // Compaction leaves gaps in compacted streams, and retention in a stream restored
+            // from the log alone where segments were deleted; anywhere else a gap is lost data.
             if r.meta.offset > next && mode == RecoveryMode::Strict && !s.state.compacted {
-                return bad(format!("stream {:?} jumps from offset {next} to {}", s.state.name, r.meta.offset));
+                let across_deleted = restored.contains(&s.state.id) && s.last_lsn.is_some_and(|l| l < gap_end);
+                if !across_deleted {
+                    return bad(format!("stream {:?} jumps from offset {next} to {}", s.state.name, r.meta.offset));
+                }
+                tracing::warn!(
+                    stream = %s.state.name, from = next, to = r.meta.offset,
+                    "stream restored from the log jumps over deleted segments: taken as retention"
+                );
+                gaps.push((s.state.name.to_string(), next, r.meta.offset));
             }
+            s.last_lsn = Some(r.meta.lsn);
             let id = s.state.id;
             s.block.push(&s.state.name, r.meta.offset, Pos { segment: first, at, len }, false, |f, p| {
                 blocks.push((id, f, p.to_vec()));
@@ -308,6 +335,7 @@ fn recover_shard_once(
         })?;
         index.put_blocks(&blocks)?;
         report.orphan_records += orphans;
+        report.retention_gaps.extend(gaps);
         report.segments_scanned += 1;
         report.records_scanned += scan.records;
         report.bytes_scanned += scan.valid_end.saturating_sub(from as u64);
@@ -353,6 +381,8 @@ struct Indexed {
     next: u64,
     first_offset: u64,
     block: OpenBlock,
+    /// LSN of the stream's last record (or catalogue record) met by this scan.
+    last_lsn: Option<u64>,
 }
 
 /// The streams a recovery scan has met so far.
@@ -375,6 +405,7 @@ impl Indexing {
                     first_offset: state.first_offset.load(Ordering::Acquire),
                     block,
                     state,
+                    last_lsn: None,
                 }))
             }
         }

@@ -114,3 +114,67 @@ fn leftover_compaction_output_is_discarded_on_open() {
     assert!(!tmp.exists());
     assert_eq!(wal.read(&wal.lookup("s").unwrap(), 0, 1000).unwrap().len(), 100);
 }
+
+/// Appends 400 records to two streams in turn, with retention keeping the last 50 of
+/// `short` (so segments in the middle of the log go, while the first, with the streams'
+/// catalogue records, stays), and closes.
+fn log_cut_by_retention(dir: &std::path::Path) {
+    let wal = Wal::open(dir, opts()).unwrap();
+    let short = wal.stream("short").unwrap();
+    let other = wal.stream("other").unwrap();
+    wal.set_retention(&short, Retention { max_records: Some(50), ..Retention::FOREVER }).unwrap();
+    wal.set_retention(&other, Retention { max_records: Some(50), ..Retention::FOREVER }).unwrap();
+    for i in 0..400u64 {
+        wal.append(&short, common::payload(0, i)).wait().unwrap();
+        wal.append(&other, common::payload(1, i)).wait().unwrap();
+    }
+    let report = wal.apply_retention().unwrap();
+    assert!(report.segments_deleted > 0, "{report:?}");
+    wal.close().unwrap();
+}
+
+/// Without its index, the log does not say where retention cut a stream: restored from
+/// the log, a stream jumps over the deleted segments. That is not lost data: strict
+/// recovery takes it, reports it, and every record still there reads back.
+#[test]
+fn a_log_cut_by_retention_reopens_strictly_without_its_index() {
+    let dir = tempfile::tempdir().unwrap();
+    log_cut_by_retention(dir.path());
+    std::fs::remove_dir_all(dir.path().join("index")).unwrap();
+    let wal = Wal::open(dir.path(), opts()).expect("strict recovery without the index");
+    let gaps: Vec<_> = wal.recovery_report().shards.iter().flat_map(|s| s.retention_gaps.clone()).collect();
+    assert!(!gaps.is_empty(), "the jumps over deleted segments are reported");
+    for (i, name) in ["short", "other"].into_iter().enumerate() {
+        let s = wal.lookup(name).unwrap();
+        let recs = wal.read(&s, 0, 1000).unwrap();
+        assert!(recs.iter().any(|r| r.offset == 399), "{name}: the newest record is there");
+        for r in &recs {
+            assert_eq!(r.payload.to_vec(), common::payload(i, r.offset));
+        }
+        // The records after the last jump are dense up to the newest.
+        let tail: Vec<u64> = recs.iter().map(|r| r.offset).filter(|&o| o >= 350).collect();
+        assert_eq!(tail, (350..400).collect::<Vec<_>>(), "{name}");
+    }
+    assert_eq!(wal.append(&wal.lookup("short").unwrap(), "next").wait().unwrap(), 400);
+}
+
+/// With the index in place a stream's cut is known, so a segment file missing from the
+/// middle of the log is lost data, refused in strict mode even on a full re-index.
+#[test]
+fn a_missing_segment_is_still_refused_when_the_index_knows_the_streams() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Wal::open(dir.path(), opts()).unwrap();
+    let s = wal.stream("s").unwrap();
+    for i in 0..400u64 {
+        wal.append(&s, common::payload(0, i)).wait().unwrap();
+    }
+    wal.close().unwrap();
+    let segs = common::segments(dir.path());
+    assert!(segs.len() >= 4);
+    std::fs::remove_file(&segs[2]).unwrap();
+    match Wal::open(dir.path(), opts().full_recovery(true)) {
+        Err(promptmq_wal::Error::Corrupt { reason, .. }) => assert!(reason.contains("jumps"), "{reason}"),
+        Err(e) => panic!("expected Corrupt, got {e}"),
+        Ok(_) => panic!("a missing segment went unnoticed"),
+    }
+}

@@ -205,6 +205,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("{verb} set aside segment with unreadable header {}", p.display());
             }
             if let Some(rep) = &out.report {
+                for (name, from, to) in rep.shards.iter().flat_map(|s| &s.retention_gaps) {
+                    println!("stream {name:?} jumps from offset {from} to {to} over segments retention deleted");
+                }
                 println!("recovered: {} records re-indexed in {} ms", rep.records_scanned(), rep.duration.as_millis());
             }
             if out.truncate.is_empty() && out.skip.is_empty() && out.set_aside.is_empty() {
