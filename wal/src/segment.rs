@@ -526,27 +526,10 @@ mod tests {
         assert!(s.bad.is_empty());
     }
 
-    /// Scans `data` whole and, written to a file, in chunks of `chunk` bytes.
+    /// Scans `data` whole and, written to a file, in chunks of `chunk` bytes, as a sealed
+    /// segment.
     fn scan_both(data: &[u8], chunk: usize) -> [(SegmentScan, Vec<u64>); 2] {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("s.seg");
-        std::fs::write(&path, data).unwrap();
-        let mut whole = Vec::new();
-        let a = scan(&path, data, 0, 10, 1 << 20, false, |r, _| {
-            whole.push(r.meta.lsn);
-            Ok(())
-        })
-        .unwrap();
-        let mut buf = Vec::new();
-        let mut chunked = Vec::new();
-        let b = SegmentFile::open_chunked(&path, &mut buf, chunk)
-            .unwrap()
-            .scan(0, 10, 1 << 20, false, |r, _| {
-                chunked.push(r.meta.lsn);
-                Ok(())
-            })
-            .unwrap();
-        [(a, whole), (b, chunked)]
+        scan_with_rule(data, chunk, false)
     }
 
     #[test]
@@ -710,6 +693,7 @@ mod tests {
         (data, starts)
     }
 
+    /// [`scan_both`], with `tail_rule` as for the newest segment or not.
     fn scan_with_rule(data: &[u8], chunk: usize, tail_rule: bool) -> [(SegmentScan, Vec<u64>); 2] {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.seg");

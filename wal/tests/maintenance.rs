@@ -98,15 +98,20 @@ fn retention_by_bytes_and_age() {
     assert_eq!(info.retention.max_age, Some(Duration::from_millis(600)));
 }
 
-#[test]
-fn leftover_compaction_output_is_discarded_on_open() {
-    let dir = tempfile::tempdir().unwrap();
-    let wal = Wal::open(dir.path(), opts()).unwrap();
+/// A closed log of one stream, `s`, holding `records` records.
+fn closed_log(dir: &std::path::Path, records: u64) {
+    let wal = Wal::open(dir, opts()).unwrap();
     let s = wal.stream("s").unwrap();
-    for i in 0..100u64 {
+    for i in 0..records {
         wal.append(&s, common::payload(0, i)).wait().unwrap();
     }
     wal.close().unwrap();
+}
+
+#[test]
+fn leftover_compaction_output_is_discarded_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    closed_log(dir.path(), 100);
     let seg = common::segments(dir.path())[0].clone();
     let tmp = seg.with_extension("seg.compacting");
     std::fs::write(&tmp, b"half-written compaction output").unwrap();
@@ -115,9 +120,9 @@ fn leftover_compaction_output_is_discarded_on_open() {
     assert_eq!(wal.read(&wal.lookup("s").unwrap(), 0, 1000).unwrap().len(), 100);
 }
 
-/// Appends 400 records to two streams in turn, with retention keeping the last 50 of
-/// `short` (so segments in the middle of the log go, while the first, with the streams'
-/// catalogue records, stays), and closes.
+/// Appends 400 records to two streams in turn, with retention keeping the last 50 of each
+/// (so segments in the middle of the log go, while the first, with the streams' catalogue
+/// records, stays), and closes.
 fn log_cut_by_retention(dir: &std::path::Path) {
     let wal = Wal::open(dir, opts()).unwrap();
     let short = wal.stream("short").unwrap();
@@ -163,12 +168,7 @@ fn a_log_cut_by_retention_reopens_strictly_without_its_index() {
 #[test]
 fn a_missing_segment_is_still_refused_when_the_index_knows_the_streams() {
     let dir = tempfile::tempdir().unwrap();
-    let wal = Wal::open(dir.path(), opts()).unwrap();
-    let s = wal.stream("s").unwrap();
-    for i in 0..400u64 {
-        wal.append(&s, common::payload(0, i)).wait().unwrap();
-    }
-    wal.close().unwrap();
+    closed_log(dir.path(), 400);
     let segs = common::segments(dir.path());
     assert!(segs.len() >= 4);
     std::fs::remove_file(&segs[2]).unwrap();
