@@ -5,7 +5,9 @@
 //! sync fails) and copies the log as a disk with a volatile write cache could leave it:
 //! whatever was synced, plus any subset of the 512-byte sectors written since, in any
 //! order — so a commit can be torn with a hole in its middle and valid records after it —
-//! and a file length anywhere from the synced one to the written one. The ext4 power-cut
+//! a file length anywhere from the synced one to the written one, and no directory entry
+//! for a file the writer created (or renamed into place) unless it synced the directory
+//! since. The ext4 power-cut
 //! tests (`tests/wal_power_loss.rs`) cannot make such holes: their loop device keeps its
 //! writes in order.
 //!
@@ -38,6 +40,12 @@ struct Disk {
     pending: HashMap<PathBuf, Vec<(u64, Vec<u8>)>>,
     /// Per file: its length at its last sync (what a power cut cannot shorten).
     synced_len: HashMap<PathBuf, u64>,
+    /// Set once the log is open: files the writer creates (or renames into place and
+    /// opens) from then on have a directory entry that is not durable until their
+    /// directory is synced.
+    tracking: bool,
+    /// Such files whose directory has not been synced since.
+    new_entries: std::collections::HashSet<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -71,6 +79,14 @@ impl LazyDisk {
         disk.cut = true;
         copy_log(live, image);
         let mut stats = CutStats::default();
+        for path in &disk.new_entries {
+            if rng.gen_bool(0.5) {
+                let target = image.join(path.strip_prefix(live).expect("a file of the log"));
+                if std::fs::remove_file(target).is_ok() {
+                    stats.entries_lost += 1;
+                }
+            }
+        }
         for (path, ranges) in &disk.pending {
             let target = image.join(path.strip_prefix(live).expect("a file of the log"));
             let Ok(f) = std::fs::OpenOptions::new().write(true).open(&target) else { continue };
@@ -111,6 +127,8 @@ struct CutStats {
     sectors_lost: u64,
     sectors_kept: u64,
     lengths_cut: u64,
+    /// New files whose directory entry the power cut lost.
+    entries_lost: u64,
 }
 
 /// Copies the log's files, without the index (rebuilt from the log) and the lock file.
@@ -247,6 +265,9 @@ impl Backend for LazyDisk {
         }
         let inner = StdBackend.create(path)?;
         cell.0.synced_len.insert(path.to_path_buf(), 0);
+        if cell.0.tracking {
+            cell.0.new_entries.insert(path.to_path_buf());
+        }
         LazyFile::boxed(inner, path, self)
     }
 
@@ -258,14 +279,19 @@ impl Backend for LazyDisk {
         let inner = StdBackend.open(path)?;
         // Opened after recovery (or a spare, zero-filled and synced): all on the disk.
         cell.0.synced_len.insert(path.to_path_buf(), std::fs::metadata(path)?.len());
+        if cell.0.tracking {
+            // A spare renamed into place: its new name is as fresh as a created file's.
+            cell.0.new_entries.insert(path.to_path_buf());
+        }
         LazyFile::boxed(inner, path, self)
     }
 
-    fn sync_dir(&self, _path: &Path) -> io::Result<()> {
-        // Directory entries are not modelled: every file is kept.
-        if self.lock().0.cut {
+    fn sync_dir(&self, path: &Path) -> io::Result<()> {
+        let mut cell = self.lock();
+        if cell.0.cut {
             return Err(powered_off());
         }
+        cell.0.new_entries.retain(|f| f.parent() != Some(path));
         Ok(())
     }
 
@@ -389,6 +415,7 @@ fn run(case: Case) {
         let disk = LazyDisk::default();
         let wal = Wal::open_with_backend(&live, options(case), Arc::new(disk.clone()))
             .unwrap_or_else(|e| panic!("cycle {cycle}: open on the lazy disk: {e}"));
+        disk.lock().0.tracking = true;
         let image = root.path().join(format!("gen-{}", cycle + 1));
         let got = append_until_cut(&wal, cycle, case.retention, &disk, &live, &image, &mut rng);
         reused += wal.stats().segments_recycled;
