@@ -150,20 +150,25 @@ pub(crate) fn recover_shard(
     max_body: u32,
     full: bool,
 ) -> Result<Recovered> {
-    match recover_shard_once(dir, shard, index, streams, mode, max_body, full) {
+    // Streams restored from their catalogue records (the index had lost them): kept across
+    // the second attempt, which finds them known.
+    let mut restored = std::collections::HashSet::new();
+    match recover_shard_once(dir, shard, index, streams, &mut restored, mode, max_body, full) {
         Err(e @ Error::Corrupt { .. }) if !full => {
             tracing::warn!(shard, error = %e, "the log does not match the index checkpoint; re-indexing the whole shard");
-            recover_shard_once(dir, shard, index, streams, mode, max_body, true)
+            recover_shard_once(dir, shard, index, streams, &mut restored, mode, max_body, true)
         }
         other => other,
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn recover_shard_once(
     dir: &std::path::Path,
     shard: u32,
     index: &Index,
     streams: &mut crate::hash::IdMap<Arc<StreamState>>,
+    restored: &mut std::collections::HashSet<u64>,
     mode: RecoveryMode,
     max_body: u32,
     full: bool,
@@ -206,10 +211,9 @@ fn recover_shard_once(
     let mut buf = Vec::new();
     // The last segment kept, and where its valid records end.
     let mut kept: Option<(u64, u64)> = None;
-    // Streams this scan restored from their catalogue records (the index had lost them),
-    // and the LSN at which the last run of deleted segments ended (0: none met): such a
-    // stream may jump over offsets there, since only the index said where retention cut it.
-    let mut restored = std::collections::HashSet::new();
+    // The LSN at which the last run of deleted segments ended (0: none met): a stream
+    // restored from the log may jump over offsets there, since only the index said where
+    // retention cut it.
     let mut gap_end = 0u64;
     let mut i = start_idx;
     while i < segs.len() {
@@ -295,6 +299,8 @@ fn recover_shard_once(
                     index.create_stream(&meta)?;
                     slot.insert(Arc::new(StreamState::from_meta(&meta)));
                     restored.insert(meta.id);
+                }
+                if restored.contains(&meta.id) {
                     if let Some(s) = indexed.get(streams, meta.id) {
                         s.last_lsn = Some(r.meta.lsn);
                     }
