@@ -37,6 +37,12 @@ pub const RECORD_FLAG_AFTER_SYNC: u16 = 2;
 /// Every record flag this crate knows.
 const RECORD_FLAGS: u16 = RECORD_FLAG_KEYED | RECORD_FLAG_AFTER_SYNC;
 
+/// Whether segments of format `version` mark commits with [`RECORD_FLAG_AFTER_SYNC`] (so
+/// that recovery may tell a torn commit from damage to synced data by it).
+pub fn marks_syncs(version: u16) -> bool {
+    version >= 2
+}
+
 /// CRC-64/XZ (ECMA-182 polynomial, reflected) as computed by `crc64fast`.
 pub fn crc64(parts: &[&[u8]]) -> u64 {
     let mut d = crc64fast::Digest::new();

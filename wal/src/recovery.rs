@@ -270,7 +270,7 @@ fn recover_shard_once(
         let mut summary = SegSummary::default();
         // Full index blocks, written as one batch per segment.
         let mut blocks: Vec<(u64, u64, Vec<Pos>)> = Vec::new();
-        let scan = seg.scan(from, lsn0, max_body, newest && header.version >= 2, |r, at| {
+        let scan = seg.scan(from, lsn0, max_body, newest && format::marks_syncs(header.version), |r, at| {
             let len = format::encoded_len(r.key.as_ref().map_or(0, |k| k.len()), r.payload.len()) as u32;
             if r.meta.stream == CATALOG_STREAM {
                 summary.catalog = true;

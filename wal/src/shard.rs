@@ -251,7 +251,7 @@ impl Shard {
             seg_first,
             seg_len,
             synced_len: seg_len,
-            flags_commits: start.active_format >= 2,
+            flags_commits: format::marks_syncs(start.active_format),
             next_lsn: start.next_lsn,
             buf: Vec::new(),
             failed: None,

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 
 use crate::error::{Error, Result};
-use crate::format::{RecordView, SEGMENT_FLAG_COMPRESSED};
+use crate::format::{self, RecordView, SEGMENT_FLAG_COMPRESSED};
 use crate::index::StreamMeta;
 use crate::options::{Options, RecoveryMode};
 use crate::recovery::{classify, torn_creation, Action, RecoveryReport};
@@ -176,7 +176,7 @@ fn scan_file(
         }
         Ok(h) => {
             info.compressed = h.flags & SEGMENT_FLAG_COMPRESSED != 0;
-            let scan = seg.scan(0, h.first_lsn, u32::MAX, newest && h.version >= 2, |r, _| {
+            let scan = seg.scan(0, h.first_lsn, u32::MAX, newest && format::marks_syncs(h.version), |r, _| {
                 each(shard, r);
                 Ok(())
             })?;
@@ -445,7 +445,7 @@ pub fn check_segment_bytes(data: &[u8]) -> Result<SegmentCheck> {
         reason: e.to_string(),
     })?;
     let mut out = SegmentCheck::default();
-    let tail_rule = header.version >= 2;
+    let tail_rule = format::marks_syncs(header.version);
     let scan =
         segment::scan(path, data, crate::format::SEGMENT_HEADER_LEN, header.first_lsn, 1 << 24, tail_rule, |r, _| {
             out.records.push((r.meta.lsn, r.meta.stream, r.meta.offset));
