@@ -39,6 +39,11 @@ pub enum Appenders {
     /// word (the commit count) that one `FUTEX_WAKE` releases. A woken thread takes no mutex,
     /// so nothing convoys: the leanest hand-off Linux offers (see [`futex`]).
     ThreadsFutex,
+    /// [`Appenders::ThreadsFutex`] with no sleeping at all: appenders and committer give
+    /// their CPU away (`sched_yield`) and look again instead of waiting on a futex, as the
+    /// log's blocked waiters do for a while ([`promptmq_wal::Options::wait_yield`]). No
+    /// wake-up is ever needed; the waiting threads keep the cores busy instead.
+    ThreadsYield,
 }
 
 /// The file region a `zeroed` probe overwrites in turn: written full of zeros and synced
@@ -150,9 +155,9 @@ pub fn handoff_probe(dir: &Path, h: Handoff, secs: f64) -> std::io::Result<f64> 
         }
         file.sync_all()?;
     }
-    if how == Appenders::ThreadsFutex {
+    if matches!(how, Appenders::ThreadsFutex | Appenders::ThreadsYield) {
         let batch = vec![0x5au8; (record_bytes + frame_bytes) * appenders];
-        let rate = futex::run(file, batch, appenders, zeroed, secs);
+        let rate = futex::run(file, batch, appenders, zeroed, how == Appenders::ThreadsYield, secs);
         std::fs::remove_file(&path)?;
         return rate;
     }
@@ -222,7 +227,11 @@ pub fn handoff_probe(dir: &Path, h: Handoff, secs: f64) -> std::io::Result<f64> 
                 }
             });
         }
-        Appenders::Threads | Appenders::ThreadsParked | Appenders::ThreadsBroadcast | Appenders::ThreadsFutex => {
+        Appenders::Threads
+        | Appenders::ThreadsParked
+        | Appenders::ThreadsBroadcast
+        | Appenders::ThreadsFutex
+        | Appenders::ThreadsYield => {
             let running: Vec<_> = (0..appenders)
                 .map(|_| {
                     let (shared, stop, count) = (shared.clone(), stop.clone(), count.clone());
@@ -305,9 +314,15 @@ mod futex {
         batch: Vec<u8>,
         appenders: usize,
         zeroed: bool,
+        yielding: bool,
         secs: f64,
     ) -> std::io::Result<f64> {
         let n = appenders as u32;
+        // Sleeps on `word` while it holds `seen`, or (yielding) gives the CPU away once.
+        let pause = move |word: &AtomicU32, seen: u32| match yielding {
+            true => std::thread::yield_now(),
+            false => wait(word, seen),
+        };
         let shared = Arc::new(Shared {
             commits: AtomicU32::new(0),
             queued: AtomicU32::new(0),
@@ -327,7 +342,7 @@ mod futex {
                         if shared.stop.load(Ordering::Acquire) {
                             return Ok(());
                         }
-                        wait(&shared.queued, q);
+                        pause(&shared.queued, q);
                     }
                     shared.queued.store(0, Ordering::Release);
                     if zeroed && pos + batch.len() as u64 > REGION {
@@ -337,7 +352,9 @@ mod futex {
                     file.sync_data()?;
                     pos += batch.len() as u64;
                     shared.commits.fetch_add(1, Ordering::Release);
-                    wake(&shared.commits, i32::MAX);
+                    if !yielding {
+                        wake(&shared.commits, i32::MAX);
+                    }
                 }
             })
         };
@@ -350,14 +367,14 @@ mod futex {
                         // Read before queuing: the commit that takes this append cannot be
                         // counted before the increment below completes the round.
                         let seen = shared.commits.load(Ordering::Acquire);
-                        if shared.queued.fetch_add(1, Ordering::AcqRel) + 1 == n {
+                        if shared.queued.fetch_add(1, Ordering::AcqRel) + 1 == n && !yielding {
                             wake(&shared.queued, 1);
                         }
                         while shared.commits.load(Ordering::Acquire) == seen {
                             if shared.stop.load(Ordering::Acquire) {
                                 return;
                             }
-                            wait(&shared.commits, seen);
+                            pause(&shared.commits, seen);
                         }
                         shared.count.fetch_add(1, Ordering::Relaxed);
                     }
@@ -396,6 +413,7 @@ mod tests {
             (Appenders::ThreadsBroadcast, true),
             (Appenders::ThreadsFutex, false),
             (Appenders::ThreadsFutex, true),
+            (Appenders::ThreadsYield, false),
         ] {
             let h = Handoff { how, appenders: 4, record_bytes: 128, frame_bytes: 48, zeroed };
             let rate = handoff_probe(dir.path(), h, 0.2).unwrap();

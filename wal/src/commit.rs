@@ -12,6 +12,13 @@
 //! itself ([`Lead`]), as the writer would, and so saves two thread wake-ups per commit (the
 //! writer's and its own). Futures never do that; they leave the I/O to the writer.
 //!
+//! Such a waiter also does not go to sleep at once: for up to its shard's [`YieldBudget`] it
+//! gives its CPU away (`sched_yield`) and looks again. A thread put to sleep has to be woken,
+//! and on a virtual machine with few cores that wake-up (an inter-processor interrupt and a
+//! context switch) takes a good part of an `fdatasync`: while the threads of one commit
+//! come back one by one, the disk idles. A yielding thread is back at its next turn on
+//! the CPU, without a wake-up.
+//!
 //! The queue is bounded in bytes: a submitter blocks while the queue is over its limit,
 //! which is the back-pressure the broker relies on (promise 4). This module uses no tokio
 //! so that it can be model-checked with loom (`wal/README.md` says how to run it).
@@ -59,7 +66,44 @@ pub(crate) trait Lead: Send + Sync {
     /// Like [`Lead::lead`], for a thread that will not wait for the batch: when another
     /// commit is under way, it hands what is queued over to the writer instead.
     fn lead_or_hand_over(&self) -> bool;
+    /// How long a blocked waiter yields its CPU before it sleeps (see [`YieldBudget`]).
+    fn yield_budget(&self) -> std::time::Duration;
 }
+
+/// How long a thread blocked in [`Completion::wait`] keeps yielding its CPU, looking for
+/// its result and leading commits, before it sleeps on its slot. Set by the shard's writer
+/// from its sync times ([`YieldBudget::follow`]); zero until then.
+#[derive(Debug, Default)]
+pub(crate) struct YieldBudget {
+    nanos: std::sync::atomic::AtomicU64,
+}
+
+impl YieldBudget {
+    /// Sets the budget for a shard that syncs in `sync_avg` on average (`None`: it does not
+    /// sync on commit), at most `max`.
+    ///
+    /// A waiter waits for at most the rest of the commit under way, a gather and its own
+    /// commit: about three syncs. Where that is more than `max`, most waits would outlast the
+    /// budget and yielding would only burn CPU before the sleep: the budget is zero.
+    pub(crate) fn follow(&self, sync_avg: Option<std::time::Duration>, max: std::time::Duration) {
+        let budget = match sync_avg {
+            Some(avg) if avg * 3 <= max => avg * 3,
+            Some(_) => std::time::Duration::ZERO,
+            None => max,
+        };
+        self.nanos.store(budget.as_nanos() as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub(crate) fn get(&self) -> std::time::Duration {
+        std::time::Duration::from_nanos(self.nanos.load(std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
+/// How often a yielding waiter tries to lead: trying takes the queue's lock, which the
+/// appenders coming back from the last commit need, and with many yielding waiters one of
+/// them tries often enough.
+#[cfg(not(loom))]
+const LEAD_RETRY: std::time::Duration = std::time::Duration::from_micros(10);
 
 /// A shard's queue and sink, as a [`Lead`] for its completions.
 pub(crate) struct Committer<R, S: BatchSink<R>> {
@@ -67,6 +111,8 @@ pub(crate) struct Committer<R, S: BatchSink<R>> {
     pub(crate) sink: std::sync::Arc<Mutex<S>>,
     /// Batches committed through [`Lead::lead`] (not by the writer), for statistics.
     pub(crate) led: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Set by the shard's writer.
+    pub(crate) budget: std::sync::Arc<YieldBudget>,
 }
 
 impl<R, S> Lead for Committer<R, S>
@@ -92,6 +138,10 @@ where
             }
             Led::Empty | Led::Gathering => false,
         }
+    }
+
+    fn yield_budget(&self) -> std::time::Duration {
+        self.budget.get()
     }
 }
 
@@ -192,14 +242,8 @@ impl<T> Completion<T> {
     /// ```
     pub fn wait(self) -> Result<T> {
         if let Some(l) = &self.lead {
-            loop {
-                if let Some(v) = lock(&self.slot.state).value.take() {
-                    return v;
-                }
-                // Our request may be behind the batch just committed: try the next one too.
-                if !l.lead() {
-                    break;
-                }
+            if let Some(v) = self.lead_and_yield(l.as_ref()) {
+                return v;
             }
         }
         let mut st = lock(&self.slot.state);
@@ -209,6 +253,48 @@ impl<T> Completion<T> {
             }
             st.blocked = true;
             st = self.slot.cond.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+impl<T> Completion<T> {
+    /// Before [`Completion::wait`] sleeps: commits the queued batch on this thread whenever
+    /// it can, and yields the CPU between looks for up to `l`'s budget. The result, if it
+    /// came by then.
+    #[cfg(not(loom))]
+    fn lead_and_yield(&self, l: &dyn Lead) -> Option<Result<T>> {
+        let started = std::time::Instant::now();
+        let budget = l.yield_budget();
+        let mut next_lead = started;
+        loop {
+            if let Some(v) = lock(&self.slot.state).value.take() {
+                return Some(v);
+            }
+            let now = std::time::Instant::now();
+            if now >= next_lead {
+                // Our request may be behind the batch just committed: try the next one too.
+                if l.lead() {
+                    continue;
+                }
+                next_lead = now + LEAD_RETRY;
+            }
+            if now.duration_since(started) >= budget {
+                return None;
+            }
+            std::thread::yield_now();
+        }
+    }
+
+    /// Under loom, which models no time: lead while that commits, then sleep.
+    #[cfg(loom)]
+    fn lead_and_yield(&self, l: &dyn Lead) -> Option<Result<T>> {
+        loop {
+            if let Some(v) = lock(&self.slot.state).value.take() {
+                return Some(v);
+            }
+            if !l.lead() {
+                return None;
+            }
         }
     }
 }
@@ -288,13 +374,16 @@ pub(crate) struct CommitQueue<R, T> {
 /// acknowledged) the requests acknowledged by one commit come back a few microseconds
 /// later — after the writer has already started the next commit with the first of them.
 /// Batches then alternate between a few requests and the rest, and each costs a sync. Waiting
-/// for as many requests as the previous batch held, but only until shortly after that batch
-/// completed, keeps the batches whole; in an open loop the queue refills during the sync and
-/// nothing waits.
+/// for as many requests as the previous batch held plus those that queued during its commit
+/// (the other half), but only until shortly after that batch completed, merges the halves
+/// into whole batches; in an open loop the queue refills during the sync and nothing waits.
+/// (Counting the queued half in made no difference while blocked threads slept — they came
+/// back too late for the window — but with threads that yield ([`YieldBudget`]) it took
+/// batches at 64 threads from 44 to 62 appends, BENCHMARKS.md, session 17.)
 #[derive(Debug, Clone, Copy)]
 #[cfg_attr(loom, allow(dead_code))]
 pub(crate) struct Gather {
-    /// Requests to wait for (the size of the previous batch).
+    /// Requests to wait for (the previous batch and what queued while it was committed).
     pub(crate) target: usize,
     /// When to stop waiting.
     pub(crate) until: std::time::Instant,
@@ -528,22 +617,26 @@ impl<R: Weighted, T> CommitQueue<R, T> {
     }
 
     /// After a commit: lets the next batch be taken, completes the waiters, and sets how
-    /// the next batch gathers. Its deadline is measured from the end — the acknowledged
+    /// the next batch gathers (see [`Gather`]). Its deadline is measured from the end — the acknowledged
     /// appenders only start coming back now — but the target is set before the first
     /// waiter is woken, so that no batch is taken by the rule of an older one meanwhile.
     fn finish(&self, batch: &mut Vec<Pending<R, T>>, result: Result<Vec<T>>, window: Option<std::time::Duration>) {
+        #[cfg(not(loom))]
+        let gather = |target, w| Gather { target, until: std::time::Instant::now() + w };
+        #[cfg(not(loom))]
+        let target = {
+            let mut st = lock(&self.state);
+            let target = batch.len() + st.pending.len();
+            st.gather = window.filter(|_| target > 1).map(|w| gather(target, w));
+            target
+        };
+        #[cfg(loom)]
         let target = batch.len();
-        #[cfg(not(loom))]
-        let gather = |w| Gather { target, until: std::time::Instant::now() + w };
-        #[cfg(not(loom))]
-        {
-            lock(&self.state).gather = window.filter(|_| target > 1).map(gather);
-        }
         self.batch_committed();
         complete_batch(batch, result);
         #[cfg(not(loom))]
         if let Some(w) = window.filter(|_| target > 1) {
-            lock(&self.state).gather = Some(gather(w));
+            lock(&self.state).gather = Some(gather(target, w));
         }
         #[cfg(loom)]
         let _ = (window, target);
@@ -897,11 +990,80 @@ mod tests {
     }
 
     #[test]
+    fn the_yield_budget_is_three_syncs_or_nothing() {
+        let us = std::time::Duration::from_micros;
+        let b = YieldBudget::default();
+        assert_eq!(b.get(), us(0), "no budget before a sync is timed");
+        b.follow(Some(us(200)), us(1000));
+        assert_eq!(b.get(), us(600));
+        b.follow(Some(us(400)), us(1000));
+        assert_eq!(b.get(), us(0), "waits that outlast the maximum sleep at once");
+        b.follow(None, us(1000));
+        assert_eq!(b.get(), us(1000), "without syncs on commit, the maximum");
+        b.follow(Some(us(200)), us(0));
+        assert_eq!(b.get(), us(0), "a zero maximum never yields");
+    }
+
+    /// A sink whose commits take a while, like a sync.
+    struct SlowSink(CountingSink);
+    impl BatchSink<Req> for SlowSink {
+        type Out = u64;
+        fn commit(&mut self, batch: &[Pending<Req, u64>]) -> Result<Vec<u64>> {
+            std::thread::sleep(std::time::Duration::from_micros(200));
+            self.0.commit(batch)
+        }
+    }
+
+    #[test]
+    fn yielding_waiters_commit_everything_without_a_writer() {
+        let q = std::sync::Arc::new(CommitQueue::<Req, u64>::new(1 << 20));
+        let sink = std::sync::Arc::new(Mutex::new(SlowSink(CountingSink {
+            next: 0,
+            batches: 0,
+            fail: vec![],
+            sizes: vec![],
+        })));
+        let budget = std::sync::Arc::new(YieldBudget::default());
+        budget.follow(None, std::time::Duration::from_secs(60));
+        let lead: std::sync::Arc<dyn Lead> =
+            std::sync::Arc::new(Committer { queue: q.clone(), sink: sink.clone(), led: Default::default(), budget });
+        // No writer thread runs. A waiter whose request queued behind a commit under way
+        // cannot lead at once; asleep, it would wait forever. Yielding, it leads later.
+        let (tx, rx) = std::sync::mpsc::channel();
+        for _ in 0..8 {
+            let (q, sink, lead, tx) = (q.clone(), sink.clone(), lead.clone(), tx.clone());
+            std::thread::spawn(move || {
+                let mut offsets = Vec::new();
+                for _ in 0..50 {
+                    offsets.push(q.submit_or_commit(Req(1, 1), &sink).led_by(&lead).wait());
+                }
+                let _ = tx.send(offsets);
+            });
+        }
+        let mut all = Vec::new();
+        for _ in 0..8 {
+            let got =
+                rx.recv_timeout(std::time::Duration::from_secs(60)).expect("a waiter slept with nobody to commit");
+            let got: Vec<u64> = got.into_iter().map(|o| o.expect("append")).collect();
+            assert!(got.windows(2).all(|w| w[0] < w[1]), "each thread's appends in order: {got:?}");
+            all.extend(got);
+        }
+        all.sort_unstable();
+        assert_eq!(all, (0..400).collect::<Vec<u64>>(), "every append got its own offset");
+        let s = lock(&sink);
+        assert!(s.0.sizes.iter().any(|&n| n > 1), "appends queued during a commit went together: {:?}", s.0.sizes);
+    }
+
+    #[test]
     fn a_blocked_waiter_commits_the_queue_itself_unless_a_batch_is_in_flight() {
         let q = std::sync::Arc::new(CommitQueue::<Req, u64>::new(1 << 20));
         let sink = std::sync::Arc::new(Mutex::new(CountingSink { next: 0, batches: 0, fail: vec![], sizes: vec![] }));
-        let lead: std::sync::Arc<dyn Lead> =
-            std::sync::Arc::new(Committer { queue: q.clone(), sink: sink.clone(), led: Default::default() });
+        let lead: std::sync::Arc<dyn Lead> = std::sync::Arc::new(Committer {
+            queue: q.clone(),
+            sink: sink.clone(),
+            led: Default::default(),
+            budget: Default::default(),
+        });
         // No writer thread runs: only a waiter that leads can complete these.
         let a = q.submit_or_commit(Req(1, 1), &sink).led_by(&lead);
         let b = q.submit_or_commit(Req(1, 1), &sink).led_by(&lead);
@@ -925,7 +1087,8 @@ mod tests {
     fn an_idle_thread_commits_what_is_ready_and_hands_the_rest_to_the_writer() {
         let q = std::sync::Arc::new(CommitQueue::<Req, u64>::new(1 << 20));
         let sink = std::sync::Arc::new(Mutex::new(CountingSink { next: 0, batches: 0, fail: vec![], sizes: vec![] }));
-        let idle = Committer { queue: q.clone(), sink: sink.clone(), led: Default::default() };
+        let idle =
+            Committer { queue: q.clone(), sink: sink.clone(), led: Default::default(), budget: Default::default() };
         // No writer thread runs: the idle thread commits what its tasks queued.
         let a = q.submit(Req(1, 1));
         assert!(idle.lead_or_hand_over());
@@ -1022,8 +1185,12 @@ mod loom_tests {
         b.check(move || {
             let q = std::sync::Arc::new(CommitQueue::<Req, u64>::new(bound));
             let sink = std::sync::Arc::new(Mutex::new(Sink { next: 0, batches: 0, fail_first, inline }));
-            let leader: std::sync::Arc<dyn Lead> =
-                std::sync::Arc::new(Committer { queue: q.clone(), sink: sink.clone(), led: Default::default() });
+            let leader: std::sync::Arc<dyn Lead> = std::sync::Arc::new(Committer {
+                queue: q.clone(),
+                sink: sink.clone(),
+                led: Default::default(),
+                budget: Default::default(),
+            });
             let idle_worker = leader.clone();
             let led = move |c: Completion<u64>| if lead { c.led_by(&leader) } else { c };
             let writer = {

@@ -59,6 +59,9 @@ impl Retention {
     pub const FOREVER: Retention = Retention { max_age: None, max_bytes: None, max_records: None };
 }
 
+/// [`Options::wait_yield`] by default.
+const DEFAULT_WAIT_YIELD: std::time::Duration = std::time::Duration::from_millis(1);
+
 /// Largest segment size: recovery and compaction hold one segment in memory at a time.
 pub const MAX_SEGMENT_BYTES: u64 = 1 << 30;
 
@@ -86,6 +89,7 @@ pub struct Options {
     pub(crate) create: bool,
     pub(crate) full_recovery: bool,
     pub(crate) preallocate: bool,
+    pub(crate) wait_yield: std::time::Duration,
     pub(crate) observer: Option<std::sync::Arc<dyn crate::CommitObserver>>,
 }
 
@@ -103,6 +107,7 @@ impl Default for Options {
             create: true,
             full_recovery: false,
             preallocate: false,
+            wait_yield: DEFAULT_WAIT_YIELD,
             observer: None,
         }
     }
@@ -140,6 +145,32 @@ impl Options {
     /// ready, [`crate::WalStats::segments_recycled`] those made from deleted segments.
     pub fn preallocate(mut self, on: bool) -> Self {
         self.preallocate = on;
+        self
+    }
+    /// The most a thread blocked in [`crate::Completion::wait`] spends giving its CPU away
+    /// (`sched_yield`) and looking for its result again, before it sleeps until woken
+    /// (default 1 ms; zero: it sleeps at once). Futures (`.await`) never yield this way.
+    ///
+    /// Waking a sleeping thread costs an inter-processor interrupt and a context switch; on
+    /// a virtual machine with few cores, many threads that each wait for their own append
+    /// come back from a commit slowly that way, and the disk idles meanwhile. Yielding, they
+    /// are back at their next turn on the CPU: on a 2-vCPU VM, 8 and 64 such threads got
+    /// 1.2–1.9x the appends per second (BENCHMARKS.md, session 17). The cost is CPU time
+    /// while waiting: the waiting threads keep the cores busy, though any other runnable
+    /// thread gets them first.
+    ///
+    /// With [`SyncMode::Always`] a thread yields for about three of its shard's recent
+    /// syncs (the longest a wait for a commit usually takes), and not at all where that is
+    /// more than this maximum: on a disk whose syncs take milliseconds, threads sleep.
+    ///
+    /// ```
+    /// use promptmq_wal::Options;
+    /// use std::time::Duration;
+    /// let opts = Options::default().wait_yield(Duration::ZERO); // never spin, always sleep
+    /// # let _ = opts;
+    /// ```
+    pub fn wait_yield(mut self, max: std::time::Duration) -> Self {
+        self.wait_yield = max;
         self
     }
     /// The sync mode (default [`SyncMode::Always`]).

@@ -208,6 +208,7 @@ impl Shard {
         max_batch_bytes: usize,
         queue_bytes: usize,
         preallocate: bool,
+        max_yield: Duration,
     ) -> Result<Shard> {
         let spares = match preallocate {
             true => Some(
@@ -240,7 +241,14 @@ impl Shard {
         // `indexed_to` is for the checkpoint after recovery only: appends start a new segment.
         let index_for_checkpoints = index.clone();
         let queue = Arc::new(CommitQueue::new(queue_bytes));
+        let yield_budget = Arc::new(crate::commit::YieldBudget::default());
+        // Where commits sync, the budget follows the sync times (zero until one is timed).
+        if sync != SyncMode::Always {
+            yield_budget.follow(None, max_yield);
+        }
         let writer = ShardWriter {
+            yield_budget: yield_budget.clone(),
+            max_yield,
             shared: shared.clone(),
             backend,
             index,
@@ -281,6 +289,7 @@ impl Shard {
             queue: queue.clone(),
             sink: sink.clone(),
             led: shared.stats.batches_led.clone(),
+            budget: yield_budget,
         });
         let shard = Shard { shared, queue, sink, writer: Mutex::new(Some(handle)), background: Mutex::new(None), lead };
         if let SyncMode::Interval(every) = sync {
@@ -350,8 +359,13 @@ struct ShardWriter {
     unsynced_since: Option<Instant>,
     /// Duration of the last `fdatasync`, taken by the commit observer.
     last_sync_took: Option<Duration>,
-    /// Moving average of `fdatasync` durations: sizes the gather window of group commit.
+    /// Moving average of `fdatasync` durations: sizes the gather window of group commit and
+    /// how long blocked waiters yield.
     sync_avg: Duration,
+    /// How long threads blocked on an append of this shard yield before they sleep.
+    yield_budget: Arc<crate::commit::YieldBudget>,
+    /// [`crate::Options::wait_yield`].
+    max_yield: Duration,
     touched: crate::hash::IdMap<Arc<StreamState>>,
     bytes_since_checkpoint: u64,
     /// (request index, offset, byte position, length) of each record of the current batch.
@@ -415,6 +429,9 @@ impl ShardWriter {
         st.sync_nanos.fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
         self.last_sync_took = Some(took);
         self.sync_avg = (self.sync_avg * 7 + took) / 8;
+        if self.sync == SyncMode::Always {
+            self.yield_budget.follow(Some(self.sync_avg), self.max_yield);
+        }
     }
 
     /// Cuts the active segment's file to its records. A segment made from a spare is

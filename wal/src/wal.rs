@@ -487,6 +487,7 @@ impl Wal {
                 opts.max_batch_bytes,
                 opts.max_batch_bytes * 4,
                 opts.preallocate && opts.sync != crate::SyncMode::None,
+                opts.wait_yield,
             )?);
         }
         let next_id = index.get_meta_u64("next_stream_id")?.unwrap_or(0).max(by_id.keys().max().map_or(0, |m| m + 1));

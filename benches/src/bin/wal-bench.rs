@@ -18,9 +18,11 @@
 //! `tasks` and `append` (`always`) also run the hand-off probe ([`promptmq_benches::handoff`]):
 //! the same appenders through a committer that only waits for all of them, writes and syncs,
 //! i.e. what the hand-off between appenders and a committer thread alone costs here. For
-//! `append`'s threads it runs four ways of waiting (woken through a oneshot, parked, all on
-//! one condition variable, all on one futex with no lock) and the best counts; all four go
-//! to stderr.
+//! `append`'s threads it runs five ways of waiting (woken through a oneshot, parked, all on
+//! one condition variable, all on one futex with no lock, yielding the CPU instead of
+//! sleeping) and the best counts; all five go to stderr. `WAL_BENCH_WAIT_YIELD_US` sets the
+//! `append` log's `Options::wait_yield` (default: the log's), and the CPU time of each
+//! `append` row goes to stderr too.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -42,8 +44,9 @@ struct Outcome {
 fn run_appends(dir: &std::path::Path, sync: SyncMode, size: usize, writers: usize, secs: f64) -> Outcome {
     let _ = std::fs::remove_dir_all(dir);
     // One shard: the raw probe models one shard's writer, so the ratio compares like with like.
-    let wal = Wal::open(dir, Options::default().shards(1).sync(sync)).expect("open");
+    let wal = Wal::open(dir, wait_yield(Options::default().shards(1).sync(sync))).expect("open");
     let stream = wal.stream("bench").expect("stream");
+    let cpu_before = process_cpu();
     let stop = Arc::new(AtomicBool::new(false));
     let count = Arc::new(AtomicU64::new(0));
     let lats = Arc::new(Mutex::new(Vec::new()));
@@ -72,9 +75,17 @@ fn run_appends(dir: &std::path::Path, sync: SyncMode, size: usize, writers: usiz
         t.join().unwrap();
     }
     let elapsed = start.elapsed();
+    let cpu = cpu_before.zip(process_cpu()).map(|(a, b)| b.saturating_sub(a));
     report_batches(&wal, &format!("threads {size} B x{writers}"));
     wal.close().expect("close");
     let mut lats = std::mem::take(&mut *lats.lock().unwrap());
+    if let Some(cpu) = cpu {
+        eprintln!(
+            "  threads {size} B x{writers}: {:.2} CPUs busy, {:.1} µs of CPU per append",
+            cpu.as_secs_f64() / elapsed.as_secs_f64(),
+            cpu.as_secs_f64() * 1e6 / lats.len().max(1) as f64
+        );
+    }
     Outcome { records: lats.len() as u64, elapsed, p50: percentile(&mut lats, 50.0), p99: percentile(&mut lats, 99.0) }
 }
 
@@ -122,6 +133,15 @@ fn report_batches(wal: &Wal, what: &str) {
         st.segments_unprepared,
         st.segments_recycled
     );
+}
+
+/// [`Options::wait_yield`] of the `append` rows' log from `WAL_BENCH_WAIT_YIELD_US` (default:
+/// the log's default).
+fn wait_yield(opts: Options) -> Options {
+    match std::env::var("WAL_BENCH_WAIT_YIELD_US").ok().and_then(|v| v.parse().ok()) {
+        Some(us) => opts.wait_yield(Duration::from_micros(us)),
+        None => opts,
+    }
 }
 
 /// Whether the `pipelined` and `tasks` logs preallocate (`WAL_BENCH_PREALLOCATE=0`: no); the
@@ -507,15 +527,16 @@ fn appends(dir: &std::path::Path, log_dir: &std::path::Path, secs: f64) {
                     let (el, _) = raw_disk_probe(dir, record_bytes * writers, batches, true).expect("probe");
                     // Like the raw probe: the threads' log writes its first segment, a
                     // growing file.
-                    // Four ways for a thread to wait; the probe's figure is the best.
+                    // Five ways for a thread to wait; the probe's figure is the best.
                     let oneshot = handoff_rate(dir, Appenders::Threads, writers, size, secs, false);
                     let parked = handoff_rate(dir, Appenders::ThreadsParked, writers, size, secs, false);
                     let broadcast = handoff_rate(dir, Appenders::ThreadsBroadcast, writers, size, secs, false);
                     let futex = handoff_rate(dir, Appenders::ThreadsFutex, writers, size, secs, false);
-                    eprintln!("  hand-off {size} B x{writers}: threads woken by a oneshot {oneshot:.0}/s, parked {parked:.0}/s, broadcast {broadcast:.0}/s, lock-free futex {futex:.0}/s");
+                    let yielding = handoff_rate(dir, Appenders::ThreadsYield, writers, size, secs, false);
+                    eprintln!("  hand-off {size} B x{writers}: threads woken by a oneshot {oneshot:.0}/s, parked {parked:.0}/s, broadcast {broadcast:.0}/s, lock-free futex {futex:.0}/s, yielding {yielding:.0}/s");
                     (
                         Some((batches * writers) as f64 / el.as_secs_f64()),
-                        Some(oneshot.max(parked).max(broadcast).max(futex)),
+                        Some(oneshot.max(parked).max(broadcast).max(futex).max(yielding)),
                     )
                 } else {
                     (None, None)
