@@ -154,10 +154,11 @@ impl Options {
     /// Waking a sleeping thread costs an inter-processor interrupt and a context switch; on
     /// a virtual machine with few cores, many threads that each wait for their own append
     /// come back from a commit slowly that way, and the disk idles meanwhile. Yielding, they
-    /// are back at their next turn on the CPU: on a 2-vCPU VM, 8 and 64 such threads got
-    /// 1.2–1.9x the appends per second (BENCHMARKS.md, session 17). The cost is CPU time
-    /// while waiting: the waiting threads keep the cores busy, though any other runnable
-    /// thread gets them first.
+    /// are back at their next turn on the CPU: on a 2-vCPU VM, 64 such threads got 1.3–2.0x
+    /// the appends per second and 8 threads 0.9–1.7x (BENCHMARKS.md, session 17). The cost
+    /// is CPU time while waiting: the waiting threads keep the cores busy (at 8 threads
+    /// 40–64 µs of CPU per append instead of 18–23), though any other runnable thread gets
+    /// them first.
     ///
     /// With [`SyncMode::Always`] a thread yields for about three of its shard's recent
     /// syncs (the longest a wait for a commit usually takes), and not at all where that is
