@@ -230,6 +230,10 @@ impl<T> Completion<T> {
     /// Blocks the current thread until the append is complete. In async code, `.await` the
     /// completion instead.
     ///
+    /// While it waits, the thread commits its shard's queued appends itself when no commit is
+    /// under way, and it yields its CPU and looks again for a while
+    /// ([`crate::Options::wait_yield`]) before it sleeps until woken.
+    ///
     /// ```
     /// # use promptmq_wal::{Wal, Options};
     /// # let dir = tempfile::tempdir()?;
