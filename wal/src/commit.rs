@@ -383,7 +383,7 @@ pub(crate) struct CommitQueue<R, T> {
 /// into whole batches; in an open loop the queue refills during the sync and nothing waits.
 /// (Counting the queued half in made no difference while blocked threads slept — they came
 /// back too late for the window — but with threads that yield ([`YieldBudget`]) it took
-/// batches at 64 threads from 44 to 62 appends, BENCHMARKS.md, session 17.)
+/// batches at 64 threads from 44 to 56–62 appends, BENCHMARKS.md, session 17.)
 #[derive(Debug, Clone, Copy)]
 #[cfg_attr(loom, allow(dead_code))]
 pub(crate) struct Gather {
@@ -621,9 +621,9 @@ impl<R: Weighted, T> CommitQueue<R, T> {
     }
 
     /// After a commit: lets the next batch be taken, completes the waiters, and sets how
-    /// the next batch gathers (see [`Gather`]). Its deadline is measured from the end — the acknowledged
-    /// appenders only start coming back now — but the target is set before the first
-    /// waiter is woken, so that no batch is taken by the rule of an older one meanwhile.
+    /// the next batch gathers (see [`Gather`]). Its deadline is measured from the end — the
+    /// acknowledged appenders only start coming back now — but the target is set before the
+    /// first waiter is woken, so that no batch is taken by the rule of an older one meanwhile.
     fn finish(&self, batch: &mut Vec<Pending<R, T>>, result: Result<Vec<T>>, window: Option<std::time::Duration>) {
         #[cfg(not(loom))]
         let gather = |target, w| Gather { target, until: std::time::Instant::now() + w };
