@@ -71,26 +71,36 @@ pub(crate) trait Lead: Send + Sync {
 }
 
 /// How long a thread blocked in [`Completion::wait`] keeps yielding its CPU, looking for
-/// its result and leading commits, before it sleeps on its slot. Set by the shard's writer
-/// from its sync times ([`YieldBudget::follow`]); zero until then.
+/// its result and leading commits, before it sleeps on its slot. For a shard whose commits
+/// sync, it follows the sync times the writer reports ([`YieldBudget::follow`]) and is zero
+/// until the first; otherwise it is the maximum. The default is zero: waiters sleep at once.
 #[derive(Debug, Default)]
 pub(crate) struct YieldBudget {
     nanos: std::sync::atomic::AtomicU64,
+    max: std::time::Duration,
+    follows_syncs: bool,
 }
 
 impl YieldBudget {
-    /// Sets the budget for a shard that syncs in `sync_avg` on average (`None`: it does not
-    /// sync on commit), at most `max`.
+    /// A budget of at most `max`, for a shard whose commits sync or not.
+    pub(crate) fn new(max: std::time::Duration, follows_syncs: bool) -> Self {
+        let start = if follows_syncs { std::time::Duration::ZERO } else { max };
+        YieldBudget { nanos: (start.as_nanos() as u64).into(), max, follows_syncs }
+    }
+
+    /// Sets the budget for a shard that syncs in `sync_avg` on average (ignored where
+    /// commits do not sync).
     ///
     /// A waiter waits for at most the rest of the commit under way, a gather and its own
-    /// commit: about three syncs. Where that is more than `max`, most waits would outlast the
-    /// budget and yielding would only burn CPU before the sleep: the budget is zero.
-    pub(crate) fn follow(&self, sync_avg: Option<std::time::Duration>, max: std::time::Duration) {
-        let budget = match sync_avg {
-            Some(avg) if avg * 3 <= max => avg * 3,
-            Some(_) => std::time::Duration::ZERO,
-            None => max,
-        };
+    /// commit: about three syncs. Where that is more than the maximum, most waits would
+    /// outlast the budget and yielding would only burn CPU before the sleep: the budget is
+    /// zero.
+    pub(crate) fn follow(&self, sync_avg: std::time::Duration) {
+        if !self.follows_syncs {
+            return;
+        }
+        let wait = sync_avg * 3;
+        let budget = if wait <= self.max { wait } else { std::time::Duration::ZERO };
         self.nanos.store(budget.as_nanos() as u64, std::sync::atomic::Ordering::Relaxed);
     }
 
@@ -996,15 +1006,17 @@ mod tests {
     #[test]
     fn the_yield_budget_is_three_syncs_or_nothing() {
         let us = std::time::Duration::from_micros;
-        let b = YieldBudget::default();
+        let b = YieldBudget::new(us(1000), true);
         assert_eq!(b.get(), us(0), "no budget before a sync is timed");
-        b.follow(Some(us(200)), us(1000));
+        b.follow(us(200));
         assert_eq!(b.get(), us(600));
-        b.follow(Some(us(400)), us(1000));
+        b.follow(us(400));
         assert_eq!(b.get(), us(0), "waits that outlast the maximum sleep at once");
-        b.follow(None, us(1000));
+        let b = YieldBudget::new(us(1000), false);
+        b.follow(us(200));
         assert_eq!(b.get(), us(1000), "without syncs on commit, the maximum");
-        b.follow(Some(us(200)), us(0));
+        let b = YieldBudget::new(us(0), true);
+        b.follow(us(200));
         assert_eq!(b.get(), us(0), "a zero maximum never yields");
     }
 
@@ -1027,8 +1039,7 @@ mod tests {
             fail: vec![],
             sizes: vec![],
         })));
-        let budget = std::sync::Arc::new(YieldBudget::default());
-        budget.follow(None, std::time::Duration::from_secs(60));
+        let budget = std::sync::Arc::new(YieldBudget::new(std::time::Duration::from_secs(60), false));
         let lead: std::sync::Arc<dyn Lead> =
             std::sync::Arc::new(Committer { queue: q.clone(), sink: sink.clone(), led: Default::default(), budget });
         // No writer thread runs. A waiter whose request queued behind a commit under way

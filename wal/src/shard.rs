@@ -241,14 +241,9 @@ impl Shard {
         // `indexed_to` is for the checkpoint after recovery only: appends start a new segment.
         let index_for_checkpoints = index.clone();
         let queue = Arc::new(CommitQueue::new(queue_bytes));
-        let yield_budget = Arc::new(crate::commit::YieldBudget::default());
-        // Where commits sync, the budget follows the sync times (zero until one is timed).
-        if sync != SyncMode::Always {
-            yield_budget.follow(None, max_yield);
-        }
+        let yield_budget = Arc::new(crate::commit::YieldBudget::new(max_yield, sync == SyncMode::Always));
         let writer = ShardWriter {
             yield_budget: yield_budget.clone(),
-            max_yield,
             shared: shared.clone(),
             backend,
             index,
@@ -364,8 +359,6 @@ struct ShardWriter {
     sync_avg: Duration,
     /// How long threads blocked on an append of this shard yield before they sleep.
     yield_budget: Arc<crate::commit::YieldBudget>,
-    /// [`crate::Options::wait_yield`].
-    max_yield: Duration,
     touched: crate::hash::IdMap<Arc<StreamState>>,
     bytes_since_checkpoint: u64,
     /// (request index, offset, byte position, length) of each record of the current batch.
@@ -429,9 +422,7 @@ impl ShardWriter {
         st.sync_nanos.fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
         self.last_sync_took = Some(took);
         self.sync_avg = (self.sync_avg * 7 + took) / 8;
-        if self.sync == SyncMode::Always {
-            self.yield_budget.follow(Some(self.sync_avg), self.max_yield);
-        }
+        self.yield_budget.follow(self.sync_avg);
     }
 
     /// Cuts the active segment's file to its records. A segment made from a spare is
